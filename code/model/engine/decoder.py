@@ -1,0 +1,161 @@
+"""The one verification engine: tree attention over any Hugging Face causal LM, KV rollback, acceptance.
+
+Each step feeds the root (the last emitted token, not yet in the cache) plus the draft tree in one
+forward, accepts the longest valid path, keeps the KV entries of root + accepted nodes and emits the
+accepted tokens plus one bonus token. With no draft this is exactly autoregressive decoding.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .drafter import Drafter, StepFeedback
+from .kv_cache import PositionalKVCache
+from .sampling import SamplingConfig, accept_greedy, accept_sampled, target_probs
+from .tree import DraftTree, tree_attention
+
+
+@dataclass
+class ThinkingBudget:
+    """Past `trigger_at` new tokens without the end-of-thinking token, force `phrase` into the output."""
+    trigger_at: int
+    phrase: list[int]
+    end_token: int
+
+
+@dataclass
+class StepRecord:
+    draft_size: int
+    accepted: int          # tokens emitted by this step, bonus included (forced steps: the forced tokens)
+    source: str
+    draft_seconds: float
+    verify_seconds: float
+    context_length: int
+
+
+@dataclass
+class Generation:
+    tokens: list[int] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    forced_tokens: int = 0
+    stopped: bool = False   # ended on a stop token (rather than the token budget)
+
+    @property
+    def accept_lengths(self) -> list[int]:
+        """Tokens per decoding step (forced steps excluded: no drafting or acceptance happened there)."""
+        return [s.accepted for s in self.steps if s.source != "forced"]
+
+
+class SpeculativeEngine:
+    def __init__(self, model, max_tree_nodes: int = 128, cache_capacity: int = 2048):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.max_tree_nodes = max_tree_nodes
+        self.cache_capacity = cache_capacity
+        self._sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+    def _clock(self) -> float:
+        self._sync()
+        return time.perf_counter()
+
+    def _forward(self, cache: PositionalKVCache, input_ids: list[int], block: torch.Tensor,
+                 depths: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        """One target forward of `input_ids` on top of the cache; `block` is their [n, n] visibility."""
+        past, n = cache.get_seq_length(), len(input_ids)
+        mask = torch.ones(1, 1, n, past + n, dtype=torch.bool, device=self.device)
+        mask[0, 0, :, past:] = block
+        out = self.model(
+            input_ids=torch.tensor([input_ids], device=self.device),
+            attention_mask=mask,
+            position_ids=(depths + past).unsqueeze(0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits[0]
+
+    def _append(self, cache: PositionalKVCache, tokens: list[int]) -> None:
+        """Add tokens to the cache without looking at their logits (prefill, forced phrases)."""
+        if tokens:
+            n = len(tokens)
+            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+            self._forward(cache, tokens, causal, torch.arange(n, device=self.device), logits_to_keep=1)
+
+    @torch.inference_mode()
+    def generate(self, prompt: list[int], drafter: Drafter, max_new_tokens: int, sampling: SamplingConfig,
+                 generator: torch.Generator | None = None, stop_tokens: set[int] = frozenset(),
+                 budget: ThinkingBudget | None = None) -> Generation:
+        if not prompt:
+            raise ValueError("empty prompt")
+        cache = PositionalKVCache(capacity=len(prompt) + min(max_new_tokens, self.cache_capacity) + self.max_tree_nodes + 1)
+        context = list(prompt)
+        result = Generation()
+        drafter.begin_sequence(list(prompt))
+        self._append(cache, context[:-1])
+        thinking_done = budget is None
+
+        while len(result.tokens) < max_new_tokens and not result.stopped:
+            if not thinking_done and len(result.tokens) >= budget.trigger_at:
+                self._force(cache, context, result, drafter, budget.phrase[: max_new_tokens - len(result.tokens)])
+                thinking_done = True
+                continue
+
+            t0 = self._clock()
+            tree = drafter.propose(context, self.max_tree_nodes)
+            if tree is not None and len(tree) == 0:
+                tree = None
+            if tree is not None:
+                tree.validate(self.max_tree_nodes, self.vocab_size)
+            t1 = self._clock()
+
+            input_ids = [context[-1]] + (tree.tokens if tree else [])
+            parents = tree.parents if tree else []
+            block = torch.from_numpy(tree_attention(parents)).to(self.device)
+            depths = torch.tensor([0] + (tree.depths if tree else []), device=self.device)
+            past = cache.get_seq_length()
+            logits = self._forward(cache, input_ids, block, depths)
+            if sampling.greedy:
+                path, bonus = accept_greedy(input_ids[1:], parents, logits.argmax(-1).tolist())
+            else:
+                p = target_probs(logits if logits.dtype == torch.float64 else logits.float(), sampling)
+                q = tree.probs.to(p) if tree is not None and tree.probs is not None else None
+                path, bonus = accept_sampled(input_ids[1:], parents, p, q, generator)
+            cache.keep(past, [0] + [i + 1 for i in path], self.device)
+            t2 = self._clock()
+
+            emitted = [input_ids[i + 1] for i in path] + [bonus]
+            emitted = self._truncate(emitted, result, max_new_tokens, stop_tokens)
+            if not thinking_done and budget.end_token in emitted:
+                thinking_done = True
+            context.extend(emitted)
+            result.tokens.extend(emitted)
+            topk = logits.topk(drafter.wants_topk, dim=-1).indices if drafter.wants_topk else None
+            drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk))
+            t3 = self._clock()
+            result.steps.append(StepRecord(len(input_ids) - 1, len(emitted), tree.source if tree else "none",
+                                           (t1 - t0) + (t3 - t2), t2 - t1, len(context)))
+        return result
+
+    def _truncate(self, emitted: list[int], result: Generation, max_new_tokens: int, stop_tokens) -> list[int]:
+        emitted = emitted[: max_new_tokens - len(result.tokens)]
+        for j, tok in enumerate(emitted):
+            if tok in stop_tokens:
+                result.stopped = True
+                return emitted[: j + 1]
+        return emitted
+
+    def _force(self, cache, context, result, drafter, phrase: list[int]) -> None:
+        """Teacher-force the thinking-budget phrase: one forward, no drafting, recorded as a 'forced' step."""
+        if not phrase:
+            return
+        t0 = self._clock()
+        self._append(cache, [context[-1]] + phrase[:-1])
+        context.extend(phrase)
+        result.tokens.extend(phrase)
+        result.forced_tokens += len(phrase)
+        drafter.observe(StepFeedback(list(phrase), None, [], [], None))
+        t1 = self._clock()
+        result.steps.append(StepRecord(0, len(phrase), "forced", 0.0, t1 - t0, len(context)))

@@ -1,0 +1,47 @@
+"""The drafter interface: every method is only this.
+
+The engine asks `propose` for a tree over the current context, verifies it, and reports back with
+`observe`. Drafters keep whatever index they need incrementally; `tokens` is the live context list
+(prompt + emitted tokens) and must not be modified.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tree import DraftTree
+
+
+@dataclass
+class StepFeedback:
+    """What one verification step tells a drafter."""
+    emitted: list[int]                  # accepted draft tokens + the bonus token, already appended to the context
+    tree: DraftTree | None              # the draft that was verified (None: nothing proposed, or forced tokens)
+    accepted_nodes: list[int]           # indices of the accepted draft nodes, in order
+    input_tokens: list[int]             # root + tree tokens, as fed to the target
+    topk: torch.Tensor | None = None    # [len(input_tokens), k] target top-k ids, when the drafter asks for them
+
+
+class Drafter:
+    name = "ar"
+    # How long learned state lives by default: "sequence" (one round/sample), "question", or "global".
+    default_scope = "sequence"
+    # >0: the engine computes the target's top-k token ids at every verified position for `observe`.
+    wants_topk = 0
+
+    def reset(self) -> None:
+        """Forget everything learned (called at the boundaries of the chosen state scope)."""
+
+    def begin_sequence(self, prompt: list[int]) -> None:
+        """A new round or sample starts with this prompt; the context list will start as a copy of it."""
+
+    def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
+        return None
+
+    def observe(self, feedback: StepFeedback) -> None:
+        """The emitted tokens were appended to the context."""
+
+    def parameters(self) -> dict:
+        """Method parameters, recorded in the run configuration."""
+        return {}

@@ -1,0 +1,73 @@
+"""Load any Hugging Face decoder-only model for the engine, with clear errors for what cannot work."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import UserError
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def check_causal_config(config, path: str) -> None:
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"{path} is an encoder-decoder model ({config.model_type}); the engine needs a decoder-only causal LM")
+    layer_types = getattr(config, "layer_types", None) or []
+    if any("sliding" in str(t) for t in layer_types) or (
+            getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+            and not layer_types):
+        raise UserError(f"{path} uses sliding-window attention, which the tree-attention engine does not support yet")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is the user's path
+        raise UserError(f"cannot load a tokenizer from {path}: {first_line(exc)}") from None
+
+
+def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus: int = 1):
+    """Returns (model, tokenizer, torch.device). `path` is a local directory or a hub id."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--model-path {path} is a file; give the model's directory")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        raise UserError(f"--model-path {path} is not a model directory (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot load a model config from {path}: {first_line(exc)}") from None
+    check_causal_config(config, path)
+    torch_device = resolve_device(device)
+    kwargs = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
+    if num_gpus > 1 and torch_device.type == "cuda":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        if "sdpa" not in str(exc).lower():
+            raise UserError(f"{path} is not a causal language model: {first_line(exc)}") from None
+        kwargs["attn_implementation"] = "eager"  # architectures without SDPA still take a 4D mask
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot load model weights from {path}: {first_line(exc)}") from None
+    if "device_map" not in kwargs:
+        model.to(torch_device)
+    model.eval()
+    return model, load_tokenizer(path), torch_device
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
