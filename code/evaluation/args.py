@@ -1,0 +1,88 @@
+"""Command-line flags shared by every `inference_<method>` CLI (the seed's names, kept so its launch lines work)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from model.errors import UserError
+
+SCOPES = ("sequence", "question", "global")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit code 2 (its default), without the usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def build_parser(method: str) -> Parser:
+    p = Parser(prog=f"python -m evaluation.inference_{method}",
+               description=f"Run the {method} method over a question file through the shared test-time-scaling loop.")
+    p.add_argument("--model-path", "--base-model-path", dest="model_path", required=True,
+                   help="target model: a local directory or a Hugging Face hub id")
+    p.add_argument("--model-id", default=None, help="name of the run; the answer file is named after it")
+    p.add_argument("--bench-name", default="SpecTTS_Bench")
+    p.add_argument("--question-file", default=None, help="default: data/<bench>/question[_cot].jsonl")
+    p.add_argument("--question-begin", type=int, default=None)
+    p.add_argument("--question-end", type=int, default=None)
+    p.add_argument("--answer-file", default=None, help="default: data/<bench>/model_answer[_BON]/<model-id>.jsonl")
+    p.add_argument("--max-new-tokens", type=int, default=15000)
+    p.add_argument("--num-choices", type=int, default=1)
+    p.add_argument("--num-gpus-per-model", type=int, default=1)
+    p.add_argument("--num-gpus-total", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32", "float64"])
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--use-cot-data", action="store_true", help="read data/<bench>/question_cot.jsonl")
+    p.add_argument("--think-twice", action="store_true", help="multi-round thinking")
+    p.add_argument("--num-rounds", type=int, default=2)
+    p.add_argument("--BON", action="store_true", help="Best-of-N sampling of the same prompt")
+    p.add_argument("--bon-n", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=3, help="warm-up generations before measuring (not recorded)")
+    p.add_argument("--warmup-tokens", type=int, default=256, help="new-token cap of each warm-up generation")
+    p.add_argument("--draft-state-scope", choices=SCOPES, default=None,
+                   help="how long a drafter keeps what it learned (default: the method's, as in the seed)")
+    p.add_argument("--max-tree-nodes", type=int, default=128, help="cap on draft tree size")
+    p.add_argument("--no-thinking-budget", action="store_true",
+                   help="do not force the end of thinking past 80%% of --max-new-tokens")
+    # Accepted so the seed's launch lines keep working; the engine always uses tree attention over SDPA.
+    p.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager"], help=argparse.SUPPRESS)
+    p.add_argument("--ea-model-path", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
+    """Fill the seed's defaults and reject values no run can use."""
+    for flag in ("max_new_tokens", "num_choices", "num_rounds", "bon_n", "max_tree_nodes",
+                 "num_gpus_per_model", "num_gpus_total"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    if args.warmup < 0 or args.warmup_tokens <= 0:
+        raise UserError("--warmup must be >= 0 and --warmup-tokens > 0")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must lie in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.think_twice and args.BON:
+        raise UserError("--think-twice and --BON are two paradigms: choose one")
+    if args.num_gpus_total % args.num_gpus_per_model:
+        raise UserError("--num-gpus-total must be a multiple of --num-gpus-per-model")
+    if args.num_gpus_total // args.num_gpus_per_model > 1:
+        raise UserError("several model replicas in one process are not supported: start one process per replica "
+                        "with --question-begin/--question-end and distinct --answer-file")
+    if args.model_id is None:
+        args.model_id = f"{os.path.basename(os.path.normpath(args.model_path))}-{method}"
+    if args.question_file is None:
+        name = "question_cot.jsonl" if args.use_cot_data else "question.jsonl"
+        args.question_file = os.path.join("data", args.bench_name, name)
+    if args.answer_file is None:
+        folder = "model_answer_BON" if args.BON else "model_answer"
+        args.answer_file = os.path.join("data", args.bench_name, folder, f"{args.model_id}.jsonl")
+    args.paradigm = "multi_round" if args.think_twice else "best_of_n" if args.BON else "single"
+    return args

@@ -1,0 +1,26 @@
+"""Entry point shared by the `inference_<method>` modules: flags, then the shared loop, errors as one line."""
+from __future__ import annotations
+
+import sys
+
+from evaluation.args import build_parser, finalize
+from model.errors import UserError
+
+
+def run_method(method: str, make_drafter, add_method_args=None, check_method_args=None) -> None:
+    parser = build_parser(method)
+    if add_method_args:
+        add_method_args(parser)
+    args = parser.parse_args()
+    try:
+        finalize(args, method)
+        if check_method_args:
+            check_method_args(args)
+        from evaluation.eval import run_eval  # heavy imports only once the flags are known to be good
+        run_eval(args, make_drafter)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: completed questions are saved; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)

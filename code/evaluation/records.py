@@ -1,0 +1,109 @@
+"""Answer files, per-step logs and the run configuration, written so that no completed work is ever lost.
+
+- `<stem>.jsonl`: one line per completed question, appended with a single write + fsync.
+- `<stem>.steps.jsonl`: the per-step log; a question's steps are written just before its answer line.
+- `<stem>.config.json`: the run configuration, written once. Resuming under another configuration is refused.
+A run killed mid-write leaves at most a torn last line, which the next run drops (that question is redone),
+together with the step lines of questions that have no answer line.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from model.errors import UserError
+
+# Fields that must match to append to an existing answer file (the rest, e.g. versions, is informative).
+IDENTITY = ("method", "method_parameters", "draft_state_scope", "model_id", "dtype", "device_type", "temperature",
+            "top_p", "top_k", "max_new_tokens", "paradigm", "turns_per_question", "seed", "num_choices",
+            "max_tree_nodes", "thinking_budget")
+
+
+def stem(answer_file: str) -> str:
+    return answer_file[: -len(".jsonl")] if answer_file.endswith(".jsonl") else answer_file
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _complete_lines(path: str) -> list[str]:
+    """Lines of a JSONL file, after cutting a torn last line (one without its newline) off the file."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+    return [ln for ln in data[:cut].decode("utf-8").splitlines() if ln.strip()]
+
+
+class AnswerStore:
+    def __init__(self, answer_file: str, config: dict):
+        self.answer_file = answer_file
+        self.steps_file = stem(answer_file) + ".steps.jsonl"
+        self.config_file = stem(answer_file) + ".config.json"
+        os.makedirs(os.path.dirname(answer_file) or ".", exist_ok=True)
+        self.done = self._resume(config)
+
+    def _resume(self, config: dict) -> set:
+        lines = _complete_lines(self.answer_file)
+        if lines or os.path.exists(self.config_file):
+            self._check_same_run(config)
+        else:
+            atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
+        done = set()
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                done.add(json.loads(line)["question_id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{self.answer_file}:{lineno}: not an answer line; "
+                                "refusing to append to a file this harness did not write") from None
+        self._drop_orphan_steps(done)
+        return done
+
+    def _check_same_run(self, config: dict) -> None:
+        try:
+            with open(self.config_file, encoding="utf-8") as f:
+                old = json.load(f)
+        except FileNotFoundError:
+            raise UserError(f"{self.answer_file} exists without {os.path.basename(self.config_file)}; "
+                            "refusing to append to it: choose another --answer-file or --model-id") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {self.config_file}: {exc}") from None
+        for key in IDENTITY:
+            if old.get(key) != config.get(key):
+                raise UserError(f"{self.answer_file} was written by another configuration ({key}: "
+                                f"{old.get(key)!r} there, {config.get(key)!r} now); choose another --answer-file "
+                                "or --model-id")
+
+    def _drop_orphan_steps(self, done: set) -> None:
+        lines = _complete_lines(self.steps_file)
+        kept = [ln for ln in lines if json.loads(ln).get("question_id") in done]
+        if len(kept) != len(lines):
+            atomic_write_text(self.steps_file, "".join(ln + "\n" for ln in kept))
+
+    def write(self, answer: dict, steps: list[dict]) -> None:
+        if steps:
+            _append(self.steps_file, "".join(json.dumps(s) + "\n" for s in steps))
+        _append(self.answer_file, json.dumps(answer, ensure_ascii=False) + "\n")
+        self.done.add(answer["question_id"])
+
+
+def _append(path: str, text: str) -> None:
+    # One write call on an O_APPEND descriptor: a kill leaves at most a torn tail, repaired on resume.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

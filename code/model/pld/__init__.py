@@ -1,0 +1,4 @@
+"""Prompt lookup decoding drafter."""
+from .drafter import PromptLookupDrafter
+
+__all__ = ["PromptLookupDrafter"]

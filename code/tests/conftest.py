@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random-initialised models of several architectures and an offline tokenizer."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+VOCAB = 384
+ARCHS = ("llama", "qwen2", "qwen3")
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, dtype=torch.float64):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    if arch == "qwen3":
+        common["head_dim"] = 16
+    config = AutoConfig.for_model(arch, **common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+    # Larger weights than the default init: sharper, more repetitive distributions, like a real LM's.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    return model
+
+
+def make_tokenizer(thinking: bool = False):
+    """A byte-level BPE trained on a few sentences: encodes any text, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    special = ["<bos>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
+    if thinking:
+        special += ["<think>", "</think>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["What is the sum of two and three? Please reason step by step, and put your final answer "
+              "within \\boxed{}. The answer is 5. Previously I tried to solve the problem."] * 20
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - 16, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny Llama + tokenizer with a chat template: what `--model-path` points at in CLI tests."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_model("llama", vocab=VOCAB, dtype=torch.float32)
+    tokenizer = make_tokenizer()
+    assert len(tokenizer) <= VOCAB
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def thinking_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-thinker")
+    tiny_model("qwen3", vocab=VOCAB, dtype=torch.float32).save_pretrained(path)
+    make_tokenizer(thinking=True).save_pretrained(path)
+    return str(path)

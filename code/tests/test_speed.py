@@ -1,0 +1,318 @@
+"""Tests for evaluation/speed.py: arithmetic on hand-built answer files and error paths."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CODE_DIR = Path(__file__).resolve().parents[1]
+SCRIPT = CODE_DIR / "evaluation" / "speed.py"
+
+# Load from the file path so the test does not depend on evaluation/ being a package.
+_spec = importlib.util.spec_from_file_location("speed_under_test", SCRIPT)
+speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(speed)
+
+approx = lambda x: pytest.approx(x, rel=1e-12)  # noqa: E731
+
+
+def row(qid, category, new_tokens, wall_time, texts=None, accept=None, draft=None,
+        verify=None, correct=None, sha1=None, paradigm="multi_round"):
+    n = len(new_tokens)
+    choice = {"index": 0, "turns": texts or [f"q{qid} turn {i}" for i in range(n)],
+              "new_tokens": new_tokens, "decoding_steps": [len(a) for a in accept] if accept else None,
+              "wall_time": wall_time}
+    for key, value in (("accept_lengths", accept), ("draft_seconds", draft),
+                       ("verify_seconds", verify), ("correct", correct),
+                       ("token_ids_sha1", sha1)):
+        if value is not None:
+            choice[key] = value
+    return {"question_id": qid, "category": category, "answer_id": f"a{qid}",
+            "model_id": "m", "tstamp": 1.7e9, "paradigm": paradigm, "choices": [choice]}
+
+
+def ar_row(qid, category, new_tokens, wall_time, **kw):
+    # Autoregressive baseline: one token per step, no drafting.
+    n = len(new_tokens)
+    return row(qid, category, new_tokens, wall_time, accept=[[1] * t for t in new_tokens],
+               draft=[0.0] * n, verify=list(wall_time), **kw)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def method_rows():
+    return [
+        row(1, "math", [100, 60], [2.0, 1.0], accept=[[2, 2, 1], [3, 3]],
+            draft=[0.5, 0.25], verify=[1.5, 0.75], correct=[False, True], sha1=["a", "b"]),
+        # no hashes: identity falls back to the text
+        row(2, "code", [40, 100], [1.0, 1.0], texts=["same", "method text"],
+            accept=[[1, 3], [4]], draft=[0.25, 0.25], verify=[0.75, 0.75],
+            correct=[True, True]),
+        row(3, "math", [10], [1.0], accept=[[1]]),  # only in method
+    ]
+
+
+def base_rows():
+    return [
+        ar_row(1, "math", [100, 60], [4.0, 4.0], correct=[False, False], sha1=["a", "x"]),
+        ar_row(2, "code", [40, 100], [2.0, 3.0], texts=["same", "baseline text"],
+               correct=[True, False]),
+        ar_row(4, "code", [10], [1.0]),  # only in baseline
+    ]
+
+
+@pytest.fixture
+def files(tmp_path):
+    m = write_jsonl(tmp_path / "method.jsonl", method_rows())
+    b = write_jsonl(tmp_path / "base.jsonl", base_rows())
+    return m, b
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, "evaluation/speed.py", *map(str, args)],
+                          cwd=CODE_DIR, capture_output=True, text=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------
+# Arithmetic
+# ---------------------------------------------------------------------------
+
+def test_overall_figures(files):
+    s = speed.summarize(speed.load_answers(files[0]), speed.load_answers(files[1]))
+    o = s["overall"]
+    assert s["n_questions"] == 2 and o["n_turns"] == 4
+    assert o["tokens_per_s"] == approx(300 / 5.0)
+    assert o["base_tokens_per_s"] == approx(300 / 13.0)
+    assert o["speedup"] == approx(2.6)
+    assert o["mat"] == approx(19 / 8)  # 2+2+1+3+3+1+3+4 over 8 steps
+    assert o["base_mat"] == approx(1.0)
+    assert o["drafting_share"] == approx(1.25 / 5.0)
+    assert o["accuracy"] == approx(0.75) and o["base_accuracy"] == approx(0.25)
+    assert o["final_accuracy"] == approx(1.0) and o["base_final_accuracy"] == approx(0.0)
+    assert s["mat_counts_bonus_token"] is True
+
+
+def test_identical_turns_hash_then_text(files):
+    s = speed.summarize(speed.load_answers(files[0]), speed.load_answers(files[1]))
+    # q1: hashes a==a, b!=x; q2: texts "same"=="same", differ on turn 2
+    assert s["identical_turns"] == {"identical": 2, "total": 4, "compared_by_hash": 2}
+
+
+def test_hash_wins_over_text():
+    m = row(1, "c", [5], [1.0], texts=["same text"], sha1=["h1"])
+    b = row(1, "c", [5], [1.0], texts=["same text"], sha1=["h2"])
+    assert speed.summarize([m], [b])["identical_turns"]["identical"] == 0
+
+
+def test_per_category(files):
+    s = speed.summarize(speed.load_answers(files[0]), speed.load_answers(files[1]))
+    assert list(s["per_category"]) == ["code", "math"]
+    math_, code = s["per_category"]["math"], s["per_category"]["code"]
+    assert math_["n_questions"] == 1
+    assert math_["tokens_per_s"] == approx(160 / 3.0)
+    assert math_["base_tokens_per_s"] == approx(20.0)
+    assert math_["speedup"] == approx((160 / 3.0) / 20.0)
+    assert math_["mat"] == approx(11 / 5)
+    assert code["tokens_per_s"] == approx(70.0) and code["base_tokens_per_s"] == approx(28.0)
+    assert code["speedup"] == approx(2.5)
+    assert code["mat"] == approx(8 / 3)
+    assert code["drafting_share"] == approx(0.25)
+
+
+def test_per_turn(files):
+    s = speed.summarize(speed.load_answers(files[0]), speed.load_answers(files[1]))
+    t1, t2 = s["per_turn"]
+    assert (t1["turn"], t2["turn"]) == (1, 2)
+    assert t1["tokens_per_s"] == approx(140 / 3.0) and t1["base_tokens_per_s"] == approx(140 / 6.0)
+    assert t1["speedup"] == approx(2.0)
+    assert t1["mat"] == approx(9 / 5)
+    assert t2["tokens_per_s"] == approx(80.0) and t2["base_tokens_per_s"] == approx(160 / 7.0)
+    assert t2["speedup"] == approx(3.5)
+    assert t2["mat"] == approx(10 / 3)
+    assert t2["accuracy"] == approx(1.0) and t2["base_accuracy"] == approx(0.0)
+
+
+def test_unmatched_ids_are_warned(files):
+    s = speed.summarize(speed.load_answers(files[0]), speed.load_answers(files[1]))
+    assert s["only_in_method"] == [3] and s["only_in_baseline"] == [4]
+    assert any("only in the method file" in w and "3" in w for w in s["warnings"])
+    assert any("only in the baseline file" in w and "4" in w for w in s["warnings"])
+
+
+def test_ar_against_itself_gives_mat_one_and_no_speedup():
+    rows = [ar_row(1, "a", [7, 3], [1.0, 0.5]), ar_row(2, "b", [5], [2.0])]
+    s = speed.summarize(rows, rows)
+    assert s["overall"]["mat"] == 1.0
+    assert s["overall"]["speedup"] == approx(1.0)
+    assert s["overall"]["drafting_share"] == 0.0
+    assert s["identical_turns"]["identical"] == 3
+    md = speed.render_markdown(s)
+    overall_line = [l for l in md.splitlines() if l.startswith("| **overall**")][0]
+    assert "| 1.00 |" in overall_line and "1.00x" in overall_line
+
+
+def test_turn_count_mismatch_compares_shared_turns_only():
+    m = row(1, "c", [10, 10, 10], [1.0, 1.0, 1.0], correct=[False, False, True])
+    b = row(1, "c", [10, 10], [2.0, 2.0], correct=[False, False])
+    s = speed.summarize([m], [b])
+    assert s["overall"]["n_turns"] == 2
+    assert s["overall"]["speedup"] == approx(2.0)
+    assert len(s["per_turn"]) == 2
+    assert s["overall"]["final_accuracy"] == 1.0  # the method's own last turn
+    assert s["turn_count_mismatch"] == [1]
+
+
+def test_missing_optional_fields_give_none():
+    m = row(1, "c", [10], [1.0])
+    s = speed.summarize([m], [m])
+    for key in ("mat", "accuracy", "drafting_share", "final_accuracy"):
+        assert s["overall"][key] is None
+    assert "n/a" in speed.render_markdown(s)
+
+
+def test_no_match_raises():
+    with pytest.raises(speed.SpeedError, match="no question_id"):
+        speed.summarize([row(1, "c", [1], [1.0])], [row(2, "c", [1], [1.0])])
+
+
+# ---------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------
+
+def test_markdown_layout(files):
+    s = speed.summarize(speed.load_answers(files[0]), speed.load_answers(files[1]))
+    lines = speed.render_markdown(s).splitlines()
+    main_rows = []
+    for line in lines:  # rows of the first table only
+        if line.startswith("|"):
+            main_rows.append(line)
+        elif main_rows:
+            break
+    assert main_rows[0].startswith("| Category")
+    assert main_rows[-1].startswith("| **overall** | 2 | 4 | 60.00 | 23.08 | 2.60x | 2.38 |")
+    assert any("MAT" in l and "bonus token" in l for l in lines)
+    assert any(l.startswith("| Turn |") for l in lines)
+    assert any(l.startswith("| 2 | 2 | 80.00 | 22.86 | 3.50x | 3.33 |") for l in lines)
+
+
+def test_single_turn_has_no_per_turn_table():
+    rows = [ar_row(1, "a", [7], [1.0])]
+    md = speed.render_markdown(speed.summarize(rows, rows))
+    assert "| Turn |" not in md and "Per turn" not in md
+
+
+# ---------------------------------------------------------------------------
+# Loading errors (in-process)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, reason", [
+    ("{not json", "invalid JSON"),
+    ("[1, 2]", "JSON object"),
+    (json.dumps({"choices": []}), "question_id"),
+    (json.dumps({k: v for k, v in row(9, "c", [1], [1.0]).items() if k != "choices"}), "choices"),
+])
+def test_load_reports_file_and_line(tmp_path, line, reason):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps(row(1, "c", [1], [1.0])) + "\n\n" + line + "\n")
+    with pytest.raises(speed.SpeedError) as exc:
+        speed.load_answers(str(path))
+    assert f"{path}:3:" in str(exc.value) and reason in str(exc.value)
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda c: c.pop("wall_time"), "wall_time"),
+    (lambda c: c.update(new_tokens=[1, 2]), "one entry per turn"),
+    (lambda c: c.update(wall_time=[-1.0]), "non-negative"),
+    (lambda c: c.update(wall_time=[float("nan")]), "non-negative"),
+    (lambda c: c.update(accept_lengths=[3]), "accept_lengths"),
+    (lambda c: c.update(correct=["yes"]), "correct"),
+])
+def test_load_rejects_bad_fields(tmp_path, mutate, reason):
+    rec = row(1, "c", [1], [1.0])
+    mutate(rec["choices"][0])
+    path = write_jsonl(tmp_path / "a.jsonl", [rec])
+    with pytest.raises(speed.SpeedError, match=reason):
+        speed.load_answers(str(path))
+
+
+def test_load_rejects_duplicates_and_empty(tmp_path):
+    dup = write_jsonl(tmp_path / "d.jsonl", [row(1, "c", [1], [1.0])] * 2)
+    with pytest.raises(speed.SpeedError, match=r"d\.jsonl:2: duplicate question_id 1"):
+        speed.load_answers(str(dup))
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(speed.SpeedError, match="no answers"):
+        speed.load_answers(str(empty))
+
+
+# ---------------------------------------------------------------------------
+# Script: error paths and outputs (subprocess, from code/)
+# ---------------------------------------------------------------------------
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_script_missing_file(files, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    proc = run_script("--file-path", missing, "--base-path", files[1])
+    assert_one_line_error(proc, str(missing))
+
+
+def test_script_malformed_line(files, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(method_rows()[0]) + "\n{oops\n")
+    proc = run_script("--file-path", bad, "--base-path", files[1])
+    assert_one_line_error(proc, f"{bad}:2:")
+
+
+def test_script_missing_required_field(files, tmp_path):
+    rec = method_rows()[0]
+    del rec["choices"][0]["new_tokens"]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [rec])
+    proc = run_script("--file-path", files[0], "--base-path", bad)
+    assert_one_line_error(proc, f"{bad}:1:", "new_tokens")
+
+
+def test_script_no_matching_ids(tmp_path):
+    m = write_jsonl(tmp_path / "m.jsonl", [row(1, "c", [1], [1.0])])
+    b = write_jsonl(tmp_path / "b.jsonl", [row(2, "c", [1], [1.0])])
+    assert_one_line_error(run_script("--file-path", m, "--base-path", b), "no question_id")
+
+
+def test_script_usage_error():
+    assert_one_line_error(run_script("--file-path", "x.jsonl"), "--base-path")
+
+
+def test_script_outputs(files, tmp_path):
+    m, b = files
+    (tmp_path / "method.config.json").write_text(
+        json.dumps({"method": "eagle3", "model_id": "tiny-target"}))
+    json_out, md_out = tmp_path / "summary.json", tmp_path / "table.md"
+    proc = run_script("--file-path", m, "--base-path", b,
+                      "--json-out", json_out, "--markdown-out", md_out)
+    assert proc.returncode == 0, proc.stderr
+    assert "method=eagle3" in proc.stdout and "model=tiny-target" in proc.stdout
+    assert "| **overall** | 2 | 4 | 60.00 | 23.08 | 2.60x |" in proc.stdout
+    assert md_out.read_text() == proc.stdout
+    assert proc.stderr.count("warning:") == 2  # id 3 only in method, id 4 only in baseline
+
+    summary = json.loads(json_out.read_text())
+    assert {"overall", "per_category", "per_turn", "identical_turns",
+            "n_questions", "mat_counts_bonus_token"} <= summary.keys()
+    assert summary["mat_counts_bonus_token"] is True
+    assert summary["n_questions"] == 2
+    assert summary["overall"]["speedup"] == approx(2.6)
+    assert summary["identical_turns"] == {"identical": 2, "total": 4, "compared_by_hash": 2}
+    assert [t["turn"] for t in summary["per_turn"]] == [1, 2]
+    assert summary["per_category"]["code"]["speedup"] == approx(2.5)
