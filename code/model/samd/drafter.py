@@ -1,0 +1,121 @@
+"""SAM-Decoding: draft by retrieval from suffix automata over the text seen so far and a static corpus.
+
+Per step, following SAM-Decoding's `DraftModel.lookup`:
+  * dynamic match: the longest suffix of the current sequence that occurred earlier in everything seen
+    since the last reset (earlier rounds/samples of the question included);
+  * static match: the longest suffix of the current sequence found in the static corpus, minus
+    `len_bias` (SAM-Decoding's handicap for the static automaton);
+  * if neither reaches `len_threshold`, the fallback drafter proposes (SAM[EAGLE-3]); with no fallback
+    there is no draft. Otherwise the larger match wins (ties go to the dynamic automaton) and the draft
+    is a chain: the tokens that followed the first occurrence of the matched suffix.
+
+Draft length (SAM-Decoding's `gen_dyn_draft` rule, which counts the root token in n_predicts):
+    nodes = min(n_predicts, 1 + int(alpha * match_length)) - 1, capped by max_nodes and by the text
+    that exists after the occurrence.
+(With an auxiliary drafter SAM-Decoding always drafts n_predicts - 1; alpha=1e9 reproduces that.)
+When the first occurrence sits too close to the end to supply that many tokens (a loop repeating
+itself), we move to shorter suffixes, whose first occurrences are earlier, as SAM-Decoding's `to_anc`
+does, but never to one shorter than the threshold and for at most n_predicts links.
+"""
+from __future__ import annotations
+
+from ..engine.drafter import Drafter, StepFeedback
+from ..engine.tree import DraftTree
+from ..errors import UserError
+from .automaton import Matcher, SuffixAutomaton
+from .static_sam import StaticSam
+
+
+class SamDrafter(Drafter):
+    name = "samd"
+    default_scope = "question"
+
+    def __init__(self, n_predicts: int = 40, len_threshold: int = 5, len_bias: int = 5,
+                 static: StaticSam | None = None, alpha: float = 4.0, fallback: Drafter | None = None):
+        if n_predicts < 2:
+            raise UserError(f"n_predicts must be at least 2 (the root plus one draft token), got {n_predicts}")
+        if len_threshold < 1:
+            raise UserError(f"len_threshold must be at least 1, got {len_threshold}")
+        if len_bias < 0 or not alpha > 0:
+            raise UserError(f"len_bias must be >= 0 and alpha > 0, got {len_bias} and {alpha}")
+        self.n_predicts = n_predicts
+        self.len_threshold = len_threshold
+        self.len_bias = len_bias
+        self.alpha = alpha
+        self.static = static
+        self.static_matcher = Matcher(static.automaton) if static is not None else None
+        self.fallback = fallback
+        self.wants_topk = fallback.wants_topk if fallback is not None else 0
+        self.dynamic = SuffixAutomaton()
+        self.sequence_length = 0   # tokens of the current sequence: a match may not reach before it
+
+    def reset(self) -> None:
+        self.dynamic = SuffixAutomaton()
+        self.sequence_length = 0
+        if self.static_matcher is not None:
+            self.static_matcher.reset()
+        if self.fallback is not None:
+            self.fallback.reset()
+
+    def begin_sequence(self, prompt: list[int]) -> None:
+        self.dynamic.extend_all(prompt)
+        self.sequence_length = len(prompt)
+        if self.static_matcher is not None:
+            self.static_matcher.reset()
+            for token in prompt:
+                self.static_matcher.advance(token)
+        if self.fallback is not None:
+            self.fallback.begin_sequence(prompt)
+
+    def observe(self, feedback: StepFeedback) -> None:
+        extend = self.dynamic.extend
+        matcher = self.static_matcher
+        for token in feedback.emitted:
+            extend(token)
+            if matcher is not None:
+                matcher.advance(token)
+        self.sequence_length += len(feedback.emitted)
+        if self.fallback is not None:
+            self.fallback.observe(feedback)
+
+    def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
+        dyn_state, dyn_length = self.dynamic.repeat_match()
+        dyn_length = min(dyn_length, self.sequence_length)
+        static_length = self.static_matcher.length - self.len_bias if self.static_matcher is not None else -1
+        if max(dyn_length, static_length) < self.len_threshold:
+            return self.fallback.propose(tokens, max_nodes) if self.fallback is not None else None
+        if dyn_length >= static_length:
+            draft = self._continuation(self.dynamic, dyn_state, dyn_length, max_nodes, self.len_threshold)
+            source = "sam_dyn"
+        else:
+            draft = self._continuation(self.static.automaton, self.static_matcher.state,
+                                       self.static_matcher.length, max_nodes, self.len_threshold + self.len_bias)
+            source = "sam_static"
+        return DraftTree.chain(draft, source) if draft else None
+
+    def draft_length(self, match_length: int) -> int:
+        """Draft nodes for a match of this length (the root token is not a node)."""
+        return min(self.n_predicts, 1 + int(self.alpha * match_length)) - 1
+
+    def _continuation(self, automaton: SuffixAutomaton, state: int, match_length: int, max_nodes: int,
+                      min_length: int) -> list[int]:
+        want = min(self.draft_length(match_length), max_nodes)
+        tokens, link, length, first_end = automaton.tokens, automaton.link, automaton.length, automaton.first_end
+        end, last = first_end[state], len(tokens) - 1
+        for _ in range(self.n_predicts):
+            if last - end >= want:
+                break
+            parent = link[state]
+            if length[parent] < min_length:
+                break
+            state, end = parent, first_end[parent]
+        return tokens[end + 1:end + 1 + want]
+
+    def parameters(self) -> dict:
+        params = {"n_predicts": self.n_predicts, "len_threshold": self.len_threshold, "len_bias": self.len_bias,
+                  "alpha": self.alpha,
+                  "static_sam": self.static.path if self.static is not None else None,
+                  "static_sam_tokens": len(self.static) if self.static is not None else 0}
+        if self.fallback is not None:
+            params["fallback"] = {"name": self.fallback.name, **self.fallback.parameters()}
+        return params
