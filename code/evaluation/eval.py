@@ -16,6 +16,7 @@ from evaluation.questions import load_questions
 from evaluation.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine
 from model.engine.loading import load_model
+from model.errors import UserError
 
 
 def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) -> dict:
@@ -114,7 +115,10 @@ def run_eval(args, make_drafter) -> None:
     """Load the model, then answer every question not already in the answer file."""
     questions = load_questions(args.question_file, args.question_begin, args.question_end)
     model, tokenizer, device = load_model(args.model_path, args.dtype, args.device, args.num_gpus_per_model)
-    drafter = make_drafter(args, model, tokenizer)
+    try:
+        drafter = make_drafter(args, model, tokenizer)
+    except ValueError as exc:  # drafters validate their parameters with ValueError
+        raise UserError(str(exc)) from None
     if args.draft_state_scope is None:
         args.draft_state_scope = drafter.default_scope
     if args.BON and args.temperature == 0:

@@ -64,6 +64,11 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def thinking_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-thinker")
-    tiny_model("qwen3", vocab=VOCAB, dtype=torch.float32).save_pretrained(path)
-    make_tokenizer(thinking=True).save_pretrained(path)
+    tokenizer = make_tokenizer(thinking=True)
+    model = tiny_model("qwen3", seed=11, vocab=VOCAB, dtype=torch.float32)
+    with torch.no_grad():  # never end on its own: the budget is what ends the thinking
+        for token in (tokenizer.eos_token, "</think>"):
+            model.get_output_embeddings().weight[tokenizer.convert_tokens_to_ids(token)] = 0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return str(path)

@@ -130,11 +130,12 @@ def test_drafts_the_true_continuation_of_a_repeated_passage():
     assert tree.source == "sam_dyn"
     assert tree.tokens == passage[20:20 + len(tree)]
     assert tree.parents == list(range(-1, len(tree) - 1))
-    # Follow the passage as an engine would: every draft is the truth.
-    for step in range(20, 60, 7):
-        feed(drafter, passage[step:step + 7])
+    # Follow the passage as an engine would: every draft is the truth (the passage keeps repeating).
+    looped = passage * 3
+    for step in range(20, 100, 7):
+        feed(drafter, looped[step:step + 7])
         tree = drafter.propose([], 128)
-        assert tree.tokens == passage[step + 7:step + 7 + len(tree)]
+        assert len(tree) == 39 and tree.tokens == looped[step + 7:step + 7 + 39]
 
 
 def test_no_draft_on_random_text():
@@ -377,3 +378,19 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert existing.read_bytes() == b""
+
+
+# --- in the engine ---------------------------------------------------------------------------------
+
+def test_greedy_output_is_unchanged_and_sam_drafts_get_accepted():
+    from conftest import tiny_model
+    from model.engine import Drafter, SamplingConfig, SpeculativeEngine
+    engine = SpeculativeEngine(tiny_model("llama"))
+    prompt = [5, 17, 33, 5, 17, 33, 5, 17, 33, 5, 17]
+    plain = engine.generate(prompt, Drafter(), 80, SamplingConfig())
+    drafter = SamDrafter(len_threshold=2)
+    drafter.reset()
+    sam = engine.generate(prompt, drafter, 80, SamplingConfig())
+    assert sam.tokens == plain.tokens
+    assert any(s.source == "sam_dyn" and s.accepted > 1 for s in sam.steps)
+    assert len(sam.steps) < len(plain.steps)

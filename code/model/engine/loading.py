@@ -21,6 +21,9 @@ def resolve_device(name: str) -> torch.device:
 def check_causal_config(config, path: str) -> None:
     if getattr(config, "is_encoder_decoder", False):
         raise UserError(f"{path} is an encoder-decoder model ({config.model_type}); the engine needs a decoder-only causal LM")
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise UserError(f"{path} is not a causal language model (architectures: {', '.join(archs)})")
     layer_types = getattr(config, "layer_types", None) or []
     if any("sliding" in str(t) for t in layer_types) or (
             getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)

@@ -73,7 +73,7 @@ class PromptLookupDrafter(Drafter):
         context.extend(new_tokens)
         index = self._last_start
         low, high = self.min_ngram, self.max_ngram
-        # Index the n-grams ending at positions first_new - 1 .. len - 2; the last token's wait a step.
+        # Index the n-grams ending at first_new - 1 .. len - 2; those ending at the last token wait a step.
         for end in range(max(first_new - 1, 0), len(context) - 1):
             stop = end + 1
             for n in range(low, min(high, stop) + 1):
