@@ -27,7 +27,7 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--question-begin", type=int, default=None)
     p.add_argument("--question-end", type=int, default=None)
     p.add_argument("--answer-file", default=None, help="default: data/<bench>/model_answer[_BON]/<model-id>.jsonl")
-    p.add_argument("--max-new-tokens", type=int, default=15000)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--num-choices", type=int, default=1)
     p.add_argument("--num-gpus-per-model", type=int, default=1)
     p.add_argument("--num-gpus-total", type=int, default=1)

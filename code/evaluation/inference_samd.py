@@ -1,0 +1,46 @@
+"""SAM decoding: suffix automata over the text seen so far (dynamic) and an optional corpus (static).
+
+`--tree_method token_recycle` gives SAM[Token Recycling]: the recycling tree drafts when no match is long enough.
+"""
+from evaluation.cli import run_method
+from model.errors import UserError
+
+BUILT_AUXILIARY = ("token_recycle",)
+
+
+def add_args(parser):
+    parser.add_argument("--samd_n_predicts", type=int, default=40)
+    parser.add_argument("--samd_len_threshold", type=int, default=5)
+    parser.add_argument("--samd_len_bias", type=int, default=5)
+    parser.add_argument("--static_sam_path", default=None,
+                        help="static SAM built by `python -m model.samd.build_static_sam`")
+    parser.add_argument("--tree_method", default=None, choices=["token_recycle", "eagle2", "eagle3"],
+                        help="auxiliary drafter used when the automata have no long enough match")
+    parser.add_argument("--tree_model_path", default=None, help="draft head of the auxiliary drafter (EAGLE)")
+    # The seed's EAGLE tree flags, accepted so its launch lines parse.
+    for flag, default in (("--samd_tree_path", None), ("--total-token", 60), ("--depth", 5)):
+        parser.add_argument(flag, default=default, help="(EAGLE auxiliary drafter)")
+
+
+def check_args(args):
+    if args.tree_method and args.tree_method not in BUILT_AUXILIARY:
+        raise UserError(f"--tree_method {args.tree_method} is not built yet; available: {', '.join(BUILT_AUXILIARY)}")
+
+
+def make_drafter(args, model, tokenizer):
+    from model.samd.drafter import SamDrafter
+    from model.samd.static_sam import StaticSam
+
+    static = StaticSam.load(args.static_sam_path, tokenizer) if args.static_sam_path else None
+    fallback = None
+    if args.tree_method == "token_recycle":
+        from model.recycling import TokenRecyclingDrafter
+        fallback = TokenRecyclingDrafter(model.get_output_embeddings().weight.shape[0])
+    # With an auxiliary drafter SAM-Decoding always drafts n_predicts - 1 tokens from a match.
+    alpha = 1e9 if fallback is not None else 4.0
+    return SamDrafter(args.samd_n_predicts, args.samd_len_threshold, args.samd_len_bias, static=static,
+                      alpha=alpha, fallback=fallback)
+
+
+if __name__ == "__main__":
+    run_method("samd", make_drafter, add_args, check_args)
