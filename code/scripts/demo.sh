@@ -6,7 +6,7 @@ set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODEL=${MODEL:-local_model/SmolLM2-135M-Instruct}
 QUESTIONS=${QUESTIONS:-8}
-MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-96}
 OUT=data/demo/model_answer
 COMMON="--model-path $MODEL --bench-name demo --question-file data/demo/question.jsonl --question-end $QUESTIONS
         --max-new-tokens $MAX_NEW_TOKENS --dtype float32 --device cpu --think-twice --warmup 1 --warmup-tokens 32"

@@ -149,8 +149,8 @@ def test_adaptive_length_shrinks_after_rejection():
     d.begin_sequence(list(ctx))
     tree = d.propose(ctx, 100)
     assert len(tree) == 9
-    feed(d, ctx, tree, accepted=2, bonus=999)          # partial: shrink to accepted + 1
-    assert d.draft_length[3] == 3
+    feed(d, ctx, tree, accepted=2, bonus=999)          # partial: shrink by one
+    assert d.draft_length[3] == 8
     d.draft_length[3] = 6
     ctx = repetitive_context()
     d.begin_sequence(list(ctx))
@@ -160,7 +160,8 @@ def test_adaptive_length_shrinks_after_rejection():
     ctx = repetitive_context()
     d.begin_sequence(list(ctx))
     hit_before = d.hit_rate[3]
-    feed(d, ctx, d.propose(ctx, 100), accepted=0, bonus=999)   # nothing accepted: down to one token
+    d.draft_length[3] = 2
+    feed(d, ctx, d.propose(ctx, 100), accepted=0, bonus=999)   # nothing accepted: shrink by one, at least 1
     assert d.draft_length[3] == 1
     assert d.hit_rate[3] < hit_before
 

@@ -1,0 +1,155 @@
+"""Side-by-side benchmark of the drafters on one model, with transformers' own decoding as a reference.
+
+Every method answers the same prompts in one process: per question, round 1 then round 2 (multi-round
+thinking; round 2 quotes the AR answer of round 1, which every lossless greedy method reproduces). Rows:
+our AR, each drafter through our engine, transformers `generate` (plain) and `generate(prompt_lookup_num_tokens=10)`.
+Prints per method and round: tokens/s, speedup over our AR, MAT (bonus token counted) and drafting share.
+
+    cd code && python scripts/benchmark_drafters.py --max-new-tokens 256 --questions 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluation import paradigms  # noqa: E402
+from evaluation.questions import load_questions  # noqa: E402
+from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
+from model.engine.loading import load_model  # noqa: E402
+from model.pld import PromptLookupDrafter  # noqa: E402
+from model.recycling import TokenRecyclingDrafter  # noqa: E402
+from model.samd.drafter import SamDrafter  # noqa: E402
+
+
+def engine_methods(vocab):
+    return {"ar": Drafter(), "pld": PromptLookupDrafter(), "pld-fixed10": PromptLookupDrafter(adaptive=False),
+            "samd": SamDrafter(), "recycling": TokenRecyclingDrafter(vocab)}
+
+
+def hf_generate(model, prompt, max_new_tokens, stop, **kwargs):
+    ids = torch.tensor([prompt], device=model.device)
+    start = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=sorted(stop), pad_token_id=sorted(stop)[0], **kwargs)
+    return out[0, len(prompt):].tolist(), time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", default="local_model/SmolLM2-135M-Instruct")
+    parser.add_argument("--question-file", default="data/demo/question.jsonl")
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--methods", nargs="*", default=None, help="subset of: ar pld pld-fixed10 samd recycling "
+                                                                  "hf hf-pld")
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+
+    model, tokenizer, device = load_model(args.model_path, args.dtype, "auto")
+    engine = SpeculativeEngine(model)
+    stop = paradigms.stop_tokens(tokenizer, model.generation_config)
+    drafters = engine_methods(model.get_output_embeddings().weight.shape[0])
+    names = args.methods or list(drafters) + ["hf", "hf-pld"]
+    totals = defaultdict(lambda: defaultdict(float))   # (method, round) -> sums
+    mismatches = defaultdict(int)
+    questions = load_questions(args.question_file)[: args.questions]
+
+    # Warm-up: one short generation per path, so no method pays first-call costs.
+    warm = paradigms.encode_prompt(tokenizer, paradigms.turn_messages(questions[0], "single", 0, None))
+    for d in drafters.values():
+        engine.generate(warm, d, 16, SamplingConfig(), stop_tokens=stop)
+        d.reset()
+    hf_generate(model, warm, 16, stop)
+
+    for qi, question in enumerate(questions):
+        previous = None
+        reference = {}
+        prompts = []
+        for r in range(args.rounds):
+            prompt = paradigms.encode_prompt(tokenizer, paradigms.turn_messages(question, "multi_round", r, previous))
+            gen = engine.generate(prompt, Drafter(), args.max_new_tokens, SamplingConfig(), stop_tokens=stop)
+            reference[r] = gen.tokens
+            prompts.append(prompt)
+            previous = tokenizer.decode(gen.tokens[:-1] if gen.stopped else gen.tokens, skip_special_tokens=True)
+        for name in names:
+            if name in drafters:
+                drafters[name].reset()   # state lives across the rounds of one question (SAM's scope)
+            for r, prompt in enumerate(prompts):
+                t = totals[(name, r)]
+                if name in drafters:
+                    start = time.perf_counter()
+                    gen = engine.generate(prompt, drafters[name], args.max_new_tokens, SamplingConfig(),
+                                          stop_tokens=stop)
+                    seconds = time.perf_counter() - start
+                    tokens = gen.tokens
+                    t["steps"] += len(gen.steps)
+                    t["draft"] += sum(s.draft_seconds for s in gen.steps)
+                    t["verify"] += sum(s.verify_seconds for s in gen.steps)
+                else:
+                    extra = {"prompt_lookup_num_tokens": 10} if name == "hf-pld" else {}
+                    tokens, seconds = hf_generate(model, prompt, args.max_new_tokens, stop, **extra)
+                t["tokens"] += len(tokens)
+                t["seconds"] += seconds
+                mismatches[name] += tokens != reference[r]
+        print(f"question {qi + 1}/{len(questions)} done", file=sys.stderr, flush=True)
+
+    report(names, totals, mismatches, args)
+
+
+def report(names, totals, mismatches, args):
+    rounds = sorted({r for (_, r) in totals})
+
+    def rate(name, rs):
+        tok = sum(totals[(name, r)]["tokens"] for r in rs)
+        return tok / sum(totals[(name, r)]["seconds"] for r in rs), tok
+
+    rows, summary = [], {}
+    for name in names:
+        cells = [name]
+        entry = {}
+        for rs, label in [([r], f"round {r + 1}") for r in rounds] + [(rounds, "overall")]:
+            tps, tok = rate(name, rs)
+            speedup = tps / rate("ar", rs)[0] if "ar" in names else float("nan")
+            steps = sum(totals[(name, r)]["steps"] for r in rs)
+            draft = sum(totals[(name, r)]["draft"] for r in rs)
+            verify = sum(totals[(name, r)]["verify"] for r in rs)
+            mat = tok / steps if steps else None
+            share = draft / (draft + verify) if steps else None
+            entry[label] = {"tokens_per_s": tps, "speedup": speedup, "mat": mat, "drafting_share": share}
+            cells += [f"{tps:.1f}", f"{speedup:.2f}x", "-" if mat is None else f"{mat:.2f}",
+                      "-" if share is None else f"{100 * share:.1f}%"]
+        cells.append(f"{int(mismatches[name])}")
+        rows.append(cells)
+        summary[name] = entry
+    header = ["Method"]
+    for label in [f"round {r + 1}" for r in rounds] + ["overall"]:
+        header += [f"tok/s {label}", f"speedup {label}", f"MAT {label}", f"draft share {label}"]
+    header.append("turns != AR")
+    print(f"\nmodel {args.model_path}, {args.dtype}, {args.questions} questions x {len(rounds)} rounds, "
+          f"max-new-tokens {args.max_new_tokens}, greedy; MAT counts the bonus token (AR = 1.00)\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+    if "pld" in summary and "hf-pld" in summary:
+        ours, theirs = summary["pld"]["overall"]["tokens_per_s"], summary["hf-pld"]["overall"]["tokens_per_s"]
+        print(f"\nour PLD / transformers PLD tokens/s: {ours / theirs:.2f}x")
+    if "pld" in summary and "hf" in summary:
+        r1 = summary["pld"]["round 1"]["tokens_per_s"] / summary["hf"]["round 1"]["tokens_per_s"]
+        print(f"our PLD / transformers plain generate, round 1: {r1:.2f}x")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
