@@ -42,7 +42,9 @@ def load_tokenizer(path: str):
 def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus: int = 1):
     """Returns (model, tokenizer, torch.device). `path` is a local directory or a hub id."""
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"--model-path {path} is a file; give the model's directory")
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):

@@ -1,0 +1,106 @@
+"""User-facing commands: bad input is one line and a non-zero exit; the embedded model runs end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBEDDED = os.path.join(CODE, "local_model", "SmolLM2-135M-Instruct")
+
+
+def run(*argv, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(env_extra or {})}
+    return subprocess.run([sys.executable, *argv], cwd=CODE, capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_one_line_error(result, fragment):
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def questions(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "category": "math500", "turns": ["1+1?"], "answer": "2"}) + "\n")
+    return str(path)
+
+
+def baseline(*argv):
+    return run("-m", "evaluation.inference_baseline", *argv)
+
+
+def test_missing_model_path(questions, tmp_path):
+    assert_one_line_error(baseline("--model-path", str(tmp_path / "nope"), "--question-file", questions),
+                          "cannot load a model config")
+
+
+def test_directory_that_is_not_a_model(questions, tmp_path):
+    assert_one_line_error(baseline("--model-path", str(tmp_path), "--question-file", questions),
+                          "not a model directory")
+
+
+@pytest.mark.parametrize("model_type, arch, fragment", [("t5", "T5ForConditionalGeneration", "encoder-decoder"),
+                                                        ("bert", "BertForMaskedLM", "not a causal language model")])
+def test_models_the_engine_cannot_serve(questions, tmp_path, model_type, arch, fragment):
+    from transformers import AutoConfig
+    config = AutoConfig.for_model(model_type, architectures=[arch])
+    config.save_pretrained(tmp_path)
+    assert_one_line_error(baseline("--model-path", str(tmp_path), "--question-file", questions), fragment)
+
+
+def test_missing_question_file(tiny_model_dir, tmp_path):
+    assert_one_line_error(baseline("--model-path", tiny_model_dir, "--question-file", str(tmp_path / "q.jsonl")),
+                          "does not exist")
+
+
+def test_malformed_question_line_names_file_and_line(tiny_model_dir, tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "turns": ["ok"]}\n{"question_id": 2, "turns": [\n')
+    assert_one_line_error(baseline("--model-path", tiny_model_dir, "--question-file", str(path)), f"{path}:2")
+
+
+@pytest.mark.parametrize("flags, fragment", [(["--dtype", "float8"], "invalid choice"),
+                                             (["--max-new-tokens", "0"], "--max-new-tokens must be a positive"),
+                                             (["--think-twice", "--BON"], "choose one"),
+                                             (["--temperature", "-1"], "--temperature")])
+def test_bad_flag_values(tiny_model_dir, questions, flags, fragment):
+    assert_one_line_error(baseline("--model-path", tiny_model_dir, "--question-file", questions, *flags), fragment)
+
+
+def test_auxiliary_drafter_not_built_yet(tiny_model_dir, questions):
+    result = run("-m", "evaluation.inference_samd", "--model-path", tiny_model_dir, "--question-file", questions,
+                 "--tree_method", "eagle3")
+    assert_one_line_error(result, "not built yet")
+
+
+def test_resume_into_another_configuration_keeps_the_file(tiny_model_dir, questions, tmp_path):
+    answers = tmp_path / "a.jsonl"
+    common = ["--model-path", tiny_model_dir, "--question-file", questions, "--answer-file", str(answers),
+              "--max-new-tokens", "4", "--warmup", "0", "--device", "cpu", "--dtype", "float32"]
+    assert baseline(*common).returncode == 0
+    before = answers.read_bytes()
+    result = run("-m", "evaluation.inference_pld", *common)
+    assert_one_line_error(result, "another configuration (method")
+    assert answers.read_bytes() == before
+
+
+def test_embedded_model_end_to_end(tmp_path):
+    """The real default model through two methods, then the speed report on their answer files."""
+    if not os.path.exists(os.path.join(EMBEDDED, "config.json")):
+        pytest.fail("the embedded model is not installed: run `make setup` at the repository root")
+    common = ["--model-path", EMBEDDED, "--question-file", "data/demo/question.jsonl", "--question-end", "1",
+              "--max-new-tokens", "12", "--warmup", "0", "--device", "cpu", "--dtype", "float32", "--think-twice"]
+    for method in ("baseline", "samd"):
+        result = run("-m", f"evaluation.inference_{method}", *common, "--answer-file", str(tmp_path / f"{method}.jsonl"))
+        assert result.returncode == 0, result.stderr
+    answer = json.loads((tmp_path / "samd.jsonl").read_text())
+    assert answer["choices"][0]["new_tokens"] == [12, 12]
+    report = run("evaluation/speed.py", "--file-path", str(tmp_path / "samd.jsonl"),
+                 "--base-path", str(tmp_path / "baseline.jsonl"))
+    assert report.returncode == 0, report.stderr
+    assert "Identical turns" in report.stdout and "| 2/2 |" in report.stdout
