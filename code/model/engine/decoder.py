@@ -14,7 +14,10 @@ import torch
 from .drafter import Drafter, StepFeedback
 from .kv_cache import PositionalKVCache
 from .sampling import SamplingConfig, accept_greedy, accept_sampled, target_probs
-from .tree import DraftTree, tree_attention
+from .tree import DraftTree, draft_attention
+
+# What a drafter that proposes nothing gets verified: the root alone, i.e. one autoregressive step.
+NO_DRAFT = DraftTree([], [], source="none")
 
 
 @dataclass
@@ -105,38 +108,38 @@ class SpeculativeEngine:
 
             t0 = self._clock()
             tree = drafter.propose(context, self.max_tree_nodes)
-            if tree is not None and len(tree) == 0:
-                tree = None
-            if tree is not None:
-                tree.validate(self.max_tree_nodes, self.vocab_size)
+            if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
+                tree = NO_DRAFT
+            tree.validate(self.max_tree_nodes, self.vocab_size)
             t1 = self._clock()
 
-            input_ids = [context[-1]] + (tree.tokens if tree else [])
-            parents = tree.parents if tree else []
-            block = torch.from_numpy(tree_attention(parents)).to(self.device)
-            depths = torch.tensor([0] + (tree.depths if tree else []), device=self.device)
+            input_ids = [context[-1]] + tree.tokens
+            block = torch.from_numpy(draft_attention(tree)).to(self.device)
+            depths = torch.tensor([0] + tree.depths + tree.aux_depths, device=self.device)
             past = cache.get_seq_length()
-            logits = self._forward(cache, input_ids, block, depths)
+            all_logits = self._forward(cache, input_ids + tree.aux_tokens, block, depths)
+            logits = all_logits[: len(input_ids)]
             if sampling.greedy:
-                path, bonus = accept_greedy(input_ids[1:], parents, logits.argmax(-1).tolist())
+                path, bonus = accept_greedy(tree.tokens, tree.parents, logits.argmax(-1).tolist())
             else:
                 p = target_probs(logits if logits.dtype == torch.float64 else logits.float(), sampling)
-                q = tree.probs.to(p) if tree is not None and tree.probs is not None else None
-                path, bonus = accept_sampled(input_ids[1:], parents, p, q, generator)
+                q = tree.probs.to(p) if tree.probs is not None else None
+                path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, generator)
             cache.keep(past, [0] + [i + 1 for i in path], self.device)
             t2 = self._clock()
 
-            emitted = [input_ids[i + 1] for i in path] + [bonus]
+            emitted = [tree.tokens[i] for i in path] + [bonus]
             emitted = self._truncate(emitted, result, max_new_tokens, stop_tokens)
             if not thinking_done and budget.end_token in emitted:
                 thinking_done = True
             context.extend(emitted)
             result.tokens.extend(emitted)
             topk = logits.topk(drafter.wants_topk, dim=-1).indices if drafter.wants_topk else None
-            drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk))
+            aux_argmax = all_logits[len(input_ids):].argmax(-1).tolist() if tree.aux_tokens else None
+            drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk, aux_argmax))
             t3 = self._clock()
-            result.steps.append(StepRecord(len(input_ids) - 1, len(emitted), tree.source if tree else "none",
-                                           (t1 - t0) + (t3 - t2), t2 - t1, len(context)))
+            result.steps.append(StepRecord(tree.size, len(emitted), tree.source, (t1 - t0) + (t3 - t2), t2 - t1,
+                                           len(context)))
         return result
 
     def _truncate(self, emitted: list[int], result: Generation, max_new_tokens: int, stop_tokens) -> list[int]:

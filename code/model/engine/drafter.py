@@ -17,10 +17,11 @@ from .tree import DraftTree
 class StepFeedback:
     """What one verification step tells a drafter."""
     emitted: list[int]                  # accepted draft tokens + the bonus token, already appended to the context
-    tree: DraftTree | None              # the draft that was verified (None: nothing proposed, or forced tokens)
+    tree: DraftTree | None              # the draft that was verified (empty: nothing proposed; None: forced tokens)
     accepted_nodes: list[int]           # indices of the accepted draft nodes, in order
-    input_tokens: list[int]             # root + tree tokens, as fed to the target
+    input_tokens: list[int]             # root + tree tokens, as fed to the target (auxiliary nodes excluded)
     topk: torch.Tensor | None = None    # [len(input_tokens), k] target top-k ids, when the drafter asks for them
+    aux_argmax: list[int] | None = None  # the target's argmax at each auxiliary node of the draft
 
 
 class Drafter:
