@@ -58,10 +58,11 @@ class SpeculativeEngine:
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_tree_nodes = max_tree_nodes
         self.cache_capacity = cache_capacity
-        self._sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        self.synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
-    def _clock(self) -> float:
-        self._sync()
+    def clock(self) -> float:
+        """Seconds, read after the device finished its queued work (else GPU time lands in the wrong bucket)."""
+        self.synchronize()
         return time.perf_counter()
 
     def _forward(self, cache: PositionalKVCache, input_ids: list[int], block: torch.Tensor,
@@ -106,12 +107,12 @@ class SpeculativeEngine:
                 thinking_done = True
                 continue
 
-            t0 = self._clock()
+            t0 = self.clock()
             tree = drafter.propose(context, self.max_tree_nodes)
             if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
                 tree = NO_DRAFT
             tree.validate(self.max_tree_nodes, self.vocab_size)
-            t1 = self._clock()
+            t1 = self.clock()
 
             input_ids = [context[-1]] + tree.tokens
             block = torch.from_numpy(draft_attention(tree)).to(self.device)
@@ -126,7 +127,7 @@ class SpeculativeEngine:
                 q = tree.probs.to(p) if tree.probs is not None else None
                 path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, generator)
             cache.keep(past, [0] + [i + 1 for i in path], self.device)
-            t2 = self._clock()
+            t2 = self.clock()
 
             emitted = [tree.tokens[i] for i in path] + [bonus]
             emitted = self._truncate(emitted, result, max_new_tokens, stop_tokens)
@@ -137,7 +138,7 @@ class SpeculativeEngine:
             topk = logits.topk(drafter.wants_topk, dim=-1).indices if drafter.wants_topk else None
             aux_argmax = all_logits[len(input_ids):].argmax(-1).tolist() if tree.aux_tokens else None
             drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk, aux_argmax))
-            t3 = self._clock()
+            t3 = self.clock()
             result.steps.append(StepRecord(tree.size, len(emitted), tree.source, (t1 - t0) + (t3 - t2), t2 - t1,
                                            len(context)))
         return result
@@ -154,11 +155,11 @@ class SpeculativeEngine:
         """Teacher-force the thinking-budget phrase: one forward, no drafting, recorded as a 'forced' step."""
         if not phrase:
             return
-        t0 = self._clock()
+        t0 = self.clock()
         self._append(cache, [context[-1]] + phrase[:-1])
         context.extend(phrase)
         result.tokens.extend(phrase)
         result.forced_tokens += len(phrase)
         drafter.observe(StepFeedback(list(phrase), None, [], [], None))
-        t1 = self._clock()
+        t1 = self.clock()
         result.steps.append(StepRecord(0, len(phrase), "forced", 0.0, t1 - t0, len(context)))
