@@ -24,7 +24,9 @@ def test_greedy_token_identical_to_ar(arch, method):
     used_drafts = 0
     for prompt in PROMPTS.values():
         reference = engine.generate(prompt, Drafter(), 64, SamplingConfig()).tokens
-        out = engine.generate(prompt, METHODS[method](VOCAB), 64, SamplingConfig())
+        # REST's datastore holds text like the answer (as a real corpus would), never the answer itself whole.
+        corpus = [reference[i:i + 8] for i in range(0, len(reference), 5)]
+        out = engine.generate(prompt, METHODS[method](VOCAB, corpus), 64, SamplingConfig())
         assert out.tokens == reference
         used_drafts += len(out.steps) < len(out.tokens)
     assert used_drafts  # the method really drafted and got tokens accepted somewhere
@@ -34,7 +36,8 @@ def test_greedy_token_identical_to_ar(arch, method):
 def test_sampling_follows_the_target_law(method):
     model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
     cfg = SamplingConfig(1.0)
-    counts = sample_pairs(model, METHODS[method](SMALL_VOCAB), cfg, 1500)
+    corpus = [[(7 * i + j * j) % SMALL_VOCAB for j in range(12)] for i in range(40)]
+    counts = sample_pairs(model, METHODS[method](SMALL_VOCAB, corpus), cfg, 1500)
     assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), 1500) > ALPHA
 
 
@@ -44,7 +47,8 @@ def run_paradigm(model_dir, question_file, answer_file, method, *flags):
     argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
             "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0", *flags]
     run_eval(finalize(build_parser(method).parse_args(argv), method),
-             lambda args, model, tokenizer: METHODS[method](model.get_output_embeddings().weight.shape[0]))
+             lambda args, model, tokenizer: METHODS[method](model.get_output_embeddings().weight.shape[0],
+                                                            [list(range(5, 60))]))
     with open(answer_file) as f:
         return [c["token_ids_sha1"] for line in f for c in json.loads(line)["choices"]]
 
