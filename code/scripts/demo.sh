@@ -1,20 +1,35 @@
 #!/bin/bash
-# CPU demo on the embedded SmolLM2-135M-Instruct: every built method, multi-round thinking (2 rounds),
-# greedy, over the demo questions, then one comparison table. Resumable: a second run reuses finished answers.
-# Run from code/:  bash scripts/demo.sh   (QUESTIONS=16 MAX_NEW_TOKENS=256 for the full demo set)
+# CPU demo on the embedded SmolLM2-135M-Instruct: every built method, multi-round thinking (2 rounds), greedy,
+# over the first demo questions, then one comparison table. Resumable: a second run reuses finished answers.
+# Run from code/:  bash scripts/demo.sh     (QUESTIONS=8 MAX_NEW_TOKENS=256 for a longer run)
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODEL=${MODEL:-local_model/SmolLM2-135M-Instruct}
-QUESTIONS=${QUESTIONS:-8}
-MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-96}
+QUESTIONS=${QUESTIONS:-6}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-80}
 OUT=data/demo/model_answer
-COMMON="--model-path $MODEL --bench-name demo --question-file data/demo/question.jsonl --question-end $QUESTIONS
-        --max-new-tokens $MAX_NEW_TOKENS --dtype float32 --device cpu --think-twice --warmup 1 --warmup-tokens 32"
 TAG=smollm2-q${QUESTIONS}-n${MAX_NEW_TOKENS}
+if [ "$QUESTIONS" -gt 8 ]; then
+  echo "error: QUESTIONS must be at most 8: demo questions 9-16 are REST's corpus" >&2; exit 2
+fi
+COMMON="--model-path $MODEL --bench-name demo --question-file data/demo/question.jsonl
+        --max-new-tokens $MAX_NEW_TOKENS --dtype float32 --device cpu --warmup 1 --warmup-tokens 32"
 
-for method in baseline pld samd recycling; do
+# REST's datastore: the model's own answers to the OTHER demo questions (never the answers being measured).
+DATASTORE=$OUT/$TAG-rest-corpus.idx
+if [ ! -f "$DATASTORE" ]; then
+  $PYTHON -m evaluation.inference_baseline $COMMON --question-begin 8 --model-id $TAG-rest-corpus-answers
+  $PYTHON -m model.rest.build_datastore --corpus $OUT/$TAG-rest-corpus-answers.jsonl --tokenizer-path $MODEL \
+    --output $DATASTORE
+fi
+
+declare -A EXTRA=([rest]="--datastore-path $DATASTORE")
+METHODS="baseline pld samd recycling lookahead rest pia"
+for method in $METHODS; do
   echo "== $method"
-  $PYTHON -m evaluation.inference_$method $COMMON --model-id $TAG-$method
+  $PYTHON -m evaluation.inference_$method $COMMON --question-end $QUESTIONS --think-twice --model-id $TAG-$method \
+    ${EXTRA[$method]:-}
 done
-$PYTHON evaluation/compare.py --base-path $OUT/$TAG-baseline.jsonl \
-  --file-path $OUT/$TAG-pld.jsonl $OUT/$TAG-samd.jsonl $OUT/$TAG-recycling.jsonl --markdown-out $OUT/$TAG-table.md
+FILES=""
+for method in $METHODS; do [ "$method" = baseline ] || FILES="$FILES $OUT/$TAG-$method.jsonl"; done
+$PYTHON evaluation/compare.py --base-path $OUT/$TAG-baseline.jsonl --file-path $FILES --markdown-out $OUT/$TAG-table.md

@@ -5,6 +5,7 @@ the other methods ignore it.
 """
 from model.engine import Drafter
 from model.lade import LookaheadDrafter
+from model.pia.drafter import PiaDrafter
 from model.pld import PromptLookupDrafter
 from model.recycling import TokenRecyclingDrafter
 from model.rest.datastore import Datastore
@@ -27,4 +28,5 @@ METHODS = {
     "recycling": lambda vocab, corpus: TokenRecyclingDrafter(vocab),
     "lookahead": lambda vocab, corpus: LookaheadDrafter(),
     "rest": rest,
+    "pia": lambda vocab, corpus: PiaDrafter(),
 }
