@@ -60,7 +60,7 @@ class Runner:
     def decode(self, tokens: list[int]) -> str:
         if tokens and tokens[-1] in self.stop:
             tokens = tokens[:-1]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
 
     def warm_up(self, question: dict) -> None:
         prompt = paradigms.encode_prompt(self.tokenizer, paradigms.turn_messages(question, "single", 0, None))

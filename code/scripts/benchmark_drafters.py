@@ -5,7 +5,7 @@ thinking; round 2 quotes the AR answer of round 1, which every lossless greedy m
 our AR, each drafter through our engine, transformers `generate` (plain) and `generate(prompt_lookup_num_tokens=10)`.
 Prints per method and round: tokens/s, speedup over our AR, MAT (bonus token counted) and drafting share.
 
-    cd code && python scripts/benchmark_drafters.py --max-new-tokens 256 --questions 16
+    cd code && python scripts/benchmark_drafters.py --max-new-tokens 256 --questions 8 --datastore-path X.idx
 """
 from __future__ import annotations
 
@@ -23,14 +23,22 @@ from evaluation import paradigms  # noqa: E402
 from evaluation.questions import load_questions  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
 from model.engine.loading import load_model  # noqa: E402
+from model.lade import LookaheadDrafter  # noqa: E402
+from model.pia.drafter import PiaDrafter  # noqa: E402
 from model.pld import PromptLookupDrafter  # noqa: E402
 from model.recycling import TokenRecyclingDrafter  # noqa: E402
+from model.rest.datastore import Datastore  # noqa: E402
+from model.rest.drafter import RestDrafter  # noqa: E402
 from model.samd.drafter import SamDrafter  # noqa: E402
 
 
-def engine_methods(vocab):
-    return {"ar": Drafter(), "pld": PromptLookupDrafter(), "pld-fixed10": PromptLookupDrafter(adaptive=False),
-            "samd": SamDrafter(), "recycling": TokenRecyclingDrafter(vocab)}
+def engine_methods(vocab, tokenizer, datastore_path):
+    methods = {"ar": Drafter(), "pld": PromptLookupDrafter(), "pld-fixed10": PromptLookupDrafter(adaptive=False),
+               "samd": SamDrafter(), "recycling": TokenRecyclingDrafter(vocab), "lookahead": LookaheadDrafter(),
+               "pia": PiaDrafter()}
+    if datastore_path:
+        methods["rest"] = RestDrafter(Datastore.load(datastore_path, tokenizer))
+    return methods
 
 
 def hf_generate(model, prompt, max_new_tokens, stop, **kwargs):
@@ -45,23 +53,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", default="local_model/SmolLM2-135M-Instruct")
     parser.add_argument("--question-file", default="data/demo/question.jsonl")
-    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--question-begin", type=int, default=0)
+    parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--methods", nargs="*", default=None, help="subset of: ar pld pld-fixed10 samd recycling "
-                                                                  "hf hf-pld")
+                                                                  "lookahead pia rest hf hf-pld")
+    parser.add_argument("--datastore-path", default=None, help="REST datastore (REST is skipped without one)")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
 
     model, tokenizer, device = load_model(args.model_path, args.dtype, "auto")
     engine = SpeculativeEngine(model)
     stop = paradigms.stop_tokens(tokenizer, model.generation_config)
-    drafters = engine_methods(model.get_output_embeddings().weight.shape[0])
+    drafters = engine_methods(model.get_output_embeddings().weight.shape[0], tokenizer, args.datastore_path)
     names = args.methods or list(drafters) + ["hf", "hf-pld"]
     totals = defaultdict(lambda: defaultdict(float))   # (method, round) -> sums
     mismatches = defaultdict(int)
-    questions = load_questions(args.question_file)[: args.questions]
+    questions = load_questions(args.question_file, args.question_begin, args.question_begin + args.questions)
 
     # Warm-up: one short generation per path, so no method pays first-call costs.
     warm = paradigms.encode_prompt(tokenizer, paradigms.turn_messages(questions[0], "single", 0, None))
