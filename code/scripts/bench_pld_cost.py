@@ -5,19 +5,22 @@ updated incrementally and a lookup is a few dict probes. The stream is synthetic
 with spans copied from earlier positions, so lookups hit and miss like in real text. Each step
 plays greedy verification against the stream: accept the draft's agreeing prefix plus one token.
 
-Run: cd code && PYTHONPATH=. python scripts/bench_pld_cost.py
+Run: cd code && python scripts/bench_pld_cost.py
 """
 from __future__ import annotations
 
 import gc
 import random
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from model.engine.drafter import StepFeedback
-from model.pld import PromptLookupDrafter
-from model.recycling import TokenRecyclingDrafter
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model.engine.drafter import StepFeedback  # noqa: E402
+from model.pld import PromptLookupDrafter  # noqa: E402
+from model.recycling import TokenRecyclingDrafter  # noqa: E402
 
 CONTEXTS = (1_000, 10_000, 100_000)
 STEPS = 3_000
