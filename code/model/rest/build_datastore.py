@@ -23,7 +23,7 @@ import sys
 import time
 from itertools import islice
 
-from ..errors import UserError
+from ..errors import UserError, report_user_errors
 from ..samd.build_static_sam import BATCH, read_texts, record_texts, tokenize
 
 
@@ -114,13 +114,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from ..errors import UserError
+from ..errors import UserError, report_user_errors
 
 BATCH = 256   # texts per tokenizer call
 
@@ -130,13 +130,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors(run, parse_args(argv))
 
 
 if __name__ == "__main__":
