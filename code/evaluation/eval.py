@@ -24,7 +24,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
     return {
         "method": drafter.name, "method_parameters": drafter.parameters(), "draft_state_scope": args.draft_state_scope,
         "model_id": args.model_id, "model_path": args.model_path, "dtype": args.dtype, "device": str(device),
-        "device_type": device.type,
+        "device_type": device.type, "num_gpus_per_model": args.num_gpus_per_model,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens, "paradigm": args.paradigm,

@@ -35,4 +35,8 @@ def load_questions(path: str, begin: int | None = None, end: int | None = None) 
         questions.append(q)
     if not questions:
         raise UserError(f"question file {path} holds no questions")
-    return questions[begin:end]
+    selected = questions[begin:end]
+    if not selected:
+        raise UserError(f"--question-begin {begin} / --question-end {end} select none of the {len(questions)} "
+                        f"questions in {path}")
+    return selected

@@ -14,9 +14,9 @@ import os
 from model.errors import UserError
 
 # Fields that must match to append to an existing answer file (the rest, e.g. versions, is informative).
-IDENTITY = ("method", "method_parameters", "draft_state_scope", "model_id", "dtype", "device_type", "temperature",
-            "top_p", "top_k", "max_new_tokens", "paradigm", "turns_per_question", "seed", "num_choices",
-            "max_tree_nodes", "thinking_budget")
+IDENTITY = ("method", "method_parameters", "draft_state_scope", "model_id", "dtype", "device_type", "device_name",
+            "num_gpus_per_model", "question_file", "temperature", "top_p", "top_k", "max_new_tokens", "paradigm",
+            "turns_per_question", "seed", "num_choices", "max_tree_nodes", "thinking_budget")
 
 
 def stem(answer_file: str) -> str:
@@ -50,8 +50,13 @@ class AnswerStore:
         self.answer_file = answer_file
         self.steps_file = stem(answer_file) + ".steps.jsonl"
         self.config_file = stem(answer_file) + ".config.json"
-        os.makedirs(os.path.dirname(answer_file) or ".", exist_ok=True)
-        self.done = self._resume(config)
+        if os.path.isdir(answer_file):
+            raise UserError(f"--answer-file {answer_file} is a directory")
+        try:
+            os.makedirs(os.path.dirname(answer_file) or ".", exist_ok=True)
+            self.done = self._resume(config)
+        except OSError as exc:
+            raise UserError(f"cannot use answer file {answer_file}: {exc.strerror or exc}") from None
 
     def _resume(self, config: dict) -> set:
         lines = _complete_lines(self.answer_file)
@@ -86,7 +91,15 @@ class AnswerStore:
 
     def _drop_orphan_steps(self, done: set) -> None:
         lines = _complete_lines(self.steps_file)
-        kept = [ln for ln in lines if json.loads(ln).get("question_id") in done]
+        kept = []
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                question_id = json.loads(line)["question_id"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{self.steps_file}:{lineno}: not a step line; "
+                                "refusing to rewrite a file this harness did not write") from None
+            if question_id in done:
+                kept.append(line)
         if len(kept) != len(lines):
             atomic_write_text(self.steps_file, "".join(ln + "\n" for ln in kept))
 

@@ -13,7 +13,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, dtype=torch.float64):
+def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, dtype=torch.float64, attn: str = "sdpa"):
     from transformers import AutoConfig, AutoModelForCausalLM
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -22,7 +22,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, dtype=tor
         common["head_dim"] = 16
     config = AutoConfig.for_model(arch, **common)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn).eval()
     # Larger weights than the default init: sharper, more repetitive distributions, like a real LM's.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)

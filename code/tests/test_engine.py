@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, VOCAB, tiny_model
-from model.engine import DraftError, Drafter, DraftTree, SamplingConfig, SpeculativeEngine
+from model.engine import DraftError, Drafter, DraftTree, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from model.engine.kv_cache import PositionalKVCache
 from model.engine.tree import tree_attention
 
@@ -153,3 +153,27 @@ def test_drafter_that_proposes_nothing_costs_one_plain_step_per_token():
     out = SpeculativeEngine(model).generate(PROMPT_RANDOM, Drafter(), 20, SamplingConfig())
     assert len(out.steps) == 20 and out.accept_lengths == [1] * 20
     assert all(s.draft_size == 0 for s in out.steps)
+
+
+@pytest.mark.parametrize("shape", ["deep", "cap", "wide"])
+def test_eager_attention_gets_an_additive_mask(shape):
+    """Eager attention adds the mask to the scores: a boolean mask there would let tokens see the future."""
+    model = tiny_model("llama", seed=4, attn="eager")
+    reference = SpeculativeEngine(tiny_model("llama", seed=4)).generate(PROMPT_RANDOM, Drafter(), 40,
+                                                                          SamplingConfig()).tokens
+    assert ar_tokens(model, PROMPT_RANDOM, 40) == reference
+    out = SpeculativeEngine(model).generate(PROMPT_RANDOM, ScriptedDrafter(reference, shape), 40, SamplingConfig())
+    assert out.tokens == reference and len(out.steps) < 40
+
+
+@pytest.mark.parametrize("shape", ["deep", "cap", "chain"])
+def test_thinking_budget_is_forced_where_ar_forces_it(shape):
+    """A step that would emit past the trigger is cut there, so the phrase lands at the same place as in AR."""
+    model = tiny_model("qwen2")
+    budget = ThinkingBudget(trigger_at=13, phrase=[1, 2, 3], end_token=VOCAB - 1)
+    engine = SpeculativeEngine(model, max_tree_nodes=64)
+    reference = engine.generate(PROMPT_REPEAT, Drafter(), 40, SamplingConfig(), budget=budget)
+    assert reference.tokens[13:16] == [1, 2, 3] and reference.forced_tokens == 3
+    out = engine.generate(PROMPT_REPEAT, ScriptedDrafter(reference.tokens, shape), 40, SamplingConfig(),
+                          budget=budget)
+    assert out.tokens == reference.tokens and out.forced_tokens == 3 and len(out.steps) < len(reference.steps)

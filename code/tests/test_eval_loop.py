@@ -151,3 +151,31 @@ def test_answer_file_without_config_is_not_appended_to(tmp_path):
     answer_file.write_text('{"question_id": 1}\n')
     with pytest.raises(UserError, match="without"):
         records.AnswerStore(str(answer_file), {"method": "ar"})
+
+
+def test_another_question_file_is_another_run(tiny_model_dir, question_file, tmp_path):
+    answer_file = tmp_path / "q.jsonl"
+    run_eval(make_args(tiny_model_dir, question_file, answer_file, "--question-end", "1"), ar)
+    other = tmp_path / "other.jsonl"
+    other.write_text(open(question_file).read())
+    with pytest.raises(UserError, match="question_file"):
+        run_eval(make_args(tiny_model_dir, str(other), answer_file), ar)
+
+
+def test_a_range_that_selects_nothing_is_an_error(tiny_model_dir, question_file, tmp_path):
+    with pytest.raises(UserError, match="select none"):
+        run_eval(make_args(tiny_model_dir, question_file, tmp_path / "a.jsonl", "--question-begin", "7"), ar)
+
+
+def test_answer_file_that_is_a_directory(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        records.AnswerStore(str(tmp_path), {"method": "ar"})
+
+
+def test_foreign_step_log_is_not_rewritten(tmp_path):
+    answer_file = tmp_path / "a.jsonl"
+    steps = tmp_path / "a.steps.jsonl"
+    steps.write_text("not json\n")
+    with pytest.raises(UserError, match="a.steps.jsonl:1"):
+        records.AnswerStore(str(answer_file), {"method": "ar"})
+    assert steps.read_text() == "not json\n"

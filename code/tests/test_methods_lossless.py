@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ARCHS, VOCAB, tiny_model
 from methods import METHODS
-from model.engine import Drafter, SamplingConfig, SpeculativeEngine
+from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from test_sampling import SMALL_VOCAB, ALPHA, exact_two_token_law, sample_pairs
 from stats import chi_square_pvalue
 
@@ -30,6 +30,18 @@ def test_greedy_token_identical_to_ar(arch, method):
         assert out.tokens == reference
         used_drafts += len(out.steps) < len(out.tokens)
     assert used_drafts  # the method really drafted and got tokens accepted somewhere
+
+
+@pytest.mark.parametrize("method", DRAFTING)
+def test_thinking_budget_lands_where_ar_puts_it(method):
+    model = tiny_model("qwen3")
+    budget = ThinkingBudget(trigger_at=21, phrase=[1, 2, 3, 4], end_token=VOCAB - 1)
+    engine = SpeculativeEngine(model)
+    prompt = PROMPTS["repeat"]
+    reference = engine.generate(prompt, Drafter(), 48, SamplingConfig(), budget=budget).tokens
+    corpus = [reference[i:i + 8] for i in range(0, len(reference), 5)]
+    assert engine.generate(prompt, METHODS[method](VOCAB, corpus), 48, SamplingConfig(), budget=budget).tokens == \
+        reference
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

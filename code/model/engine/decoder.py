@@ -58,7 +58,10 @@ class SpeculativeEngine:
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_tree_nodes = max_tree_nodes
         self.cache_capacity = cache_capacity
-        self.synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        # SDPA takes a boolean mask; eager attention adds the mask to the scores, so it needs 0 / -inf.
+        self.additive_mask = getattr(model.config, "_attn_implementation", "sdpa") != "sdpa"
+        devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+        self.synchronize = (lambda: [torch.cuda.synchronize(d) for d in devices]) if devices else (lambda: None)
 
     def clock(self) -> float:
         """Seconds, read after the device finished its queued work (else GPU time lands in the wrong bucket)."""
@@ -71,6 +74,9 @@ class SpeculativeEngine:
         past, n = cache.get_seq_length(), len(input_ids)
         mask = torch.ones(1, 1, n, past + n, dtype=torch.bool, device=self.device)
         mask[0, 0, :, past:] = block
+        if self.additive_mask:
+            dtype = self.model.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
         out = self.model(
             input_ids=torch.tensor([input_ids], device=self.device),
             attention_mask=mask,
@@ -126,11 +132,14 @@ class SpeculativeEngine:
                 p = target_probs(logits if logits.dtype == torch.float64 else logits.float(), sampling)
                 q = tree.probs.to(p) if tree.probs is not None else None
                 path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, generator)
-            cache.keep(past, [0] + [i + 1 for i in path], self.device)
+            # Never step past the budget's trigger or the token limit: AR would stop there, so must we.
+            limit = max_new_tokens if thinking_done else min(max_new_tokens, budget.trigger_at)
+            emitted = self._truncate([tree.tokens[i] for i in path] + [bonus], result, limit, stop_tokens)
+            path = path[: len(emitted)]
+            # Keep the root and the accepted nodes before the last emitted token (which becomes the next root).
+            cache.keep(past, [0] + [i + 1 for i in path[: len(emitted) - 1]], self.device)
             t2 = self.clock()
 
-            emitted = [tree.tokens[i] for i in path] + [bonus]
-            emitted = self._truncate(emitted, result, max_new_tokens, stop_tokens)
             if not thinking_done and budget.end_token in emitted:
                 thinking_done = True
             context.extend(emitted)
@@ -143,8 +152,8 @@ class SpeculativeEngine:
                                            len(context)))
         return result
 
-    def _truncate(self, emitted: list[int], result: Generation, max_new_tokens: int, stop_tokens) -> list[int]:
-        emitted = emitted[: max_new_tokens - len(result.tokens)]
+    def _truncate(self, emitted: list[int], result: Generation, limit: int, stop_tokens) -> list[int]:
+        emitted = emitted[: limit - len(result.tokens)]
         for j, tok in enumerate(emitted):
             if tok in stop_tokens:
                 result.stopped = True

@@ -49,6 +49,7 @@ class PositionalLayer(CacheLayerMixin):
     def keep(self, start: int, offsets: torch.Tensor | None, count: int) -> None:
         """Keep `count` entries from `start`: those at start+offsets (if given) moved to start.. in order."""
         if offsets is not None and self.is_initialized:
+            offsets = offsets.to(self.keys.device)  # layers may sit on several GPUs (device_map="auto")
             end = start + count
             self.keys[:, :, start:end] = self.keys.index_select(2, offsets + start)
             self.values[:, :, start:end] = self.values.index_select(2, offsets + start)

@@ -63,8 +63,11 @@ def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus
     except ValueError as exc:
         if "sdpa" not in str(exc).lower():
             raise UserError(f"{path} is not a causal language model: {first_line(exc)}") from None
-        kwargs["attn_implementation"] = "eager"  # architectures without SDPA still take a 4D mask
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        kwargs["attn_implementation"] = "eager"  # architectures without SDPA: the engine passes an additive mask
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"cannot load model weights from {path}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"cannot load model weights from {path}: {first_line(exc)}") from None
     if "device_map" not in kwargs:
