@@ -26,25 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.engine.drafter import StepFeedback  # noqa: E402
 from model.pia.drafter import PiaDrafter  # noqa: E402
+from synthetic_streams import VOCAB, random_stream, repetitive_stream  # noqa: E402
 
-VOCAB = 32_000
 PROMPT = 256
 CONTEXTS = (1_000, 10_000, 100_000)
-
-
-def random_stream(n: int, rng: random.Random) -> list[int]:
-    return [rng.randrange(VOCAB) for _ in range(n)]
-
-
-def repetitive_stream(n: int, rng: random.Random) -> list[int]:
-    """Phrases drawn from a small bank, with a random token between some of them: text that repeats itself."""
-    bank = [random_stream(rng.randrange(20, 60), rng) for _ in range(50)]
-    stream: list[int] = []
-    while len(stream) < n:
-        stream.extend(rng.choice(bank))
-        if rng.random() < 0.3:
-            stream.append(rng.randrange(VOCAB))
-    return stream[:n]
 
 
 def zipf_stream(n: int, rng: random.Random) -> list[int]:

@@ -21,23 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.engine.drafter import StepFeedback  # noqa: E402
 from model.samd.drafter import SamDrafter  # noqa: E402
-
-VOCAB = 32_000
-
-
-def random_stream(n: int, rng: random.Random) -> list[int]:
-    return [rng.randrange(VOCAB) for _ in range(n)]
-
-
-def repetitive_stream(n: int, rng: random.Random) -> list[int]:
-    """Phrases drawn from a small bank, with a random token between some of them: text that repeats itself."""
-    bank = [random_stream(rng.randrange(20, 60), rng) for _ in range(50)]
-    stream: list[int] = []
-    while len(stream) < n:
-        stream.extend(rng.choice(bank))
-        if rng.random() < 0.3:
-            stream.append(rng.randrange(VOCAB))
-    return stream[:n]
+from synthetic_streams import random_stream, repetitive_stream  # noqa: E402
 
 
 def measure(stream: list[int], context: int, steps: int, blocks: int = 10) -> tuple[float, float, float]:
