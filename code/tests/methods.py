@@ -1,8 +1,13 @@
 """Every drafting method, built the way its CLI builds it: the registry the losslessness tests loop over.
 
-A factory takes the vocabulary size and a corpus (token lists): REST retrieves from a datastore built over it,
-the other methods ignore it.
+A factory takes the target model and a corpus (token lists): REST retrieves from a datastore built over it, SpS
+drafts with a model derived from the target, the other methods only need the vocabulary size.
 """
+import copy
+import functools
+
+import torch
+
 from model.engine import Drafter
 from model.lade import LookaheadDrafter
 from model.pia.drafter import PiaDrafter
@@ -12,21 +17,47 @@ from model.rest.datastore import Datastore
 from model.rest.drafter import RestDrafter
 from model.samd.drafter import SamDrafter
 from model.samd.static_sam import join_documents
+from model.sps import DraftModelDrafter
 
 
-def rest(vocab, corpus):
-    separator = vocab - 1
+def vocab_of(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def rest(model, corpus):
+    separator = vocab_of(model) - 1
     return RestDrafter(Datastore.build(join_documents(corpus, separator), separator, "test", "test"))
 
 
+@functools.lru_cache(maxsize=None)
+def noisy_draft(target, scale: float = 0.3, padding: int = 16, seed: int = 0):
+    """A draft that agrees with the target often but not always: the target's weights plus noise, with `padding`
+    extra embedding rows (as Qwen3-0.6B pads its vocabulary differently from Qwen3-8B)."""
+    draft = copy.deepcopy(target)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale * p.std())
+    draft.resize_token_embeddings(vocab_of(target) + padding, mean_resizing=False)
+    return draft.eval()
+
+
+def sps(model, corpus):
+    return DraftModelDrafter(noisy_draft(model), vocab_of(model), num_tokens=6)
+
+
 METHODS = {
-    "ar": lambda vocab, corpus: Drafter(),
-    "pld": lambda vocab, corpus: PromptLookupDrafter(),
-    "pld-fixed": lambda vocab, corpus: PromptLookupDrafter(adaptive=False),
-    "samd": lambda vocab, corpus: SamDrafter(),
-    "samd-recycling": lambda vocab, corpus: SamDrafter(alpha=1e9, fallback=TokenRecyclingDrafter(vocab)),
-    "recycling": lambda vocab, corpus: TokenRecyclingDrafter(vocab),
-    "lookahead": lambda vocab, corpus: LookaheadDrafter(),
+    "ar": lambda model, corpus: Drafter(),
+    "pld": lambda model, corpus: PromptLookupDrafter(),
+    "pld-fixed": lambda model, corpus: PromptLookupDrafter(adaptive=False),
+    "samd": lambda model, corpus: SamDrafter(),
+    "samd-recycling": lambda model, corpus: SamDrafter(alpha=1e9, fallback=TokenRecyclingDrafter(vocab_of(model))),
+    "recycling": lambda model, corpus: TokenRecyclingDrafter(vocab_of(model)),
+    "lookahead": lambda model, corpus: LookaheadDrafter(),
     "rest": rest,
-    "pia": lambda vocab, corpus: PiaDrafter(),
+    "pia": lambda model, corpus: PiaDrafter(),
+    "sps": sps,
 }
+# Drafts drawn with probabilities (rejection with residual resampling): equal to AR in law at temperature > 0,
+# not token for token.
+SAMPLED_DRAFTS = {"sps"}

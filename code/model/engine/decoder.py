@@ -103,6 +103,7 @@ class SpeculativeEngine:
         cache = PositionalKVCache(capacity=len(prompt) + min(max_new_tokens, self.cache_capacity) + self.max_tree_nodes + 1)
         context = list(prompt)
         result = Generation()
+        drafter.use_sampling(sampling, generator)
         drafter.begin_sequence(list(prompt))
         self._append(cache, context[:-1])
         thinking_done = budget is None

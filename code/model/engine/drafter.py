@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling import SamplingConfig
 from .tree import DraftTree
 
 
@@ -33,6 +34,10 @@ class Drafter:
 
     def reset(self) -> None:
         """Forget everything learned (called at the boundaries of the chosen state scope)."""
+
+    def use_sampling(self, sampling: SamplingConfig, generator: torch.Generator | None) -> None:
+        """The run's sampling settings and random stream, given before each sequence. A drafter that draws its
+        draft from a model (SpS) draws from the same warped distribution, with the engine's seeded generator."""
 
     def begin_sequence(self, prompt: list[int]) -> None:
         """A new round or sample starts with this prompt; the context list will start as a copy of it."""

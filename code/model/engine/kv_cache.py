@@ -76,6 +76,11 @@ class PositionalKVCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].length if self.layers else 0
 
+    def crop(self, length: int) -> None:
+        """Drop every entry from `length` on (a chain's rejected tail, or everything for a new sequence)."""
+        for layer in self.layers:
+            layer.keep(0, None, min(length, layer.length))
+
     def keep(self, start: int, offsets: list[int], device) -> None:
         """Rollback to `start` + the entries at the given offsets from `start` (the accepted path)."""
         count = len(offsets)

@@ -39,21 +39,22 @@ def load_tokenizer(path: str):
         raise UserError(f"cannot load a tokenizer from {path}: {first_line(exc)}") from None
 
 
-def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus: int = 1):
-    """Returns (model, tokenizer, torch.device). `path` is a local directory or a hub id."""
+def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus: int = 1,
+               flag: str = "--model-path"):
+    """Returns (model, tokenizer, torch.device). `path` is a local directory or a hub id; `flag` names it in errors."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"--model-path {path} is a file; give the model's directory")
+        raise UserError(f"{flag} {path} is a file; give the model's directory")
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-        raise UserError(f"--model-path {path} is not a model directory (no config.json)")
+        raise UserError(f"{flag} {path} is not a model directory (no config.json)")
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot load a model config from {path}: {first_line(exc)}") from None
-    check_causal_config(config, path)
+        raise UserError(f"cannot load a model config from {flag} {path}: {first_line(exc)}") from None
+    check_causal_config(config, f"{flag} {path}")
     torch_device = resolve_device(device)
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
     if num_gpus > 1 and torch_device.type == "cuda":
@@ -62,18 +63,44 @@ def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ValueError as exc:
         if "sdpa" not in str(exc).lower():
-            raise UserError(f"{path} is not a causal language model: {first_line(exc)}") from None
+            raise UserError(f"{flag} {path} is not a causal language model: {first_line(exc)}") from None
         kwargs["attn_implementation"] = "eager"  # architectures without SDPA: the engine passes an additive mask
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot load model weights from {path}: {first_line(exc)}") from None
+            raise UserError(f"cannot load model weights from {flag} {path}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot load model weights from {path}: {first_line(exc)}") from None
+        raise UserError(f"cannot load model weights from {flag} {path}: {first_line(exc)}") from None
     if "device_map" not in kwargs:
         model.to(torch_device)
     model.eval()
     return model, load_tokenizer(path), torch_device
+
+
+def load_draft_model(path: str, target, target_tokenizer, target_path: str, dtype: str | None = None,
+                     flag: str = "--drafter-path"):
+    """A draft model for `target`: on the device of the target's input embedding (its first layer, when the
+    target spans several GPUs), in the target's dtype unless `dtype` says otherwise, sharing its token ids."""
+    dtype = dtype or next(name for name, value in DTYPES.items() if value == target.dtype)
+    device = str(target.get_input_embeddings().weight.device)
+    draft, tokenizer, _ = load_model(path, dtype, device, flag=flag)
+    check_same_tokenizer(tokenizer, target_tokenizer, f"{flag} {path}", target_path)
+    rows = draft.get_input_embeddings().weight.shape[0]
+    if rows < len(target_tokenizer):
+        raise UserError(f"{flag} {path} embeds {rows} token ids, fewer than the tokenizer's {len(target_tokenizer)}")
+    return draft
+
+
+def check_same_tokenizer(draft_tokenizer, target_tokenizer, draft_name: str, target_name: str) -> None:
+    """Draft and target must map text to the same ids; padded embedding rows beyond the vocabulary do not matter."""
+    draft_vocab, target_vocab = draft_tokenizer.get_vocab(), target_tokenizer.get_vocab()
+    if draft_vocab == target_vocab:
+        return
+    differing = sorted(set(draft_vocab.items()) ^ set(target_vocab.items()), key=lambda item: item[1])
+    token, index = differing[0]
+    raise UserError(f"the draft's tokenizer ({draft_name}, {len(draft_vocab)} tokens) differs from the target's "
+                    f"({target_name}, {len(target_vocab)} tokens): {token!r} is id {draft_vocab.get(token)} in the "
+                    f"draft's, {target_vocab.get(token)} in the target's")
 
 
 def first_line(exc: BaseException) -> str:

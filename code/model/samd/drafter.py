@@ -57,6 +57,10 @@ class SamDrafter(Drafter):
         if self.fallback is not None:
             self.fallback.reset()
 
+    def use_sampling(self, sampling, generator) -> None:
+        if self.fallback is not None:
+            self.fallback.use_sampling(sampling, generator)
+
     def begin_sequence(self, prompt: list[int]) -> None:
         self.dynamic.extend_all(prompt)
         self.sequence_length = len(prompt)

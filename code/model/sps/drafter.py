@@ -1,0 +1,130 @@
+"""SpS: speculative sampling with a separate draft model that shares the target's tokenizer.
+
+The draft model keeps its own positional KV cache over the context. Each proposal first feeds the tokens
+the draft has not seen (a new prompt in one forward; afterwards the last bonus token, or a forced phrase),
+then drafts a chain one token at a time:
+  * greedy: the draft's argmax (the engine follows the target's argmax; no probabilities needed);
+  * sampling: a draw from the draft's distribution q under the run's temperature / top-p / top-k, drawn
+    with the engine's seeded generator and attached to the tree, so the engine accepts token x with
+    probability min(1, p(x)/q(x)) and resamples a rejection from norm(max(p - q, 0)): the output follows
+    the target's law whatever the draft.
+Drafting stops after `num_tokens` tokens, or right after a token whose draft probability falls under
+`confidence_threshold` (that token is kept: transformers' assisted-generation stopping rule). The
+"heuristic" schedule is transformers' too: +2 tokens after a fully accepted chain, -1 (down to 1) otherwise.
+After verification the draft's cache is cut back to the accepted prefix: nothing is recomputed.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..engine.drafter import Drafter, StepFeedback
+from ..engine.kv_cache import PositionalKVCache
+from ..engine.sampling import SamplingConfig, draw, target_probs
+from ..engine.tree import DraftTree
+
+SCHEDULES = ("constant", "heuristic")
+
+
+def check_parameters(num_tokens: int, confidence_threshold: float, schedule: str) -> None:
+    """ValueError (one line, in the CLI's flag names) for settings no run can use."""
+    if num_tokens < 1:
+        raise ValueError(f"--num-assistant-tokens must be a positive integer, got {num_tokens}")
+    if not 0 <= confidence_threshold <= 1:
+        raise ValueError(f"--assistant-confidence-threshold must lie in [0, 1], got {confidence_threshold}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown --num-assistant-tokens-schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+
+
+class DraftModelDrafter(Drafter):
+    name = "sps"
+    default_scope = "sequence"
+
+    def __init__(self, draft, vocab_size: int, num_tokens: int = 20, confidence_threshold: float = 0.4,
+                 schedule: str = "constant"):
+        check_parameters(num_tokens, confidence_threshold, schedule)
+        self.draft = draft
+        self.device = draft.get_input_embeddings().weight.device
+        self.vocab_size = vocab_size            # the target's: draft logits are cut or padded to it
+        self.num_tokens = num_tokens
+        self.confidence_threshold = confidence_threshold
+        self.schedule = schedule
+        self.sampling, self.generator = SamplingConfig(), None
+        self.cache = PositionalKVCache(capacity=1024)
+        self.cached = 0                         # context tokens whose entries the draft cache holds
+        self.pending: tuple[int, int] | None = None   # (context length, chain length) of the unverified draft
+        self.length = float(num_tokens)         # the heuristic schedule's current chain length
+
+    def reset(self) -> None:
+        self.length = float(self.num_tokens)
+
+    def use_sampling(self, sampling: SamplingConfig, generator: torch.Generator | None) -> None:
+        self.sampling, self.generator = sampling, generator
+
+    def begin_sequence(self, prompt: list[int]) -> None:
+        self.cache.crop(0)   # buffers are kept: a new sequence reuses them
+        self.cached, self.pending = 0, None
+
+    @torch.inference_mode()
+    def _feed(self, tokens: list[int]) -> torch.Tensor:
+        """Append tokens to the draft's cache; the draft's logits after the last one, over the target's ids."""
+        out = self.draft(input_ids=torch.tensor([tokens], device=self.device), past_key_values=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        logits = out.logits[0, -1]
+        if logits.shape[0] > self.vocab_size:      # padded rows: ids the target never emits
+            return logits[: self.vocab_size]
+        if logits.shape[0] < self.vocab_size:
+            return torch.nn.functional.pad(logits, (0, self.vocab_size - logits.shape[0]), value=float("-inf"))
+        return logits
+
+    def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
+        want = min(int(self.length), max_nodes)
+        if want < 1:
+            return None
+        start = len(tokens)
+        logits = self._feed(tokens[self.cached:])
+        self.cached = start
+        greedy = self.sampling.greedy
+        chain, probs = [], []
+        while True:
+            if greedy and self.confidence_threshold == 0:
+                token, confidence = int(logits.argmax()), 1.0
+            elif greedy:
+                top = logits.float().softmax(-1).max(-1)
+                token, confidence = int(top.indices), float(top.values)
+            else:
+                q = target_probs(logits if logits.dtype == torch.float64 else logits.float(), self.sampling)
+                if self.generator is not None:
+                    q = q.to(self.generator.device)
+                token = draw(q, self.generator)
+                confidence = q[token].item()
+                probs.append(q)
+            chain.append(token)
+            if len(chain) == want or confidence < self.confidence_threshold:
+                break
+            logits = self._feed([token])
+        self.pending = (start, len(chain))
+        tree = DraftTree.chain(chain, "sps")
+        if probs:
+            tree.probs = torch.stack(probs)
+        return tree
+
+    def observe(self, feedback: StepFeedback) -> None:
+        if self.pending is None:
+            return   # forced tokens: the next proposal feeds them
+        start, drafted = self.pending
+        accepted = len(feedback.accepted_nodes)
+        # The cache holds context + chain[:-1]; keep the context and the accepted draft tokens it holds, short of
+        # the last emitted token (fed by the next proposal; a step cut at a limit may emit no bonus token).
+        self.cached = start + min(accepted, drafted - 1, len(feedback.emitted) - 1)
+        self.cache.crop(self.cached)
+        self.pending = None
+        if self.schedule == "heuristic":
+            self.length = self.length + 2 if accepted == drafted else max(1.0, self.length - 1)
+
+    def parameters(self) -> dict:
+        config = self.draft.config
+        return {"drafter_path": getattr(config, "_name_or_path", None), "drafter_dtype": str(self.draft.dtype),
+                "drafter_layers": getattr(config, "num_hidden_layers", None),
+                "drafter_parameters": sum(p.numel() for p in self.draft.parameters()),
+                "num_assistant_tokens": self.num_tokens, "num_assistant_tokens_schedule": self.schedule,
+                "assistant_confidence_threshold": self.confidence_threshold}
