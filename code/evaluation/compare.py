@@ -14,7 +14,9 @@ import speed  # noqa: E402  (a sibling script; this file is run as a script too)
 
 def method_name(path: str) -> str:
     config = speed.load_config(path) or {}
-    return config.get("method") or os.path.basename(path)
+    name = config.get("method") or os.path.basename(path)
+    fallback = (config.get("method_parameters") or {}).get("fallback")   # SAM[Token Recycling], SAM[EAGLE-3]
+    return f"{name}[{fallback['name']}]" if fallback else name
 
 
 def render(base_path: str, paths: list[str]) -> str:

@@ -2,10 +2,15 @@
 
 Every method answers the same prompts in one process: per question, round 1 then round 2 (multi-round
 thinking; round 2 quotes the AR answer of round 1, which every lossless greedy method reproduces). Rows:
-our AR, each drafter through our engine, transformers `generate` (plain) and `generate(prompt_lookup_num_tokens=10)`.
+our AR, each drafter through our engine, transformers `generate` (plain), `generate(prompt_lookup_num_tokens=10)`
+and, with a draft model, `generate(assistant_model=...)` (its defaults: 20 tokens, constant, confidence 0.4).
 Prints per method and round: tokens/s, speedup over our AR, MAT (bonus token counted) and drafting share.
 
     cd code && python scripts/benchmark_drafters.py --max-new-tokens 256 --questions 8 --datastore-path X.idx
+    cd code && python scripts/benchmark_drafters.py --methods ar hf hf-sps sps \
+        --drafter-path local_model/SmolLM2-135M-Instruct --drafter-dtype bfloat16
+    cd code && python scripts/benchmark_drafters.py --methods ar samd eagle3 samd-eagle3 \
+        --ea-model-path local_model/eagle3-SmolLM2-135M-Instruct
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluation import paradigms  # noqa: E402
 from evaluation.questions import load_questions  # noqa: E402
+from model.eagle3 import Eagle3Drafter, load_head  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
-from model.engine.loading import load_model  # noqa: E402
+from model.engine.loading import load_draft_model, load_model  # noqa: E402
 from model.lade import LookaheadDrafter  # noqa: E402
 from model.pia.drafter import PiaDrafter  # noqa: E402
 from model.pld import PromptLookupDrafter  # noqa: E402
@@ -30,15 +36,32 @@ from model.recycling import TokenRecyclingDrafter  # noqa: E402
 from model.rest.datastore import Datastore  # noqa: E402
 from model.rest.drafter import RestDrafter  # noqa: E402
 from model.samd.drafter import SamDrafter  # noqa: E402
+from model.sps import DraftModelDrafter  # noqa: E402
 
 
-def engine_methods(vocab, tokenizer, datastore_path):
+def engine_methods(model, tokenizer, datastore_path, draft, head_path):
+    vocab = model.get_output_embeddings().weight.shape[0]
     methods = {"ar": Drafter(), "pld": PromptLookupDrafter(), "pld-fixed10": PromptLookupDrafter(adaptive=False),
                "samd": SamDrafter(), "recycling": TokenRecyclingDrafter(vocab), "lookahead": LookaheadDrafter(),
                "pia": PiaDrafter()}
     if datastore_path:
         methods["rest"] = RestDrafter(Datastore.load(datastore_path, tokenizer))
+    if draft is not None:
+        methods["sps"] = DraftModelDrafter(draft, vocab)
+        methods["sps-heuristic"] = DraftModelDrafter(draft, vocab, schedule="heuristic")
+    if head_path:
+        head, embedding, layers = load_head(head_path, model)
+        methods["eagle3"] = Eagle3Drafter(head, embedding, layers)
+        methods["samd-eagle3"] = SamDrafter(alpha=1e9, fallback=Eagle3Drafter(head, embedding, layers))
     return methods
+
+
+def assistant(draft):
+    """transformers' assisted generation with the defaults the seed's SpS ran, set explicitly."""
+    config = draft.generation_config
+    config.num_assistant_tokens, config.num_assistant_tokens_schedule = 20, "constant"
+    config.assistant_confidence_threshold = 0.4
+    return {"assistant_model": draft}
 
 
 def hf_generate(model, prompt, max_new_tokens, stop, **kwargs):
@@ -59,16 +82,29 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--methods", nargs="*", default=None, help="subset of: ar pld pld-fixed10 samd recycling "
-                                                                  "lookahead pia rest hf hf-pld")
+                                                                  "lookahead pia rest sps sps-heuristic eagle3 samd-eagle3 "
+                                                                  "hf hf-pld hf-sps")
     parser.add_argument("--datastore-path", default=None, help="REST datastore (REST is skipped without one)")
+    parser.add_argument("--drafter-path", default=None, help="SpS draft model (sps and hf-sps are skipped without one)")
+    parser.add_argument("--drafter-dtype", default=None, help="the draft's dtype (default: --dtype)")
+    parser.add_argument("--ea-model-path", default=None, help="EAGLE-3 head (eagle3, samd-eagle3 skipped without)")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
 
     model, tokenizer, device = load_model(args.model_path, args.dtype, "auto")
     engine = SpeculativeEngine(model)
     stop = paradigms.stop_tokens(tokenizer, model.generation_config)
-    drafters = engine_methods(model.get_output_embeddings().weight.shape[0], tokenizer, args.datastore_path)
-    names = args.methods or list(drafters) + ["hf", "hf-pld"]
+    draft = load_draft_model(args.drafter_path, model, tokenizer, args.model_path, args.drafter_dtype) \
+        if args.drafter_path else None
+    drafters = engine_methods(model, tokenizer, args.datastore_path, draft, args.ea_model_path)
+    hf_kwargs = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
+    if draft is not None:
+        hf_kwargs["hf-sps"] = assistant(draft)
+    names = args.methods or list(drafters) + list(hf_kwargs)
+    unknown = [name for name in names if name not in drafters and name not in hf_kwargs]
+    if unknown:
+        parser.error(f"unknown or unavailable methods {unknown} (REST needs --datastore-path, SpS --drafter-path, "
+                     f"EAGLE-3 --ea-model-path)")
     totals = defaultdict(lambda: defaultdict(float))   # (method, round) -> sums
     mismatches = defaultdict(int)
     questions = load_questions(args.question_file, args.question_begin, args.question_begin + args.questions)
@@ -78,7 +114,8 @@ def main():
     for d in drafters.values():
         engine.generate(warm, d, 16, SamplingConfig(), stop_tokens=stop)
         d.reset()
-    hf_generate(model, warm, 16, stop)
+    for kwargs in hf_kwargs.values():
+        hf_generate(model, warm, 16, stop, **kwargs)
 
     for qi, question in enumerate(questions):
         previous = None
@@ -105,8 +142,7 @@ def main():
                     t["draft"] += sum(s.draft_seconds for s in gen.steps)
                     t["verify"] += sum(s.verify_seconds for s in gen.steps)
                 else:
-                    extra = {"prompt_lookup_num_tokens": 10} if name == "hf-pld" else {}
-                    tokens, seconds = hf_generate(model, prompt, args.max_new_tokens, stop, **extra)
+                    tokens, seconds = hf_generate(model, prompt, args.max_new_tokens, stop, **hf_kwargs[name])
                 t["tokens"] += len(tokens)
                 t["seconds"] += seconds
                 mismatches[name] += tokens != reference[r]
@@ -156,6 +192,9 @@ def report(names, totals, mismatches, args):
     if "pld" in summary and "hf" in summary:
         r1 = summary["pld"]["round 1"]["tokens_per_s"] / summary["hf"]["round 1"]["tokens_per_s"]
         print(f"our PLD / transformers plain generate, round 1: {r1:.2f}x")
+    if "sps" in summary and "hf-sps" in summary:
+        ours, theirs = summary["sps"]["overall"]["tokens_per_s"], summary["hf-sps"]["overall"]["tokens_per_s"]
+        print(f"our SpS / transformers assisted generation tokens/s: {ours / theirs:.2f}x")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(summary, f, indent=2)

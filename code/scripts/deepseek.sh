@@ -14,6 +14,9 @@ MODEL_NAME=DeepSeek-R1-Distill-Llama-${MODEL_SIZE}B
 TARGET_PATH=$MODEL_PATH/$MODEL_NAME
 Eagle3_PATH=$MODEL_PATH/EAGLE3-DeepSeek-R1-Distill-LLaMA-${MODEL_SIZE}B
 datastore_PATH=./model/rest/datastore/datastore_chat_small_ds.idx
+# SpS needs a draft with the target's tokenizer. None is published for the R1 distills (Llama-3.2-1B's special
+# tokens differ, which the tokenizer check refuses): set SPS_DRAFTER_PATH to one to run the SpS line.
+Sps_Drafter_PATH=${SPS_DRAFTER_PATH:-}
 bench_NAME="SpecTTS_Bench"
 torch_dtype="float16"
 COMMON="--bench-name $bench_NAME --temperature $TEMP --dtype $torch_dtype --max-new-tokens 15000 --use-cot-data"
@@ -25,6 +28,9 @@ $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODE
 $PYTHON -m evaluation.inference_recycling --model-path $TARGET_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 # $PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $TARGET_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 # $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
+if [ -n "$Sps_Drafter_PATH" ]; then
+$PYTHON -m evaluation.inference_sps --model-path $TARGET_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+fi
 # $PYTHON -m evaluation.inference_pia --model-path $TARGET_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 # $PYTHON -m evaluation.inference_lookahead --model-path $TARGET_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
 # $PYTHON -m evaluation.inference_rest --model-path $TARGET_PATH --model-id ${MODEL_NAME}-rest-${torch_dtype}-temp-${TEMP} --datastore-path $datastore_PATH $COMMON --think-twice

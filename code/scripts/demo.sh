@@ -23,12 +23,23 @@ if [ ! -f "$DATASTORE" ]; then
     --output $DATASTORE
 fi
 
-declare -A EXTRA=([rest]="--datastore-path $DATASTORE")
-METHODS="baseline pld samd recycling lookahead rest pia"
+# EAGLE-3's head: trained once on ShareGPT conversations (never the demo questions), then reused.
+HEAD=${HEAD:-local_model/eagle3-SmolLM2-135M-Instruct}
+if [ ! -f "$HEAD/model.safetensors" ]; then
+  echo "== training the EAGLE-3 head (25 minutes, once)"
+  $PYTHON -m model.eagle3.train --target $MODEL --data sharegpt --output $HEAD --draft-vocab 8192 --max-length 512 \
+    --max-samples 8000 --minutes 25 --lr 3e-4 --bf16-autocast
+fi
+
+# SpS's draft: the same model in bfloat16 (no smaller model shares SmolLM2's tokenizer here; see the README).
+declare -A EXTRA=([rest]="--datastore-path $DATASTORE" [sps]="--drafter-path $MODEL --drafter-dtype bfloat16"
+                  [eagle3]="--ea-model-path $HEAD" [samd-eagle3]="--tree_method eagle3 --tree_model_path $HEAD")
+declare -A MODULE=([samd-eagle3]=samd)
+METHODS="baseline pld samd recycling lookahead rest pia sps eagle3 samd-eagle3"
 for method in $METHODS; do
   echo "== $method"
-  $PYTHON -m evaluation.inference_$method $COMMON --question-end $QUESTIONS --think-twice --model-id $TAG-$method \
-    ${EXTRA[$method]:-}
+  $PYTHON -m evaluation.inference_${MODULE[$method]:-$method} $COMMON --question-end $QUESTIONS --think-twice \
+    --model-id $TAG-$method ${EXTRA[$method]:-}
 done
 FILES=""
 for method in $METHODS; do [ "$method" = baseline ] || FILES="$FILES $OUT/$TAG-$method.jsonl"; done

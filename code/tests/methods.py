@@ -1,13 +1,16 @@
 """Every drafting method, built the way its CLI builds it: the registry the losslessness tests loop over.
 
 A factory takes the target model and a corpus (token lists): REST retrieves from a datastore built over it, SpS
-drafts with a model derived from the target, the other methods only need the vocabulary size.
+drafts with a model derived from the target, EAGLE-3 with an untrained head for it, the other methods only need the
+vocabulary size.
 """
 import copy
 import functools
 
 import torch
 
+from model.eagle3 import Eagle3Drafter
+from model.eagle3.head import new_head
 from model.engine import Drafter
 from model.lade import LookaheadDrafter
 from model.pia.drafter import PiaDrafter
@@ -46,6 +49,20 @@ def sps(model, corpus):
     return DraftModelDrafter(noisy_draft(model), vocab_of(model), num_tokens=6)
 
 
+def random_head(model, seed: int = 0):
+    """An untrained EAGLE-3 head over the whole vocabulary, in the target's dtype."""
+    torch.manual_seed(seed)
+    return new_head(model, torch.arange(vocab_of(model))).eval()
+
+
+def eagle3(model, corpus):
+    # Tiny targets have 2 layers: the head reads the inputs of layers 0, 1, 1. A wide first level (top-64, of which
+    # the 59 best stay) gets a random head's drafts accepted now and then.
+    top_k = min(64, vocab_of(model))
+    return Eagle3Drafter(random_head(model), model.get_input_embeddings(), (0, 1, 1), total_tokens=60, depth=3,
+                         top_k=top_k)
+
+
 METHODS = {
     "ar": lambda model, corpus: Drafter(),
     "pld": lambda model, corpus: PromptLookupDrafter(),
@@ -57,6 +74,8 @@ METHODS = {
     "rest": rest,
     "pia": lambda model, corpus: PiaDrafter(),
     "sps": sps,
+    "eagle3": eagle3,
+    "samd-eagle3": lambda model, corpus: SamDrafter(alpha=1e9, fallback=eagle3(model, corpus)),
 }
 # Drafts drawn with probabilities (rejection with residual resampling): equal to AR in law at temperature > 0,
 # not token for token.

@@ -74,7 +74,7 @@ def test_bad_flag_values(tiny_model_dir, questions, flags, fragment):
 
 def test_auxiliary_drafter_not_built_yet(tiny_model_dir, questions):
     result = run("-m", "evaluation.inference_samd", "--model-path", tiny_model_dir, "--question-file", questions,
-                 "--tree_method", "eagle3")
+                 "--tree_method", "eagle2")
     assert_one_line_error(result, "not built yet")
 
 

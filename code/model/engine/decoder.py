@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .drafter import Drafter, StepFeedback
+from .hidden import HiddenCapture
 from .kv_cache import PositionalKVCache
 from .sampling import SamplingConfig, accept_greedy, accept_sampled, target_probs
 from .tree import DraftTree, draft_attention
@@ -100,17 +101,28 @@ class SpeculativeEngine:
                  budget: ThinkingBudget | None = None) -> Generation:
         if not prompt:
             raise ValueError("empty prompt")
+        capture = HiddenCapture(self.model, drafter.hidden_layers) if drafter.hidden_layers else None
+        try:
+            return self._generate(prompt, drafter, max_new_tokens, sampling, generator, stop_tokens, budget, capture)
+        finally:
+            if capture is not None:
+                capture.remove()
+
+    def _generate(self, prompt, drafter, max_new_tokens, sampling, generator, stop_tokens, budget, capture):
         cache = PositionalKVCache(capacity=len(prompt) + min(max_new_tokens, self.cache_capacity) + self.max_tree_nodes + 1)
         context = list(prompt)
         result = Generation()
         drafter.use_sampling(sampling, generator)
         drafter.begin_sequence(list(prompt))
         self._append(cache, context[:-1])
+        if capture is not None and len(context) > 1:
+            drafter.observe_prompt(capture.take())
         thinking_done = budget is None
 
         while len(result.tokens) < max_new_tokens and not result.stopped:
             if not thinking_done and len(result.tokens) >= budget.trigger_at:
-                self._force(cache, context, result, drafter, budget.phrase[: max_new_tokens - len(result.tokens)])
+                self._force(cache, context, result, drafter, budget.phrase[: max_new_tokens - len(result.tokens)],
+                            capture)
                 thinking_done = True
                 continue
 
@@ -138,7 +150,8 @@ class SpeculativeEngine:
             emitted = self._truncate([tree.tokens[i] for i in path] + [bonus], result, limit, stop_tokens)
             path = path[: len(emitted)]
             # Keep the root and the accepted nodes before the last emitted token (which becomes the next root).
-            cache.keep(past, [0] + [i + 1 for i in path[: len(emitted) - 1]], self.device)
+            kept = [0] + [i + 1 for i in path[: len(emitted) - 1]]
+            cache.keep(past, kept, self.device)
             t2 = self.clock()
 
             if not thinking_done and budget.end_token in emitted:
@@ -147,7 +160,8 @@ class SpeculativeEngine:
             result.tokens.extend(emitted)
             topk = logits.topk(drafter.wants_topk, dim=-1).indices if drafter.wants_topk else None
             aux_argmax = all_logits[len(input_ids):].argmax(-1).tolist() if tree.aux_tokens else None
-            drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk, aux_argmax))
+            hidden = capture.take(kept) if capture is not None else None
+            drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk, aux_argmax, hidden))
             t3 = self.clock()
             result.steps.append(StepRecord(tree.size, len(emitted), tree.source, (t1 - t0) + (t3 - t2), t2 - t1,
                                            len(context)))
@@ -161,7 +175,7 @@ class SpeculativeEngine:
                 return emitted[: j + 1]
         return emitted
 
-    def _force(self, cache, context, result, drafter, phrase: list[int]) -> None:
+    def _force(self, cache, context, result, drafter, phrase: list[int], capture) -> None:
         """Teacher-force the thinking-budget phrase: one forward, no drafting, recorded as a 'forced' step."""
         if not phrase:
             return
@@ -170,6 +184,7 @@ class SpeculativeEngine:
         context.extend(phrase)
         result.tokens.extend(phrase)
         result.forced_tokens += len(phrase)
-        drafter.observe(StepFeedback(list(phrase), None, [], [], None))
+        hidden = capture.take() if capture is not None else None
+        drafter.observe(StepFeedback(list(phrase), None, [], [], None, hidden=hidden))
         t1 = self.clock()
         result.steps.append(StepRecord(0, len(phrase), "forced", 0.0, t1 - t0, len(context)))

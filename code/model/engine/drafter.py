@@ -23,6 +23,9 @@ class StepFeedback:
     input_tokens: list[int]             # root + tree tokens, as fed to the target (auxiliary nodes excluded)
     topk: torch.Tensor | None = None    # [len(input_tokens), k] target top-k ids, when the drafter asks for them
     aux_argmax: list[int] | None = None  # the target's argmax at each auxiliary node of the draft
+    # [len(emitted), layers x hidden]: the target's states (at `hidden_layers`) at the position before each emitted
+    # token, i.e. those that predicted it; for drafters that ask for them
+    hidden: torch.Tensor | None = None
 
 
 class Drafter:
@@ -31,6 +34,9 @@ class Drafter:
     default_scope = "sequence"
     # >0: the engine computes the target's top-k token ids at every verified position for `observe`.
     wants_topk = 0
+    # Target layers whose hidden states (`hidden_states[i]` of output_hidden_states: the input of layer i) the
+    # engine hands over at every position the context keeps: the prompt, accepted and forced tokens (EAGLE-3).
+    hidden_layers: tuple[int, ...] = ()
 
     def reset(self) -> None:
         """Forget everything learned (called at the boundaries of the chosen state scope)."""
@@ -41,6 +47,9 @@ class Drafter:
 
     def begin_sequence(self, prompt: list[int]) -> None:
         """A new round or sample starts with this prompt; the context list will start as a copy of it."""
+
+    def observe_prompt(self, hidden: torch.Tensor) -> None:
+        """With `hidden_layers`: hidden[j] is the target's states at prompt position j (all but the last)."""
 
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
         return None

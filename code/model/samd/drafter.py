@@ -46,6 +46,7 @@ class SamDrafter(Drafter):
         self.static_matcher = Matcher(static.automaton) if static is not None else None
         self.fallback = fallback
         self.wants_topk = fallback.wants_topk if fallback is not None else 0
+        self.hidden_layers = fallback.hidden_layers if fallback is not None else ()
         self.dynamic = SuffixAutomaton()
         self.sequence_length = 0   # tokens of the current sequence: a match may not reach before it
 
@@ -70,6 +71,10 @@ class SamDrafter(Drafter):
                 self.static_matcher.advance(token)
         if self.fallback is not None:
             self.fallback.begin_sequence(prompt)
+
+    def observe_prompt(self, hidden) -> None:
+        if self.fallback is not None:
+            self.fallback.observe_prompt(hidden)
 
     def observe(self, feedback: StepFeedback) -> None:
         extend = self.dynamic.extend
