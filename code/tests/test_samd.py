@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.engine.drafter import StepFeedback
+from model.engine.drafter import Drafter, StepFeedback
 from model.errors import UserError
 from model.samd.automaton import Matcher, SuffixAutomaton
 from model.samd.build_static_sam import main as build_main
@@ -209,7 +209,8 @@ def test_match_does_not_reach_into_the_previous_sequence():
     assert drafter.propose([], 128).tokens == [8, 8, 7, 1, 2, 3, 8]
 
 
-class RecordingFallback:
+class RecordingFallback(Drafter):
+    """A fallback drafter that records what SAM asks of it (the Drafter interface supplies the hooks it skips)."""
     name, wants_topk = "fake", 3
 
     def __init__(self):
