@@ -230,6 +230,33 @@ def test_trained_head_beats_a_random_head(tiny_model_dir, tmp_path):
     assert main(["--target", tiny_model_dir, "--data", str(data), "--output", str(out)]) == 2   # never overwritten
 
 
+def test_regenerated_answers_are_the_targets_own_tokens(tiny_model_dir, tmp_path):
+    """Batched (left-padded) generation gives each prompt the answer AR gives it alone; a rerun resumes."""
+    from model.eagle3.regenerate import main
+    from model.engine.loading import load_model
+    data = tmp_path / "conv.jsonl"
+    data.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": text},
+                                                          {"from": "gpt", "value": "ok"}]}) + "\n"
+                            for text in ["What is two?", "The answer is five and three", "sum"]))
+    out = tmp_path / "answers.jsonl"
+    flags = ["--target", tiny_model_dir, "--data", str(data), "--output", str(out), "--max-new-tokens", "12",
+             "--batch-size", "2", "--dtype", "float64", "--device", "cpu"]
+    assert main(flags) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    target, tokenizer, _ = load_model(tiny_model_dir, "float64", "cpu")
+    engine = SpeculativeEngine(target)
+    for line in lines:
+        prompt_len = line["loss_mask"].index(1)
+        prompt = line["input_ids"][:prompt_len]
+        ar = engine.generate(prompt, Drafter(), 12, SamplingConfig(), stop_tokens={tokenizer.eos_token_id}).tokens
+        assert line["input_ids"][prompt_len:] == ar
+    assert len(lines) == 3
+    with open(out, "a") as f:
+        f.write('{"input_ids": [1, 2')   # a torn line, as a killed run leaves
+    assert main(flags) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == lines
+
+
 def test_trainer_reads_a_cut_sharegpt_file(tmp_path):
     from model.eagle3.data import read_conversations
     conversations = [{"id": str(i), "conversations": [{"from": "human", "value": f"q{i}"},

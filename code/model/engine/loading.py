@@ -96,8 +96,7 @@ def check_same_tokenizer(draft_tokenizer, target_tokenizer, draft_name: str, tar
     draft_vocab, target_vocab = draft_tokenizer.get_vocab(), target_tokenizer.get_vocab()
     if draft_vocab == target_vocab:
         return
-    differing = sorted(set(draft_vocab.items()) ^ set(target_vocab.items()), key=lambda item: item[1])
-    token, index = differing[0]
+    token = min(set(draft_vocab.items()) ^ set(target_vocab.items()), key=lambda item: item[1])[0]
     raise UserError(f"the draft's tokenizer ({draft_name}, {len(draft_vocab)} tokens) differs from the target's "
                     f"({target_name}, {len(target_vocab)} tokens): {token!r} is id {draft_vocab.get(token)} in the "
                     f"draft's, {target_vocab.get(token)} in the target's")
