@@ -26,8 +26,8 @@ $PYTHON -m evaluation.inference_baseline --model-path $TARGET_PATH --model-id ${
 $PYTHON -m evaluation.inference_pld --model-path $TARGET_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --think-twice
 $PYTHON -m evaluation.inference_recycling --model-path $TARGET_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-# $PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $TARGET_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-# $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
+$PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $TARGET_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
 if [ -n "$Sps_Drafter_PATH" ]; then
 $PYTHON -m evaluation.inference_sps --model-path $TARGET_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 fi
