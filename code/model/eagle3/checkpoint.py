@@ -131,12 +131,19 @@ def save_head(head: Eagle3Head, layers: tuple[int, ...], directory: str) -> None
     """The official layout: config.json + model.safetensors (midlayer.*, fc, norm, lm_head, d2t, t2d)."""
     from safetensors.torch import save_file
     os.makedirs(directory, exist_ok=True)
-    config = head.config.to_dict()
-    config.update(architectures=[ARCHITECTURE], num_hidden_layers=1, draft_vocab_size=head.draft_vocab_size,
-                  vocab_size=head.t2d.numel(), target_hidden_size=head.fc.weight.shape[1] // 3,
-                  head_dim=head.midlayer.self_attn.head_dim,
-                  eagle_config={"eagle_aux_hidden_state_layer_ids": [i - 1 for i in layers]})
-    config.pop("_name_or_path", None)
+    c = head.config
+    rope = dict(c.rope_parameters)
+    config = {"architectures": [ARCHITECTURE], "model_type": "llama", "num_hidden_layers": 1,
+              "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+              "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+              "head_dim": head.midlayer.self_attn.head_dim, "hidden_act": c.hidden_act, "rms_norm_eps": c.rms_norm_eps,
+              "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": False,
+              "vocab_size": head.t2d.numel(), "draft_vocab_size": head.draft_vocab_size,
+              "target_hidden_size": head.fc.weight.shape[1] // 3,
+              # Both spellings of RoPE: older readers (EAGLE, vLLM) look for rope_theta / rope_scaling.
+              "rope_theta": rope.get("rope_theta"), "rope_parameters": rope,
+              "rope_scaling": None if rope.get("rope_type", "default") == "default" else rope,
+              "eagle_config": {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in layers]}}
     state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
     save_file(state, os.path.join(directory, "model.safetensors"))
     with open(os.path.join(directory, "config.json"), "w") as f:
