@@ -26,9 +26,11 @@ def check_args(args):
 
 
 def check_tree_args(args):
-    if args.total_token < 2 or args.depth < 1 or args.tree_top_k < 1:
-        raise UserError(f"EAGLE-3 needs --total-token >= 2, --depth >= 1 and a tree top-k >= 1 "
-                        f"(got {args.total_token}, {args.depth}, {args.tree_top_k})")
+    from model.eagle3.drafter import check_tree   # before the models load: a bad flag fails at once
+    try:
+        check_tree(args.total_token, args.depth, args.tree_top_k)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def eagle3_drafter(args, model, head_path):

@@ -25,15 +25,20 @@ from ..engine.tree import DraftTree
 from .head import Eagle3Head
 
 
+def check_tree(total_tokens: int, depth: int, top_k: int) -> None:
+    """ValueError (one line, in the CLI's flag names) for a tree no run can use."""
+    if total_tokens < 2 or depth < 1 or top_k < 1:
+        raise ValueError(f"EAGLE-3 needs --total-token >= 2, --depth >= 1 and a tree top-k >= 1 "
+                         f"(got {total_tokens}, {depth}, {top_k})")
+
+
 class Eagle3Drafter(Drafter):
     name = "eagle3"
     default_scope = "sequence"
 
     def __init__(self, head: Eagle3Head, embedding: torch.nn.Embedding, layers: tuple[int, ...],
                  total_tokens: int = 60, depth: int = 5, top_k: int = 10):
-        if total_tokens < 2 or depth < 1 or top_k < 1:
-            raise ValueError(f"EAGLE-3 needs --total-token >= 2, --depth >= 1 and --top-k >= 1 "
-                             f"(got {total_tokens}, {depth}, {top_k})")
+        check_tree(total_tokens, depth, top_k)
         if top_k > head.draft_vocab_size:
             raise ValueError(f"--top-k {top_k} exceeds the head's draft vocabulary of {head.draft_vocab_size}")
         self.head, self.embedding = head, embedding
