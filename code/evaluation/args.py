@@ -48,6 +48,12 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--draft-state-scope", choices=SCOPES, default=None,
                    help="how long a drafter keeps what it learned (default: the method's, as in the seed)")
     p.add_argument("--max-tree-nodes", type=int, default=128, help="cap on draft tree size")
+    p.add_argument("--cost-aware", action="store_true",
+                   help="verify, of each draft, the part worth the target's measured forward cost (default: all of "
+                        "it, as the method was published)")
+    p.add_argument("--cost-profile-contexts", type=int, nargs="+", default=[256, 1024], metavar="N",
+                   help="context lengths at which the forward cost t(n)/t(1) is measured before the run")
+    p.add_argument("--cost-profile-repeats", type=int, default=3, help="timed forwards per width (median)")
     p.add_argument("--no-thinking-budget", action="store_true",
                    help="do not force the end of thinking past 80%% of --max-new-tokens")
     # Accepted so the seed's launch lines keep working; the engine always uses tree attention over SDPA.
@@ -62,6 +68,8 @@ def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
                  "num_gpus_per_model", "num_gpus_total"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    if min(args.cost_profile_contexts) < 1 or args.cost_profile_repeats < 1:
+        raise UserError("--cost-profile-contexts and --cost-profile-repeats must be positive")
     if args.warmup < 0 or args.warmup_tokens <= 0:
         raise UserError("--warmup must be >= 0 and --warmup-tokens > 0")
     if args.temperature < 0:

@@ -15,6 +15,7 @@ from evaluation.grading import grade_output
 from evaluation.questions import load_questions
 from evaluation.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine
+from model.engine.cost import DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile
 from model.engine.loading import load_model
 from model.errors import UserError
 
@@ -29,7 +30,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens, "paradigm": args.paradigm,
         "turns_per_question": paradigms.turns_per_question(args), "seed": args.seed, "num_choices": args.num_choices,
-        "max_tree_nodes": args.max_tree_nodes, "warmup": args.warmup, "warmup_tokens": args.warmup_tokens,
+        "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup, "warmup_tokens": args.warmup_tokens,
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
         "chat_template": bool(getattr(tokenizer, "chat_template", None)), "question_file": args.question_file,
@@ -67,6 +68,8 @@ class Runner:
         for i in range(self.args.warmup):
             self.generate(prompt, self.args.seed + i, min(self.args.warmup_tokens, self.args.max_new_tokens))
         self.drafter.reset()  # what the drafter saw during warm-up must not help the measured run
+        if self.engine.cost_aware is not None:
+            self.engine.cost_aware.reset()
 
     def answer(self, question: dict) -> tuple[dict, list[dict]]:
         scope = self.args.draft_state_scope
@@ -98,7 +101,8 @@ class Runner:
                                    ("token_ids_sha1", hashlib.sha1(str(gen.tokens).encode()).hexdigest())):
                     record[key].append(value)
                 steps.extend({"question_id": question["question_id"], "choice": choice_index, "turn": turn,
-                              "step": i, "draft_size": s.draft_size, "accepted": s.accepted,
+                              "step": i, "draft_size": s.draft_size, "proposed_size": s.proposed_size,
+                              "accepted": s.accepted,
                               "draft_source": s.source, "draft_seconds": s.draft_seconds,
                               "verify_seconds": s.verify_seconds, "context_length": s.context_length}
                              for i, s in enumerate(gen.steps))
@@ -107,6 +111,21 @@ class Runner:
                   "answer_id": uuid.uuid4().hex, "model_id": self.args.model_id, "tstamp": time.time(),
                   "paradigm": self.args.paradigm, "method": self.drafter.name, "choices": choices}
         return answer, steps
+
+
+def measure_cost_profile(engine: SpeculativeEngine, drafter: Drafter, args) -> ForwardCostProfile:
+    """t(n)/t(1) for this model, dtype and device, up to twice the largest draft the method sends (every run
+    records it; --cost-aware verification decides with it)."""
+    bound = drafter.max_draft_nodes() or args.max_tree_nodes
+    max_width = min(args.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
+    limit = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
+    lengths = sorted({min(n, limit - max_width - 1) for n in args.cost_profile_contexts})
+    start = time.perf_counter()
+    profile = ForwardCostProfile.measure(engine, max_width, lengths, args.cost_profile_repeats, args.seed)
+    ratios = " ".join(f"{w}:{r:.2f}" for w, r in zip(profile.widths, profile.to_dict()["ratio"][-1]))
+    print(f"forward cost t(n)/t(1) at {lengths[-1]} tokens of context ({time.perf_counter() - start:.1f} s to "
+          f"measure): {ratios}", file=sys.stderr)
+    return profile
 
 
 def run_eval(args, make_drafter) -> None:
@@ -128,6 +147,10 @@ def run_eval(args, make_drafter) -> None:
         print(f"all {len(questions)} questions already answered in {args.answer_file}")
         return
     engine = SpeculativeEngine(model, max_tree_nodes=args.max_tree_nodes)
+    profile = measure_cost_profile(engine, drafter, args)
+    store.add_session({"started": time.time(), "cost_profile": profile.to_dict()})
+    if args.cost_aware:
+        engine.cost_aware = CostAwareVerifier(profile)
     runner = Runner(args, engine, drafter, tokenizer, paradigms.stop_tokens(tokenizer, model.generation_config),
                     budget)
     if args.warmup:

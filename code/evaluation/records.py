@@ -16,7 +16,10 @@ from model.errors import UserError
 # Fields that must match to append to an existing answer file (the rest, e.g. versions, is informative).
 IDENTITY = ("method", "method_parameters", "draft_state_scope", "model_id", "dtype", "device_type", "device_name",
             "num_gpus_per_model", "question_file", "temperature", "top_p", "top_k", "max_new_tokens", "paradigm",
-            "turns_per_question", "seed", "num_choices", "max_tree_nodes", "thinking_budget")
+            "turns_per_question", "seed", "num_choices", "max_tree_nodes", "cost_aware",
+            "thinking_budget")
+# What a key absent from a configuration written before it existed meant.
+ABSENT = {"cost_aware": False}
 
 
 def stem(answer_file: str) -> str:
@@ -84,7 +87,7 @@ class AnswerStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {self.config_file}: {exc}") from None
         for key in IDENTITY:
-            if old.get(key) != config.get(key):
+            if old.get(key, ABSENT.get(key)) != config.get(key):
                 raise UserError(f"{self.answer_file} was written by another configuration ({key}: "
                                 f"{old.get(key)!r} there, {config.get(key)!r} now); choose another --answer-file "
                                 "or --model-id")
@@ -102,6 +105,16 @@ class AnswerStore:
                 kept.append(line)
         if len(kept) != len(lines):
             atomic_write_text(self.steps_file, "".join(ln + "\n" for ln in kept))
+
+    def add_session(self, info: dict) -> None:
+        """Record what one run session measured (the forward-cost profile) in the configuration: `sessions` keeps
+        one entry per session, and `cost_profile` the first session's profile."""
+        with open(self.config_file, encoding="utf-8") as f:
+            config = json.load(f)
+        config.setdefault("sessions", []).append(info)
+        if "cost_profile" in info:
+            config.setdefault("cost_profile", info["cost_profile"])
+        atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
 
     def write(self, answer: dict, steps: list[dict]) -> None:
         if steps:

@@ -164,8 +164,8 @@ def exact_two_token_law(model, cfg):
     return law
 
 
-def sample_pairs(model, drafter, cfg, n):
-    engine = SpeculativeEngine(model)
+def sample_pairs(model, drafter, cfg, n, engine=None):
+    engine = engine or SpeculativeEngine(model)
     g = torch.Generator().manual_seed(7)
     return Counter(tuple(engine.generate(PROMPT, drafter, 2, cfg, g).tokens) for _ in range(n))
 

@@ -130,6 +130,9 @@ class Eagle3Drafter(Drafter):
             tree_parents.append(node_of[parent] if parent >= 0 else -1)
         return DraftTree(tree_tokens, tree_parents, source="eagle3")
 
+    def max_draft_nodes(self) -> int:
+        return self.total_tokens - 1
+
     def parameters(self) -> dict:
         config = self.head.config
         return {"ea_model_path": getattr(config, "_name_or_path", None), "total_token": self.total_tokens,

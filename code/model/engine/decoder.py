@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cost import CostAwareVerifier
 from .drafter import Drafter, StepFeedback
 from .hidden import HiddenCapture
 from .kv_cache import PositionalKVCache
 from .sampling import SamplingConfig, accept_greedy, accept_sampled, target_probs
-from .tree import DraftTree, draft_attention
+from .tree import DraftError, DraftTree, draft_attention
 
 # What a drafter that proposes nothing gets verified: the root alone, i.e. one autoregressive step.
 NO_DRAFT = DraftTree([], [], source="none")
@@ -31,12 +32,13 @@ class ThinkingBudget:
 
 @dataclass
 class StepRecord:
-    draft_size: int
+    draft_size: int        # nodes verified (auxiliary included)
     accepted: int          # tokens emitted by this step, bonus included (forced steps: the forced tokens)
     source: str
     draft_seconds: float
     verify_seconds: float
     context_length: int
+    proposed_size: int = 0  # nodes the drafter proposed (differs from draft_size under cost-aware verification)
 
 
 @dataclass
@@ -53,8 +55,10 @@ class Generation:
 
 
 class SpeculativeEngine:
-    def __init__(self, model, max_tree_nodes: int = 128, cache_capacity: int = 2048):
+    def __init__(self, model, max_tree_nodes: int = 128, cache_capacity: int = 2048,
+                 cost_aware: CostAwareVerifier | None = None):
         self.model = model
+        self.cost_aware = cost_aware   # None: verify every proposal whole, as each method was published
         self.device = next(model.parameters()).device
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_tree_nodes = max_tree_nodes
@@ -131,6 +135,9 @@ class SpeculativeEngine:
             if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
                 tree = NO_DRAFT
             tree.validate(self.max_tree_nodes, self.vocab_size)
+            proposed = tree.size
+            if self.cost_aware is not None:
+                tree = self._plan(tree, drafter, context)
             t1 = self.clock()
 
             input_ids = [context[-1]] + tree.tokens
@@ -145,6 +152,8 @@ class SpeculativeEngine:
                 p = target_probs(logits if logits.dtype == torch.float64 else logits.float(), sampling)
                 q = tree.probs.to(p) if tree.probs is not None else None
                 path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, generator)
+            if self.cost_aware is not None:
+                self.cost_aware.update(tree, path)
             # Never step past the budget's trigger or the token limit: AR would stop there, so must we.
             limit = max_new_tokens if thinking_done else min(max_new_tokens, budget.trigger_at)
             emitted = self._truncate([tree.tokens[i] for i in path] + [bonus], result, limit, stop_tokens)
@@ -164,8 +173,25 @@ class SpeculativeEngine:
             drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk, aux_argmax, hidden))
             t3 = self.clock()
             result.steps.append(StepRecord(tree.size, len(emitted), tree.source, (t1 - t0) + (t3 - t2), t2 - t1,
-                                           len(context)))
+                                           len(context), proposed))
         return result
+
+    def _plan(self, tree: DraftTree, drafter: Drafter, context: list[int]) -> DraftTree:
+        """Cost-aware verification: the part of the proposal (or the larger draft) worth its forward cost."""
+        def extend(n: int) -> DraftTree | None:
+            bigger = drafter.propose_more(context, tree, min(n, self.max_tree_nodes - len(tree.aux_tokens)))
+            if bigger is None:
+                return None
+            bigger.validate(self.max_tree_nodes, self.vocab_size)
+            k = len(tree.tokens)
+            if bigger.tokens[:k] != tree.tokens or bigger.parents[:k] != tree.parents:
+                raise DraftError(f"{drafter.name}: propose_more must keep the draft it extends as its first nodes")
+            return bigger
+
+        planned = self.cost_aware.plan(tree, len(context), extend)
+        if planned is not tree:
+            planned.validate(self.max_tree_nodes, self.vocab_size)
+        return planned
 
     def _truncate(self, emitted: list[int], result: Generation, limit: int, stop_tokens) -> list[int]:
         emitted = emitted[: limit - len(result.tokens)]

@@ -18,7 +18,9 @@ from .tree import DraftTree
 class StepFeedback:
     """What one verification step tells a drafter."""
     emitted: list[int]                  # accepted draft tokens + the bonus token, already appended to the context
-    tree: DraftTree | None              # the draft that was verified (empty: nothing proposed; None: forced tokens)
+    # The draft that was verified (empty: nothing verified; None: forced tokens). With cost-aware verification it may
+    # be a part of the proposal (its best nodes, renumbered) or the larger draft `propose_more` gave.
+    tree: DraftTree | None
     accepted_nodes: list[int]           # indices of the accepted draft nodes, in order
     input_tokens: list[int]             # root + tree tokens, as fed to the target (auxiliary nodes excluded)
     topk: torch.Tensor | None = None    # [len(input_tokens), k] target top-k ids, when the drafter asks for them
@@ -52,6 +54,16 @@ class Drafter:
         """With `hidden_layers`: hidden[j] is the target's states at prompt position j (all but the last)."""
 
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
+        return None
+
+    def propose_more(self, tokens: list[int], tree: DraftTree, max_nodes: int) -> DraftTree | None:
+        """Cost-aware verification found a wider forward no dearer than this draft's: a larger draft of at most
+        `max_nodes` nodes whose first len(tree) nodes are `tree`'s, or None when this drafter cannot give more."""
+        return None
+
+    def max_draft_nodes(self) -> int | None:
+        """The most nodes (auxiliary included) one proposal can hold; None: up to the engine's cap. The target's
+        forward cost is profiled up to twice this."""
         return None
 
     def observe(self, feedback: StepFeedback) -> None:

@@ -96,5 +96,8 @@ class LookaheadDrafter(Drafter):
         if len(grams) > self.guess:
             grams.popitem(last=False)
 
+    def max_draft_nodes(self) -> int:
+        return (self.window - 1) + (self.level - 2) * self.window + self.guess * (self.level - 1)
+
     def parameters(self) -> dict:
         return {"level": self.level, "window": self.window, "guess": self.guess, "seed": self.seed}

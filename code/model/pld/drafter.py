@@ -65,6 +65,7 @@ class PromptLookupDrafter(Drafter):
         self._context: list[int] = []
         self._last_start: dict[tuple[int, ...], int] = {}
         self._pending = None   # (order, first candidate token, drafted length) of the last lookup
+        self._begin = None     # where the last draft was copied from
 
     def begin_sequence(self, prompt: list[int]) -> None:
         self._clear_index()
@@ -97,7 +98,7 @@ class PromptLookupDrafter(Drafter):
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
         if len(tokens) > len(self._context):
             self._extend(tokens[len(self._context):])   # callers that only hand over the growing list
-        self._pending = None
+        self._pending = self._begin = None
         match = self.find(tokens)
         if match is None:
             return None
@@ -112,13 +113,28 @@ class PromptLookupDrafter(Drafter):
         want = min(want, max_nodes)
         if want <= 0:
             return None
+        draft = self._copy(tokens, begin, want)
+        if self.adaptive:
+            self._pending = (order, draft[0], want)
+        self._begin = begin
+        return DraftTree.chain(draft, source="pld")
+
+    @staticmethod
+    def _copy(tokens: list[int], begin: int, want: int) -> list[int]:
         draft = tokens[begin: begin + want]
         if len(draft) < want:
             period = len(draft)   # the copy runs into the suffix: continue the loop
             draft = (draft * (want // period + 1))[:want]
-        if self.adaptive:
-            self._pending = (order, draft[0], want)
-        return DraftTree.chain(draft, source="pld")
+        return draft
+
+    def propose_more(self, tokens: list[int], tree: DraftTree, max_nodes: int) -> DraftTree | None:
+        """The same match, copied further (cost-aware verification asks when a wider forward is no dearer)."""
+        if self._begin is None or tree.source != "pld":
+            return None
+        return DraftTree.chain(self._copy(tokens, self._begin, max_nodes), source="pld")
+
+    def max_draft_nodes(self) -> int:
+        return self.num_pred_tokens
 
     def observe(self, feedback: StepFeedback) -> None:
         pending, self._pending = self._pending, None
@@ -129,6 +145,8 @@ class PromptLookupDrafter(Drafter):
     def _learn(self, pending: tuple[int, int, int], feedback: StepFeedback) -> None:
         order, first, drafted = pending
         if drafted:
+            if feedback.tree is not None:
+                drafted = len(feedback.tree.tokens)   # what was verified (cost-aware verification may cut or extend)
             accepted = len(feedback.accepted_nodes)
             hit = accepted > 0
             if accepted >= drafted:

@@ -80,6 +80,9 @@ class TokenRecyclingDrafter(Drafter):
         self.successors[rows] = feedback.topk[:, :TOPK].cpu().numpy()
         self.known[rows] = True
 
+    def max_draft_nodes(self) -> int:
+        return self.template_size
+
     def parameters(self) -> dict:
         return {"tree_version": self.tree_version, "tree_nodes": self.template_size, "topk": TOPK,
                 "draft_unknown_root": self.draft_unknown_root}

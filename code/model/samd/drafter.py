@@ -49,6 +49,7 @@ class SamDrafter(Drafter):
         self.hidden_layers = fallback.hidden_layers if fallback is not None else ()
         self.dynamic = SuffixAutomaton()
         self.sequence_length = 0   # tokens of the current sequence: a match may not reach before it
+        self._match = None         # (automaton, state, shortest suffix allowed, source) of the last own draft
 
     def reset(self) -> None:
         self.dynamic = SuffixAutomaton()
@@ -94,21 +95,39 @@ class SamDrafter(Drafter):
         if max(dyn_length, static_length) < self.len_threshold:
             return self.fallback.propose(tokens, max_nodes) if self.fallback is not None else None
         if dyn_length >= static_length:
-            draft = self._continuation(self.dynamic, dyn_state, dyn_length, max_nodes, self.len_threshold)
-            source = "sam_dyn"
+            self._match = (self.dynamic, dyn_state, self.len_threshold, "sam_dyn")
+            want = self.draft_length(dyn_length)
         else:
-            draft = self._continuation(self.static.automaton, self.static_matcher.state,
-                                       self.static_matcher.length, max_nodes, self.len_threshold + self.len_bias)
-            source = "sam_static"
+            self._match = (self.static.automaton, self.static_matcher.state, self.len_threshold + self.len_bias,
+                           "sam_static")
+            want = self.draft_length(self.static_matcher.length)
+        return self._draft(min(want, max_nodes))
+
+    def _draft(self, want: int) -> DraftTree | None:
+        automaton, state, min_length, source = self._match
+        draft = self._continuation(automaton, state, want, min_length)
         return DraftTree.chain(draft, source) if draft else None
+
+    def propose_more(self, tokens: list[int], tree: DraftTree, max_nodes: int) -> DraftTree | None:
+        """The same match's continuation, further (cost-aware verification asks when a wider forward is no dearer)."""
+        if tree.source in ("sam_dyn", "sam_static"):
+            bigger = self._draft(max_nodes)
+            # A shorter suffix may hold the longer continuation; it must still begin with the draft.
+            return bigger if bigger is not None and bigger.tokens[:len(tree.tokens)] == tree.tokens else None
+        return self.fallback.propose_more(tokens, tree, max_nodes) if self.fallback is not None else None
+
+    def max_draft_nodes(self) -> int | None:
+        own = self.n_predicts - 1
+        if self.fallback is None:
+            return own
+        other = self.fallback.max_draft_nodes()
+        return None if other is None else max(own, other)
 
     def draft_length(self, match_length: int) -> int:
         """Draft nodes for a match of this length (the root token is not a node)."""
         return min(self.n_predicts, 1 + int(self.alpha * match_length)) - 1
 
-    def _continuation(self, automaton: SuffixAutomaton, state: int, match_length: int, max_nodes: int,
-                      min_length: int) -> list[int]:
-        want = min(self.draft_length(match_length), max_nodes)
+    def _continuation(self, automaton: SuffixAutomaton, state: int, want: int, min_length: int) -> list[int]:
         tokens, link, length, first_end = automaton.tokens, automaton.link, automaton.length, automaton.first_end
         end, last = first_end[state], len(tokens) - 1
         for _ in range(self.n_predicts):

@@ -118,8 +118,12 @@ class DraftModelDrafter(Drafter):
         self.cached = start + min(accepted, drafted - 1, len(feedback.emitted) - 1)
         self.cache.crop(self.cached)
         self.pending = None
-        if self.schedule == "heuristic":
-            self.length = self.length + 2 if accepted == drafted else max(1.0, self.length - 1)
+        if self.schedule == "heuristic":   # judged on what was verified (cost-aware verification may cut the chain)
+            verified = len(feedback.tree.tokens) if feedback.tree is not None else drafted
+            self.length = self.length + 2 if accepted == verified else max(1.0, self.length - 1)
+
+    def max_draft_nodes(self) -> int | None:
+        return self.num_tokens if self.schedule == "constant" else None   # the heuristic length has no bound
 
     def parameters(self) -> dict:
         config = self.draft.config

@@ -1,0 +1,230 @@
+"""Cost-aware verification: the target's measured forward cost decides how much of a draft to verify.
+
+A verification forward of n tokens (root + draft nodes) costs t(n); t is not monotonic in n (matrix kernels change
+with the shape; on GPUs it is a step function of tile sizes). `ForwardCostProfile` measures t(n)/t(1) once per run,
+for the model, dtype and device at hand. `AcceptanceEstimate` keeps a running estimate, per draft source, of the
+probability that a node is accepted given that its parent was, keyed by the node's depth and its rank among its
+siblings (drafters list the likelier child first). The chance that node i ends on the accepted path is then the
+product of those estimates along its ancestry, pi_i, and a verified subtree S yields 1 + sum(pi_i, i in S) tokens
+in expectation (the bonus token is the 1). `choose_nodes` picks the S, over every size, that maximises expected
+tokens per unit of forward cost; S = {} is a plain autoregressive step. Acceptance is untouched: a cut draft is
+still a tree of the proposal's nodes, verified by the same rule.
+"""
+from __future__ import annotations
+
+import bisect
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+
+from .kv_cache import PositionalKVCache
+from .tree import DraftTree
+
+# Widths measured: every width up to 16 (where the kernels' shape changes are densest), then a coarser grid.
+DENSE_WIDTHS = 16
+COARSE_WIDTHS = (20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+MAX_DEPTH = 32       # deeper nodes share the estimate of depth MAX_DEPTH
+MAX_RANK = 4         # siblings ranked 4th and later share one estimate
+DECAY = 0.98         # weight of past observations per new one: the estimate follows changes within ~50 steps
+PRIOR = (1.0, 2.0)   # (accepted, observed) pseudo-counts: a node nothing is known about is taken as 50% likely
+
+
+def profile_widths(max_width: int) -> list[int]:
+    widths = [w for w in range(1, DENSE_WIDTHS + 1) if w <= max_width]
+    widths += [w for w in COARSE_WIDTHS if DENSE_WIDTHS < w <= max_width]
+    if widths[-1] < max_width:
+        widths.append(max_width)
+    return widths
+
+
+@dataclass
+class ForwardCostProfile:
+    """Median seconds of one forward of `widths[j]` new tokens on a cache of `context_lengths[i]` tokens."""
+    widths: list[int]
+    context_lengths: list[int]
+    seconds: list[list[float]]             # [context][width]
+    repeats: int = 0
+    _ratios: list[list[float]] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._ratios = [[t / row[0] for t in row] for row in self.seconds]
+
+    def ratio(self, width: int, context_length: int) -> float:
+        """t(width)/t(1) at this context length (linear between measured lengths). An unmeasured width costs what
+        the next measured one costs (cost steps up between grid points); beyond the grid it grows linearly."""
+        j = bisect.bisect_left(self.widths, width)
+        if j == len(self.widths):
+            at = [row[-1] * width / self.widths[-1] for row in self._ratios]
+        else:
+            at = [row[j] for row in self._ratios]
+        lengths = self.context_lengths
+        if context_length <= lengths[0]:
+            return at[0]
+        if context_length >= lengths[-1]:
+            return at[-1]
+        i = bisect.bisect_right(lengths, context_length)
+        share = (context_length - lengths[i - 1]) / (lengths[i] - lengths[i - 1])
+        return at[i - 1] + share * (at[i] - at[i - 1])
+
+    def to_dict(self) -> dict:
+        return {"widths": self.widths, "context_lengths": self.context_lengths, "repeats": self.repeats,
+                "seconds": [[round(t, 6) for t in row] for row in self.seconds],
+                "ratio": [[round(r, 3) for r in row] for row in self._ratios]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ForwardCostProfile":
+        return cls(list(data["widths"]), list(data["context_lengths"]), [list(r) for r in data["seconds"]],
+                   data.get("repeats", 0))
+
+    @classmethod
+    @torch.inference_mode()
+    def measure(cls, engine, max_width: int, context_lengths: list[int], repeats: int = 3,
+                seed: int = 0) -> "ForwardCostProfile":
+        """Time forwards of 1..max_width tokens (random ids, causal) on caches of each context length.
+
+        Widths are interleaved within each repeat, so a burst of load hits all of them alike; one untimed pass
+        at the first context length lets the kernels of each shape settle."""
+        widths = profile_widths(max_width)
+        g = torch.Generator().manual_seed(seed)
+        vocab = engine.vocab_size
+        seconds = []
+        for length in context_lengths:
+            cache = PositionalKVCache(capacity=length + max_width + 1)
+            engine._append(cache, torch.randint(vocab, (length,), generator=g).tolist())
+            times: dict[int, list[float]] = {w: [] for w in widths}
+            first = 0 if seconds else -1   # rep -1: the untimed pass
+            for rep in range(first, repeats):
+                for w in widths:
+                    ids = torch.randint(vocab, (w,), generator=g).tolist()
+                    causal = torch.ones(w, w, dtype=torch.bool, device=engine.device).tril()
+                    depths = torch.arange(w, device=engine.device)
+                    start = engine.clock()
+                    engine._forward(cache, ids, causal, depths)
+                    elapsed = engine.clock() - start
+                    cache.crop(length)
+                    if rep >= 0:
+                        times[w].append(elapsed)
+            seconds.append([statistics.median(times[w]) for w in widths])
+        return cls(widths, list(context_lengths), seconds, repeats)
+
+
+def sibling_ranks(parents: list[int]) -> list[int]:
+    seen: dict[int, int] = {}
+    ranks = []
+    for p in parents:
+        ranks.append(seen.get(p, 0))
+        seen[p] = ranks[-1] + 1
+    return ranks
+
+
+class AcceptanceEstimate:
+    """P(node accepted | parent accepted), per (draft source, depth, sibling rank), with exponential forgetting."""
+
+    def __init__(self, decay: float = DECAY, prior: tuple[float, float] = PRIOR):
+        self.decay, self.prior = decay, prior
+        self.counts: dict[tuple[str, int, int], list[float]] = {}
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def _key(self, source: str, depth: int, rank: int) -> tuple[str, int, int]:
+        return source, min(depth, MAX_DEPTH), min(rank, MAX_RANK)
+
+    def conditional(self, source: str, depth: int, rank: int) -> float:
+        accepted, observed = self.counts.get(self._key(source, depth, rank), (0.0, 0.0))
+        return (accepted + self.prior[0]) / (observed + self.prior[1])
+
+    def path_probs(self, tree: DraftTree) -> list[float]:
+        """pi_i: the estimated chance that node i is on the accepted path."""
+        pi = []
+        for i, (p, depth, rank) in enumerate(zip(tree.parents, _depths(tree), sibling_ranks(tree.parents))):
+            pi.append(self.conditional(tree.source, depth, rank) * (1.0 if p < 0 else pi[p]))
+        return pi
+
+    def update(self, tree: DraftTree, path: list[int]) -> None:
+        """Count every node whose parent was accepted (the root always is) as observed, and accepted if on `path`."""
+        if not tree.tokens:
+            return
+        on_path = set(path)
+        for i, (p, depth, rank) in enumerate(zip(tree.parents, _depths(tree), sibling_ranks(tree.parents))):
+            if p < 0 or p in on_path:
+                key = self._key(tree.source, depth, rank)
+                counts = self.counts.setdefault(key, [0.0, 0.0])
+                counts[0] = counts[0] * self.decay + (i in on_path)
+                counts[1] = counts[1] * self.decay + 1.0
+
+    def to_dict(self) -> dict:
+        return {f"{s}/d{d}/r{r}": round(self.conditional(s, d, r), 3) for (s, d, r) in sorted(self.counts)}
+
+
+def _depths(tree: DraftTree) -> list[int]:
+    if len(tree.depths) == len(tree.parents):
+        return tree.depths    # filled by `validate`
+    depths = []
+    for p in tree.parents:
+        depths.append(1 if p < 0 else depths[p] + 1)
+    return depths
+
+
+def choose_nodes(pi: list[float], fixed: int, cost) -> list[int]:
+    """The nodes to verify: of every size m, the m likeliest nodes (an ancestor-closed set, since a child is never
+    likelier than its parent), taking the m that maximises (1 + sum pi) / cost(1 + fixed + m). `fixed` counts
+    nodes verified whatever the choice (auxiliary nodes); `cost(width)` is t(width)/t(1). Ties go to fewer nodes."""
+    order = sorted(range(len(pi)), key=lambda i: (-pi[i], i))
+    best_m, best_rate, expected = 0, 1.0 / cost(1 + fixed), 1.0
+    for m, i in enumerate(order, start=1):
+        expected += pi[i]
+        rate = expected / cost(1 + fixed + m)
+        if rate > best_rate:
+            best_m, best_rate = m, rate
+    return sorted(order[:best_m])
+
+
+def cut(tree: DraftTree, keep: list[int]) -> DraftTree:
+    """The subtree of the nodes in `keep` (ancestor-closed, ascending), with parents renumbered."""
+    if len(keep) == len(tree.tokens):
+        return tree
+    index = {old: new for new, old in enumerate(keep)}
+    return DraftTree([tree.tokens[i] for i in keep], [index.get(tree.parents[i], -1) for i in keep],
+                     probs=None if tree.probs is None else tree.probs[keep], source=tree.source,
+                     aux_tokens=tree.aux_tokens, aux_depths=tree.aux_depths, aux_mask=tree.aux_mask)
+
+
+class CostAwareVerifier:
+    """The engine's width chooser: cuts each proposal to the nodes worth their forward cost, or asks for more."""
+
+    def __init__(self, profile: ForwardCostProfile):
+        self.profile = profile
+        self.estimate = AcceptanceEstimate()
+
+    def reset(self) -> None:
+        self.estimate.reset()
+
+    def plan(self, tree: DraftTree, context_length: int, extend) -> DraftTree:
+        """The part of `tree` to verify. `extend(n)` asks the drafter for a larger, validated draft of at most n
+        nodes that starts with this one (None when it cannot give more); it is asked when the whole draft is worth
+        verifying and a wider forward would cost no more."""
+        def cost(width):
+            return self.profile.ratio(width, context_length)
+
+        fixed = len(tree.aux_tokens)
+        keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
+        if tree.tokens and len(keep) == len(tree.tokens):
+            wider = self._wider(len(tree.tokens), fixed, cost)
+            if wider:
+                bigger = extend(wider)
+                if bigger is not None and len(bigger.tokens) > len(tree.tokens):
+                    tree = bigger
+                    keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
+        return cut(tree, keep)
+
+    def _wider(self, n: int, fixed: int, cost) -> int:
+        """Node count of the widest measured forward, up to twice the draft, that costs no more than this one."""
+        widths = [w for w in self.profile.widths if 1 + fixed + n < w <= 1 + fixed + 2 * n]
+        now = cost(1 + fixed + n)
+        cheaper = [w for w in widths if cost(w) <= now]
+        return cheaper[-1] - 1 - fixed if cheaper else 0
+
+    def update(self, tree: DraftTree, path: list[int]) -> None:
+        self.estimate.update(tree, path)

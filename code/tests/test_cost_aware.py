@@ -1,0 +1,225 @@
+"""Cost-aware verification: the width chooser, the acceptance estimate, the profile, and losslessness with it on."""
+import itertools
+import json
+import random
+
+import pytest
+import torch
+
+from conftest import ARCHS, tiny_model
+from methods import METHODS, SAMPLED_DRAFTS
+from model.engine import Drafter, DraftError, DraftTree, SamplingConfig, SpeculativeEngine
+from model.engine.cost import (AcceptanceEstimate, CostAwareVerifier, ForwardCostProfile, choose_nodes, cut,
+                               profile_widths)
+from model.pld import PromptLookupDrafter
+from model.samd.drafter import SamDrafter
+from stats import chi_square_pvalue
+from test_methods_lossless import DRAFTING, PROMPTS, run_paradigm
+from test_sampling import ALPHA, SMALL_VOCAB, exact_two_token_law, sample_pairs
+
+
+def jagged_profile(max_width: int = 129) -> ForwardCostProfile:
+    """A cost that rises with width but dips at some widths (as kernel shapes make it): the chooser cuts drafts,
+    extends them to a cheaper width, and sometimes verifies nothing."""
+    widths = profile_widths(max_width)
+    ratio = [1.0 if w == 1 else 0.9 + 0.12 * w - (0.5 if w in (5, 16, 32) else 0.0) for w in widths]
+    return ForwardCostProfile(widths, [1], [[0.05 * r for r in ratio]])
+
+
+def ancestor_closed(parents, subset):
+    return all(parents[i] < 0 or parents[i] in subset for i in subset)
+
+
+def brute_force_best(pi, parents, fixed, cost):
+    best = 1.0 / cost(1 + fixed)
+    for m in range(1, len(pi) + 1):
+        for subset in itertools.combinations(range(len(pi)), m):
+            if ancestor_closed(parents, set(subset)):
+                best = max(best, (1 + sum(pi[i] for i in subset)) / cost(1 + fixed + m))
+    return best
+
+
+def test_chooser_verifies_nothing_when_cost_dominates():
+    assert choose_nodes([0.2, 0.1, 0.05], 0, lambda w: float(w)) == []
+
+
+def test_chooser_takes_a_wider_draft_when_the_narrower_one_is_dearer():
+    dear_middle = {1: 1.0, 2: 2.0, 3: 2.0, 4: 2.0, 5: 1.3}
+    assert choose_nodes([0.9, 0.8, 0.7, 0.6], 0, dear_middle.__getitem__) == [0, 1, 2, 3]
+    # The same draft when width grows dear: only the first node pays.
+    assert choose_nodes([0.9, 0.5, 0.3, 0.2], 0, lambda w: 1.0 + 0.5 * (w - 1)) == [0]
+
+
+def test_chooser_finds_the_argmax_over_every_ancestor_closed_subtree():
+    rng = random.Random(0)
+    for trial in range(60):
+        n = rng.randint(1, 8)
+        parents = [rng.randint(-1, i - 1) for i in range(n)]
+        pi = []
+        for p in parents:  # a child is never likelier than its parent
+            pi.append(rng.random() * (1.0 if p < 0 else pi[p]))
+        fixed = rng.choice([0, 3])
+        table = [1.0] + [rng.uniform(1.0, 3.0) for _ in range(n + fixed)]
+        cost = lambda w: table[w - 1]  # noqa: E731
+        keep = choose_nodes(pi, fixed, cost)
+        assert ancestor_closed(parents, set(keep))
+        rate = (1 + sum(pi[i] for i in keep)) / cost(1 + fixed + len(keep))
+        assert rate == pytest.approx(brute_force_best(pi, parents, fixed, cost)), trial
+
+
+def test_cut_renumbers_parents_and_keeps_draft_probabilities():
+    tree = DraftTree([10, 11, 12, 13, 14], [-1, 0, -1, 1, 2], probs=torch.eye(5, 20))
+    part = cut(tree, [0, 1, 3])
+    assert (part.tokens, part.parents) == ([10, 11, 13], [-1, 0, 1])
+    assert torch.equal(part.probs, torch.eye(5, 20)[[0, 1, 3]])
+
+
+def test_profile_ratio_steps_up_between_widths_and_interpolates_context():
+    profile = ForwardCostProfile([1, 2, 4, 8], [100, 300], [[1.0, 2.0, 1.5, 3.0], [2.0, 2.0, 6.0, 8.0]])
+    assert profile.ratio(3, 100) == 1.5          # an unmeasured width costs the next measured one
+    assert profile.ratio(16, 100) == 6.0         # beyond the grid: linear in width
+    assert profile.ratio(2, 200) == pytest.approx(1.5)   # halfway between 2.0 and 1.0
+    assert profile.ratio(4, 50) == 1.5 and profile.ratio(4, 900) == 3.0
+    assert ForwardCostProfile.from_dict(profile.to_dict()).ratio(4, 300) == 3.0
+
+
+def test_measured_profile_covers_the_widths_asked():
+    engine = SpeculativeEngine(tiny_model("llama"))
+    profile = ForwardCostProfile.measure(engine, 20, [16, 48], repeats=2)
+    assert profile.widths == list(range(1, 17)) + [20]
+    assert len(profile.seconds) == 2 and all(len(row) == len(profile.widths) for row in profile.seconds)
+    assert all(t > 0 for row in profile.seconds for t in row)
+    assert profile.to_dict()["ratio"][0][0] == 1.0
+
+
+def test_estimate_moves_toward_the_observed_acceptance():
+    estimate = AcceptanceEstimate()
+    tree = DraftTree.chain([1, 2, 3], source="x")
+    tree.validate(8, 10)
+    start = estimate.conditional("x", 1, 0)
+    for _ in range(200):           # depth 1 always accepted, depth 2 never (so depth 3 is never observed)
+        estimate.update(tree, [0])
+    assert estimate.conditional("x", 1, 0) > 0.95 > start
+    assert estimate.conditional("x", 2, 0) < 0.05 < start
+    assert estimate.conditional("x", 3, 0) == start
+    assert estimate.conditional("other", 1, 0) == start   # per draft source
+    pi = estimate.path_probs(tree)
+    assert pi[0] > 0.95 and pi[1] < 0.05 and pi[2] < pi[1]
+    for _ in range(200):           # and it follows a change
+        estimate.update(tree, [0, 1, 2])
+    assert estimate.conditional("x", 2, 0) > 0.95
+
+
+def test_plan_asks_the_drafter_for_more_when_a_wider_forward_is_no_dearer():
+    # Widths 1..16 cost 1 + w/10, except 16 nodes (width 17 -> measured as 20) which costs less than 11 tokens.
+    widths = profile_widths(24)
+    ratio = [1.0] + [1.0 + w / 10 for w in widths[1:]]
+    ratio[widths.index(20)] = 1.5
+    verifier = CostAwareVerifier(ForwardCostProfile(widths, [1], [ratio]))
+    for _ in range(50):   # this source's chains are always accepted whole
+        verifier.update(DraftTree([7] * 10, list(range(-1, 9)), source="chain"), list(range(10)))
+    asked = []
+
+    def extend(n):
+        asked.append(n)
+        return DraftTree.chain([7] * n, source="chain")
+
+    tree = DraftTree.chain([7] * 10, source="chain")
+    planned = verifier.plan(tree, 100, extend)
+    assert asked == [19] and len(planned.tokens) == 19
+
+
+def test_engine_rejects_an_extension_that_changes_the_draft():
+    class Liar(Drafter):
+        name = "liar"
+
+        def propose(self, tokens, max_nodes):
+            return DraftTree.chain([3, 4], source="liar")
+
+        def propose_more(self, tokens, tree, max_nodes):
+            return DraftTree.chain([5] * max_nodes, source="liar")
+
+    widths = profile_widths(16)
+    engine = SpeculativeEngine(tiny_model("llama"),
+                               cost_aware=CostAwareVerifier(ForwardCostProfile(widths, [1], [[1.0] * len(widths)])))
+    with pytest.raises(DraftError, match="propose_more"):
+        engine.generate(PROMPTS["random"], Liar(), 4, SamplingConfig())
+
+
+def test_pld_and_sam_extend_their_match():
+    tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
+    for drafter in (PromptLookupDrafter(adaptive=False, num_pred_tokens=3), SamDrafter(n_predicts=4, len_threshold=2,
+                                                                                        alpha=1e9)):
+        drafter.begin_sequence(tokens)
+        tree = drafter.propose(tokens, 128)
+        assert tree.tokens == [4, 5, 6]
+        assert drafter.propose_more(tokens, tree, 6).tokens == [4, 5, 6, 7, 8, 9]
+
+
+def cost_aware_run(model, method):
+    """Greedy output of `method` with cost-aware verification next to AR's, and its steps, for both prompts."""
+    engine = SpeculativeEngine(model, max_tree_nodes=128, cost_aware=CostAwareVerifier(jagged_profile()))
+    for prompt in PROMPTS.values():
+        reference = SpeculativeEngine(model).generate(prompt, Drafter(), 64, SamplingConfig()).tokens
+        corpus = [reference[i:i + 8] for i in range(0, len(reference), 5)]
+        yield engine.generate(prompt, METHODS[method](model, corpus), 64, SamplingConfig()), reference
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", DRAFTING)
+def test_greedy_token_identical_to_ar_with_cost_aware_verification(arch, method):
+    accepted = 0
+    for out, reference in cost_aware_run(tiny_model(arch), method):
+        assert out.tokens == reference
+        accepted += len(out.steps) < len(out.tokens)
+    # Drafts still got tokens accepted; a random EAGLE-3 head is right about 1 time in 64 per node, which the
+    # chooser rightly finds worth no width.
+    assert accepted or method == "eagle3"
+
+
+def test_the_chooser_changes_what_most_methods_verify():
+    """Cuts, extensions and skipped drafts happen in the identity runs above (not just whole drafts)."""
+    changed = {}
+    for method in DRAFTING:
+        steps = [s for out, _ in cost_aware_run(tiny_model("llama"), method) for s in out.steps]
+        changed[method] = (sum(s.draft_size < s.proposed_size for s in steps),
+                           sum(s.draft_size > s.proposed_size for s in steps),
+                           sum(s.draft_size == 0 < s.proposed_size for s in steps))
+    assert sum(cuts > 0 for cuts, _, _ in changed.values()) >= len(DRAFTING) // 2, changed
+    assert any(extended for _, extended, _ in changed.values()), changed
+    assert any(skipped for _, _, skipped in changed.values()), changed
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"ar"}))
+def test_sampling_follows_the_target_law_with_cost_aware_verification(method):
+    model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
+    cfg = SamplingConfig(1.0)
+    corpus = [[(7 * i + j * j) % SMALL_VOCAB for j in range(12)] for i in range(40)]
+    engine = SpeculativeEngine(model, cost_aware=CostAwareVerifier(jagged_profile()))
+    counts = sample_pairs(model, METHODS[method](model, corpus), cfg, 1500, engine=engine)
+    assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), 1500) > ALPHA
+
+
+@pytest.mark.parametrize("paradigm", [["--think-twice"], ["--BON", "--bon-n", "3", "--temperature", "0.8"]],
+                         ids=["multi-round-T0", "best-of-3-T0.8"])
+def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir, tmp_path, paradigm):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "category": "math500", "turns": [text]}) + "\n"
+                                 for i, text in enumerate(["What is 2 + 3?", "The answer is 5. The answer is"])))
+    reference = run_paradigm(tiny_model_dir, str(questions), tmp_path / "ar.jsonl", "ar", *paradigm)
+    sampled = "--temperature" in paradigm
+    profile_flags = ["--cost-aware", "--cost-profile-contexts", "16", "64", "--cost-profile-repeats", "1"]
+    for method in DRAFTING:
+        if sampled and method in SAMPLED_DRAFTS:
+            continue
+        answer = tmp_path / f"{method}.jsonl"
+        assert run_paradigm(tiny_model_dir, str(questions), answer, method, *paradigm, *profile_flags) == \
+            reference, method
+    config = json.loads((tmp_path / "pld.config.json").read_text())
+    assert config["cost_aware"] is True
+    profile = config["cost_profile"]
+    assert profile["context_lengths"] == [16, 64] and profile["widths"][:2] == [1, 2]
+    assert max(profile["widths"]) >= 2 * (10 + 1)   # twice PLD's largest draft, root included
+    assert [s["cost_profile"] for s in config["sessions"]] == [profile]
+    steps = [json.loads(line) for line in (tmp_path / "pld.steps.jsonl").read_text().splitlines()]
+    assert all(s["draft_size"] <= 128 and "proposed_size" in s for s in steps)
