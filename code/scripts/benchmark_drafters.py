@@ -11,6 +11,7 @@ Prints per method and round: tokens/s, speedup over our AR, MAT (bonus token cou
         --drafter-path local_model/SmolLM2-135M-Instruct --drafter-dtype bfloat16
     cd code && python scripts/benchmark_drafters.py --methods ar samd eagle3 samd-eagle3 \
         --ea-model-path local_model/eagle3-SmolLM2-135M-Instruct
+    cd code && python scripts/benchmark_drafters.py --cost-aware both    # each method without and with (+ca)
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluation import paradigms  # noqa: E402
 from evaluation.questions import load_questions  # noqa: E402
 from model.eagle3 import Eagle3Drafter, load_head  # noqa: E402
+from evaluation.uncertainty import speedup_interval  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
+from model.engine.cost import DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile  # noqa: E402
 from model.engine.loading import load_draft_model, load_model  # noqa: E402
 from model.lade import LookaheadDrafter  # noqa: E402
 from model.pia.drafter import PiaDrafter  # noqa: E402
@@ -88,6 +91,10 @@ def main():
     parser.add_argument("--drafter-path", default=None, help="SpS draft model (sps and hf-sps are skipped without one)")
     parser.add_argument("--drafter-dtype", default=None, help="the draft's dtype (default: --dtype)")
     parser.add_argument("--ea-model-path", default=None, help="EAGLE-3 head (eagle3, samd-eagle3 skipped without)")
+    parser.add_argument("--cost-aware", choices=["off", "on", "both"], default="off",
+                        help="verify whole drafts (off), with cost-aware verification (on, rows named <method>+ca), "
+                             "or both side by side")
+    parser.add_argument("--cost-profile-contexts", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
 
@@ -105,15 +112,37 @@ def main():
     if unknown:
         parser.error(f"unknown or unavailable methods {unknown} (REST needs --datastore-path, SpS --drafter-path, "
                      f"EAGLE-3 --ea-model-path)")
+    engines = {name: engine for name in drafters}
+    if args.cost_aware != "off":
+        # Each +ca row has its own drafter and its own acceptance estimate; all share one measured profile.
+        bound = max(((d.max_draft_nodes() or engine.max_tree_nodes) for n, d in drafters.items() if n in names),
+                    default=0)
+        max_width = min(engine.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
+        start = time.perf_counter()
+        profile = ForwardCostProfile.measure(engine, max_width, args.cost_profile_contexts)
+        print(f"forward cost profile ({time.perf_counter() - start:.1f} s): {json.dumps(profile.to_dict())}",
+              file=sys.stderr, flush=True)
+        aware = engine_methods(model, tokenizer, args.datastore_path, draft, args.ea_model_path)
+        plain_names, names = names, []
+        for name in plain_names:
+            if args.cost_aware == "both" or name not in drafters or name == "ar":
+                names.append(name)
+            if name in drafters and name != "ar":   # AR verifies no draft: cost-aware AR is AR
+                drafters[f"{name}+ca"] = aware[name]
+                engines[f"{name}+ca"] = SpeculativeEngine(model, cost_aware=CostAwareVerifier(profile))
+                names.append(f"{name}+ca")
     totals = defaultdict(lambda: defaultdict(float))   # (method, round) -> sums
     mismatches = defaultdict(int)
+    per_question = defaultdict(list)                    # (method, round) -> [(tokens, seconds)] in question order
     questions = load_questions(args.question_file, args.question_begin, args.question_begin + args.questions)
 
     # Warm-up: one short generation per path, so no method pays first-call costs.
     warm = paradigms.encode_prompt(tokenizer, paradigms.turn_messages(questions[0], "single", 0, None))
-    for d in drafters.values():
-        engine.generate(warm, d, 16, SamplingConfig(), stop_tokens=stop)
+    for name, d in drafters.items():
+        engines[name].generate(warm, d, 16, SamplingConfig(), stop_tokens=stop)
         d.reset()
+        if engines[name].cost_aware is not None:
+            engines[name].cost_aware.reset()
     for kwargs in hf_kwargs.values():
         hf_generate(model, warm, 16, stop, **kwargs)
 
@@ -134,8 +163,8 @@ def main():
                 t = totals[(name, r)]
                 if name in drafters:
                     start = time.perf_counter()
-                    gen = engine.generate(prompt, drafters[name], args.max_new_tokens, SamplingConfig(),
-                                          stop_tokens=stop)
+                    gen = engines[name].generate(prompt, drafters[name], args.max_new_tokens, SamplingConfig(),
+                                                 stop_tokens=stop)
                     seconds = time.perf_counter() - start
                     tokens = gen.tokens
                     t["steps"] += len(gen.steps)
@@ -145,13 +174,23 @@ def main():
                     tokens, seconds = hf_generate(model, prompt, args.max_new_tokens, stop, **hf_kwargs[name])
                 t["tokens"] += len(tokens)
                 t["seconds"] += seconds
+                per_question[(name, r)].append((len(tokens), seconds))
                 mismatches[name] += tokens != reference[r]
         print(f"question {qi + 1}/{len(questions)} done", file=sys.stderr, flush=True)
 
-    report(names, totals, mismatches, args)
+    report(names, totals, mismatches, per_question, args)
 
 
-def report(names, totals, mismatches, args):
+def interval(per_question, name, rs):
+    """95% paired-bootstrap interval of the speedup over AR, questions resampled (rounds of one question together)."""
+    def sums(method):
+        rows = [per_question[(method, r)] for r in rs]
+        return [sum(row[q][0] for row in rows) for q in range(len(rows[0]))], \
+            [sum(row[q][1] for row in rows) for q in range(len(rows[0]))]
+    return speedup_interval(*sums(name), *sums("ar"))
+
+
+def report(names, totals, mismatches, per_question, args):
     rounds = sorted({r for (_, r) in totals})
 
     def rate(name, rs):
@@ -170,9 +209,11 @@ def report(names, totals, mismatches, args):
             verify = sum(totals[(name, r)]["verify"] for r in rs)
             mat = tok / steps if steps else None
             share = draft / (draft + verify) if steps else None
-            entry[label] = {"tokens_per_s": tps, "speedup": speedup, "mat": mat, "drafting_share": share}
-            cells += [f"{tps:.1f}", f"{speedup:.2f}x", "-" if mat is None else f"{mat:.2f}",
-                      "-" if share is None else f"{100 * share:.1f}%"]
+            ci = interval(per_question, name, rs) if "ar" in names else None
+            entry[label] = {"tokens_per_s": tps, "speedup": speedup, "speedup_95ci": ci, "mat": mat,
+                            "drafting_share": share}
+            cells += [f"{tps:.1f}", f"{speedup:.2f}x" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"),
+                      "-" if mat is None else f"{mat:.2f}", "-" if share is None else f"{100 * share:.1f}%"]
         cells.append(f"{int(mismatches[name])}")
         rows.append(cells)
         summary[name] = entry
@@ -181,14 +222,16 @@ def report(names, totals, mismatches, args):
         header += [f"tok/s {label}", f"speedup {label}", f"MAT {label}", f"draft share {label}"]
     header.append("turns != AR")
     print(f"\nmodel {args.model_path}, {args.dtype}, {args.questions} questions x {len(rounds)} rounds, "
-          f"max-new-tokens {args.max_new_tokens}, greedy; MAT counts the bonus token (AR = 1.00)\n")
+          f"max-new-tokens {args.max_new_tokens}, greedy; MAT counts the bonus token (AR = 1.00); speedups over "
+          f"our AR with their 95% paired-bootstrap interval over questions; +ca: cost-aware verification\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for cells in rows:
         print("| " + " | ".join(cells) + " |")
-    if "pld" in summary and "hf-pld" in summary:
-        ours, theirs = summary["pld"]["overall"]["tokens_per_s"], summary["hf-pld"]["overall"]["tokens_per_s"]
-        print(f"\nour PLD / transformers PLD tokens/s: {ours / theirs:.2f}x")
+    for pld in ("pld", "pld+ca"):
+        if pld in summary and "hf-pld" in summary:
+            ours, theirs = summary[pld]["overall"]["tokens_per_s"], summary["hf-pld"]["overall"]["tokens_per_s"]
+            print(f"\nour {pld} / transformers PLD tokens/s: {ours / theirs:.2f}x")
     if "pld" in summary and "hf" in summary:
         r1 = summary["pld"]["round 1"]["tokens_per_s"] / summary["hf"]["round 1"]["tokens_per_s"]
         print(f"our PLD / transformers plain generate, round 1: {r1:.2f}x")

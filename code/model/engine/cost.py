@@ -3,8 +3,10 @@
 A verification forward of n tokens (root + draft nodes) costs t(n); t is not monotonic in n (matrix kernels change
 with the shape; on GPUs it is a step function of tile sizes). `ForwardCostProfile` measures t(n)/t(1) once per run,
 for the model, dtype and device at hand. `AcceptanceEstimate` keeps a running estimate, per draft source, of the
-probability that a node is accepted given that its parent was, keyed by the node's depth and its rank among its
-siblings (drafters list the likelier child first). The chance that node i ends on the accepted path is then the
+probability that a node is accepted given that its parent was, keyed by the node's depth, its rank among its
+siblings (drafters list the likelier child first) and the size class of the proposal (a retrieval drafter proposes
+longer drafts for longer matches, which are right more often). A depth never observed takes the estimate of the
+deepest observed one above it. The chance that node i ends on the accepted path is then the
 product of those estimates along its ancestry, pi_i, and a verified subtree S yields 1 + sum(pi_i, i in S) tokens
 in expectation (the bonus token is the 1). `choose_nodes` picks the S, over every size, that maximises expected
 tokens per unit of forward cost; S = {} is a plain autoregressive step. Acceptance is untouched: a cut draft is
@@ -27,7 +29,7 @@ COARSE_WIDTHS = (20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224
 MAX_DEPTH = 32       # deeper nodes share the estimate of depth MAX_DEPTH
 MAX_RANK = 4         # siblings ranked 4th and later share one estimate
 DECAY = 0.98         # weight of past observations per new one: the estimate follows changes within ~50 steps
-PRIOR = (1.0, 2.0)   # (accepted, observed) pseudo-counts: a node nothing is known about is taken as 50% likely
+PRIOR = (1.8, 2.0)   # (accepted, observed) pseudo-counts: optimistic (90%), so untried widths get tried
 
 
 def profile_widths(max_width: int) -> list[int]:
@@ -118,44 +120,51 @@ def sibling_ranks(parents: list[int]) -> list[int]:
     return ranks
 
 
+def size_class(nodes: int) -> int:
+    """Proposal sizes 1, 2-3, 4-7, 8-15, ... share an estimate."""
+    return nodes.bit_length()
+
+
 class AcceptanceEstimate:
-    """P(node accepted | parent accepted), per (draft source, depth, sibling rank), with exponential forgetting."""
+    """P(node accepted | parent accepted), per (draft source, proposal size class, sibling rank, depth), with
+    exponential forgetting."""
 
     def __init__(self, decay: float = DECAY, prior: tuple[float, float] = PRIOR):
         self.decay, self.prior = decay, prior
-        self.counts: dict[tuple[str, int, int], list[float]] = {}
+        self.counts: dict[tuple, list[float]] = {}
 
     def reset(self) -> None:
         self.counts.clear()
 
-    def _key(self, source: str, depth: int, rank: int) -> tuple[str, int, int]:
-        return source, min(depth, MAX_DEPTH), min(rank, MAX_RANK)
+    def conditional(self, source: str, depth: int, rank: int, size: int = 1) -> float:
+        group = (source, size_class(size), min(rank, MAX_RANK))
+        for d in range(min(depth, MAX_DEPTH), 0, -1):   # unobserved depths: as the deepest observed above
+            counts = self.counts.get((*group, d))
+            if counts is not None:
+                return (counts[0] + self.prior[0]) / (counts[1] + self.prior[1])
+        return self.prior[0] / self.prior[1]
 
-    def conditional(self, source: str, depth: int, rank: int) -> float:
-        accepted, observed = self.counts.get(self._key(source, depth, rank), (0.0, 0.0))
-        return (accepted + self.prior[0]) / (observed + self.prior[1])
-
-    def path_probs(self, tree: DraftTree) -> list[float]:
-        """pi_i: the estimated chance that node i is on the accepted path."""
+    def path_probs(self, tree: DraftTree, size: int | None = None) -> list[float]:
+        """pi_i: the estimated chance that node i is on the accepted path (`size`: the proposal's node count)."""
+        size = len(tree.tokens) if size is None else size
         pi = []
-        for i, (p, depth, rank) in enumerate(zip(tree.parents, _depths(tree), sibling_ranks(tree.parents))):
-            pi.append(self.conditional(tree.source, depth, rank) * (1.0 if p < 0 else pi[p]))
+        for p, depth, rank in zip(tree.parents, _depths(tree), sibling_ranks(tree.parents)):
+            pi.append(self.conditional(tree.source, depth, rank, size) * (1.0 if p < 0 else pi[p]))
         return pi
 
-    def update(self, tree: DraftTree, path: list[int]) -> None:
-        """Count every node whose parent was accepted (the root always is) as observed, and accepted if on `path`."""
+    def update(self, tree: DraftTree, path: list[int], size: int | None = None) -> None:
+        """Count every node whose parent was accepted (the root always is) as observed, and accepted if on `path`.
+        `size`: node count of the proposal `tree` was cut from (default: its own)."""
         if not tree.tokens:
             return
+        size_key = size_class(len(tree.tokens) if size is None else size)
         on_path = set(path)
         for i, (p, depth, rank) in enumerate(zip(tree.parents, _depths(tree), sibling_ranks(tree.parents))):
             if p < 0 or p in on_path:
-                key = self._key(tree.source, depth, rank)
+                key = (tree.source, size_key, min(rank, MAX_RANK), min(depth, MAX_DEPTH))
                 counts = self.counts.setdefault(key, [0.0, 0.0])
                 counts[0] = counts[0] * self.decay + (i in on_path)
                 counts[1] = counts[1] * self.decay + 1.0
-
-    def to_dict(self) -> dict:
-        return {f"{s}/d{d}/r{r}": round(self.conditional(s, d, r), 3) for (s, d, r) in sorted(self.counts)}
 
 
 def _depths(tree: DraftTree) -> list[int]:
@@ -197,6 +206,7 @@ class CostAwareVerifier:
     def __init__(self, profile: ForwardCostProfile):
         self.profile = profile
         self.estimate = AcceptanceEstimate()
+        self.proposed = 0   # node count of the last proposal: its size class keys the estimate
 
     def reset(self) -> None:
         self.estimate.reset()
@@ -208,15 +218,16 @@ class CostAwareVerifier:
         def cost(width):
             return self.profile.ratio(width, context_length)
 
-        fixed = len(tree.aux_tokens)
+        fixed, self.proposed = len(tree.aux_tokens), len(tree.tokens)
         keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
         if tree.tokens and len(keep) == len(tree.tokens):
             wider = self._wider(len(tree.tokens), fixed, cost)
             if wider:
                 bigger = extend(wider)
                 if bigger is not None and len(bigger.tokens) > len(tree.tokens):
+                    # The added nodes are judged as the proposal's deeper nodes: same size class.
                     tree = bigger
-                    keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
+                    keep = choose_nodes(self.estimate.path_probs(tree, self.proposed), fixed, cost)
         return cut(tree, keep)
 
     def _wider(self, n: int, fixed: int, cost) -> int:
@@ -227,4 +238,5 @@ class CostAwareVerifier:
         return cheaper[-1] - 1 - fixed if cheaper else 0
 
     def update(self, tree: DraftTree, path: list[int]) -> None:
-        self.estimate.update(tree, path)
+        """After verifying `tree` (the part of the last `plan`'s proposal that was verified)."""
+        self.estimate.update(tree, path, self.proposed)
