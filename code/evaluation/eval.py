@@ -30,7 +30,8 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens, "paradigm": args.paradigm,
         "turns_per_question": paradigms.turns_per_question(args), "seed": args.seed, "num_choices": args.num_choices,
-        "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup, "warmup_tokens": args.warmup_tokens,
+        "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup,
+        "warmup_tokens": args.warmup_tokens,
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
         "chat_template": bool(getattr(tokenizer, "chat_template", None)), "question_file": args.question_file,
@@ -113,10 +114,10 @@ class Runner:
         return answer, steps
 
 
-def measure_cost_profile(engine: SpeculativeEngine, drafter: Drafter, args) -> ForwardCostProfile:
-    """t(n)/t(1) for this model, dtype and device, up to twice the largest draft the method sends (every run
+def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], args) -> ForwardCostProfile:
+    """t(n)/t(1) for this model, dtype and device, up to twice the largest draft the methods send (every run
     records it; --cost-aware verification decides with it)."""
-    bound = drafter.max_draft_nodes() or args.max_tree_nodes
+    bound = max(d.max_draft_nodes() or args.max_tree_nodes for d in drafters)
     max_width = min(args.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
     limit = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
     lengths = sorted({min(n, limit - max_width - 1) for n in args.cost_profile_contexts})
@@ -128,35 +129,49 @@ def measure_cost_profile(engine: SpeculativeEngine, drafter: Drafter, args) -> F
     return profile
 
 
-def run_eval(args, make_drafter) -> None:
-    """Load the model, then answer every question not already in the answer file."""
-    questions = load_questions(args.question_file, args.question_begin, args.question_end)
-    model, tokenizer, device = load_model(args.model_path, args.dtype, args.device, args.num_gpus_per_model)
+def open_run(args, make_drafter, model, tokenizer, device) -> tuple[AnswerStore, Runner]:
+    """One method's drafter, answer store (resumed, checked against its configuration) and runner on a loaded
+    model."""
     try:
         drafter = make_drafter(args, model, tokenizer)
     except ValueError as exc:  # drafters validate their parameters with ValueError
         raise UserError(str(exc)) from None
     if args.draft_state_scope is None:
         args.draft_state_scope = drafter.default_scope
-    if args.BON and args.temperature == 0:
-        print("warning: Best-of-N at temperature 0 gives N identical samples", file=sys.stderr)
     budget = None if args.no_thinking_budget else paradigms.thinking_budget(tokenizer, args.max_new_tokens)
     store = AnswerStore(args.answer_file, run_config(args, drafter, device, budget, tokenizer))
+    engine = SpeculativeEngine(model, max_tree_nodes=args.max_tree_nodes)
+    runner = Runner(args, engine, drafter, tokenizer, paradigms.stop_tokens(tokenizer, model.generation_config),
+                    budget)
+    return store, runner
+
+
+def start_session(store: AnswerStore, runner: Runner, first_question: dict,
+                  profile: ForwardCostProfile | None = None) -> None:
+    """Before measuring: profile the forward cost (recorded; --cost-aware decides with it), then warm up."""
+    args, engine = runner.args, runner.engine
+    profile = profile or measure_cost_profile(engine, [runner.drafter], args)
+    store.add_session({"started": time.time(), "cost_profile": profile.to_dict()})
+    if args.cost_aware:
+        engine.cost_aware = CostAwareVerifier(profile)
+    if args.warmup:
+        runner.warm_up(first_question)
+
+
+def run_eval(args, make_drafter) -> None:
+    """Load the model, then answer every question not already in the answer file."""
+    questions = load_questions(args.question_file, args.question_begin, args.question_end)
+    model, tokenizer, device = load_model(args.model_path, args.dtype, args.device, args.num_gpus_per_model)
+    if args.BON and args.temperature == 0:
+        print("warning: Best-of-N at temperature 0 gives N identical samples", file=sys.stderr)
+    store, runner = open_run(args, make_drafter, model, tokenizer, device)
     todo = [q for q in questions if q["question_id"] not in store.done]
     if not todo:
         print(f"all {len(questions)} questions already answered in {args.answer_file}")
         return
-    engine = SpeculativeEngine(model, max_tree_nodes=args.max_tree_nodes)
-    profile = measure_cost_profile(engine, drafter, args)
-    store.add_session({"started": time.time(), "cost_profile": profile.to_dict()})
-    if args.cost_aware:
-        engine.cost_aware = CostAwareVerifier(profile)
-    runner = Runner(args, engine, drafter, tokenizer, paradigms.stop_tokens(tokenizer, model.generation_config),
-                    budget)
-    if args.warmup:
-        runner.warm_up(todo[0])
+    start_session(store, runner, todo[0])
     tokens = seconds = 0.0
-    bar = tqdm(todo, desc=f"{drafter.name} ({len(store.done)} done before)", unit="q", dynamic_ncols=True)
+    bar = tqdm(todo, desc=f"{runner.drafter.name} ({len(store.done)} done before)", unit="q", dynamic_ncols=True)
     for question in bar:
         answer, steps = runner.answer(question)
         store.write(answer, steps)

@@ -2,7 +2,8 @@
 ################################################################################
 # DeepSeek-R1-Distill-Llama-8B under Multi-Round Thinking or Best-of-N on question_cot.jsonl.
 # Run from code/:  MODEL_PATH=./local_model MODEL_SIZE=8 TEMP=0.0 bash scripts/deepseek.sh
-# Every method runs through the same engine; lines of methods not built yet are commented out.
+# Every method runs through the same engine. REST's datastore is built on first use from the REST paper's small
+# ShareGPT store (needs the hub once; see the README for other corpora).
 ################################################################################
 set -euo pipefail
 export PYTHONWARNINGS="ignore"
@@ -31,9 +32,13 @@ $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODE
 if [ -n "$Sps_Drafter_PATH" ]; then
 $PYTHON -m evaluation.inference_sps --model-path $TARGET_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 fi
-# $PYTHON -m evaluation.inference_pia --model-path $TARGET_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-# $PYTHON -m evaluation.inference_lookahead --model-path $TARGET_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
-# $PYTHON -m evaluation.inference_rest --model-path $TARGET_PATH --model-id ${MODEL_NAME}-rest-${torch_dtype}-temp-${TEMP} --datastore-path $datastore_PATH $COMMON --think-twice
+$PYTHON -m evaluation.inference_pia --model-path $TARGET_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_lookahead --model-path $TARGET_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
+if [ ! -f "$datastore_PATH" ]; then
+  mkdir -p "$(dirname "$datastore_PATH")"
+  $PYTHON -m model.rest.build_datastore --hf-dataset Aeala/ShareGPT_Vicuna_unfiltered --tokenizer-path $TARGET_PATH --output "$datastore_PATH"
+fi
+$PYTHON -m evaluation.inference_rest --model-path $TARGET_PATH --model-id ${MODEL_NAME}-rest-${torch_dtype}-temp-${TEMP} --datastore-path $datastore_PATH $COMMON --think-twice
 
 ## Reasoning under Best-of-N (the seed ran TEMP=0.6): uncomment, with TEMP=0.6
 # $PYTHON -m evaluation.inference_baseline --model-path $TARGET_PATH --model-id ${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP} $COMMON --BON

@@ -32,15 +32,15 @@ if [ ! -f "$HEAD/model.safetensors" ]; then
 fi
 
 # SpS's draft: the same model in bfloat16 (no smaller model shares SmolLM2's tokenizer here; see the README).
-declare -A EXTRA=([rest]="--datastore-path $DATASTORE" [sps]="--drafter-path $MODEL --drafter-dtype bfloat16"
-                  [eagle3]="--ea-model-path $HEAD" [samd-eagle3]="--tree_method eagle3 --tree_model_path $HEAD")
-declare -A MODULE=([samd-eagle3]=samd)
-METHODS="baseline pld samd recycling lookahead rest pia sps eagle3 samd-eagle3"
-for method in $METHODS; do
-  echo "== $method"
-  $PYTHON -m evaluation.inference_${MODULE[$method]:-$method} $COMMON --question-end $QUESTIONS --think-twice \
-    --model-id $TAG-$method ${EXTRA[$method]:-}
-done
+# All methods run in ONE process, interleaved per question (baseline first), so a burst of load on the machine hits
+# every method alike; each still writes its own answer file, as its inference_<method> CLI would.
+METHODS=(baseline pld samd recycling lookahead pia "rest --datastore-path $DATASTORE"
+         "sps --drafter-path $MODEL --drafter-dtype bfloat16" "eagle3 --ea-model-path $HEAD"
+         "samd-eagle3=samd --tree_method eagle3 --tree_model_path $HEAD")
+ARGS=()
+for method in "${METHODS[@]}"; do ARGS+=(--method "$method"); done
+$PYTHON -m evaluation.interleaved $COMMON --question-end $QUESTIONS --think-twice --model-id-prefix $TAG "${ARGS[@]}"
 FILES=""
-for method in $METHODS; do [ "$method" = baseline ] || FILES="$FILES $OUT/$TAG-$method.jsonl"; done
+for method in pld samd recycling lookahead pia rest sps eagle3 samd-eagle3; do FILES="$FILES $OUT/$TAG-$method.jsonl"; done
 $PYTHON evaluation/compare.py --base-path $OUT/$TAG-baseline.jsonl --file-path $FILES --markdown-out $OUT/$TAG-table.md
+$PYTHON evaluation/plot.py --base-path $OUT/$TAG-baseline.jsonl --file-path $FILES --out-dir $OUT/$TAG-fig

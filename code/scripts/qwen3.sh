@@ -2,7 +2,8 @@
 ################################################################################
 # Qwen3 (4B/8B/14B) under Multi-Round Thinking or Best-of-N on question_cot.jsonl.
 # Run from code/:  MODEL_PATH=./local_model MODEL_SIZE=8 TEMP=0.0 bash scripts/qwen3.sh
-# Every method runs through the same engine; lines of methods not built yet are commented out.
+# Every method runs through the same engine. REST's datastore is built on first use from the REST paper's small
+# ShareGPT store (needs the hub once; see the README for other corpora).
 ################################################################################
 set -euo pipefail
 export PYTHONWARNINGS="ignore"
@@ -26,10 +27,14 @@ $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL
 $PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $Qwen3_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
-# $PYTHON -m evaluation.inference_pia --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_pia --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_sps --model-path $Qwen3_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-# $PYTHON -m evaluation.inference_lookahead --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
-# $PYTHON -m evaluation.inference_rest --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-rest-${torch_dtype}-temp-${TEMP} --datastore-path $datastore_PATH $COMMON --think-twice
+$PYTHON -m evaluation.inference_lookahead --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
+if [ ! -f "$datastore_PATH" ]; then
+  mkdir -p "$(dirname "$datastore_PATH")"
+  $PYTHON -m model.rest.build_datastore --hf-dataset Aeala/ShareGPT_Vicuna_unfiltered --tokenizer-path $Qwen3_PATH --output "$datastore_PATH"
+fi
+$PYTHON -m evaluation.inference_rest --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-rest-${torch_dtype}-temp-${TEMP} --datastore-path $datastore_PATH $COMMON --think-twice
 
 ## Reasoning under Best-of-N (the seed ran TEMP=0.6): uncomment, with TEMP=0.6
 # $PYTHON -m evaluation.inference_baseline --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP} $COMMON --BON
