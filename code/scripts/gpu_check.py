@@ -1,0 +1,573 @@
+"""GPU check: every method lossless on the device, and what the real model shapes cost there. No hub access.
+
+Models are random-initialised from configs written below with the real shapes of Qwen3-8B and Llama-3.1-8B (their
+usual drafts: Qwen3-0.6B, Llama-3.2-1B), built directly on the device. Their final norm is scaled up (as the tests
+scale the lm_head) so their distributions are sharp like a real LM's. A target whose greedy output falls into one
+token repeated gets its embeddings raised against the layers' sum until it does not (avoid_degeneracy).
+
+ (a) correctness: on a small random model of each family (4 layers, --check-dtype, default float32) on the device,
+     every method's greedy output is token-identical to AR (our engine with no drafter), on a random and a
+     repetitive prompt; and AR itself equals transformers `generate` (its own cache and masks). On a divergence
+     the AR logit margin at that position tells a near-tie (rounding) from a bug.
+ (b) measurements on each real shape in bfloat16 (with --tiny: tiny shapes of the same families): our AR tokens/s
+     against transformers `generate` (greedy, eos disabled) on the same random prompt; the forward cost t(n)/t(1),
+     n = 1..--max-width, at each --contexts length (model.engine.cost.ForwardCostProfile); each method's MAT and
+     drafting share (draft seconds / (draft + verify seconds)) on one random-prompt generation. Random weights:
+     MAT and speedups there say little about a trained model; costs, shares and the AR/HF ratio are what count.
+MAT counts the bonus token (AR = 1.00). Exit status 1 when any method is not identical to AR in (a), or AR differs
+from transformers `generate` other than at a near-tie; 2 when --device cuda has no CUDA device.
+
+    cd code && python scripts/gpu_check.py --device cuda --json-out gpu_check.json
+    cd code && python scripts/gpu_check.py --device cpu --tiny --contexts 64 256       # smoke run anywhere
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model.eagle3 import Eagle3Drafter  # noqa: E402
+from model.eagle3.checkpoint import default_layers  # noqa: E402
+from model.eagle3.head import new_head  # noqa: E402
+from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
+from model.engine.cost import ForwardCostProfile  # noqa: E402
+from model.lade import LookaheadDrafter  # noqa: E402
+from model.pia.drafter import PiaDrafter  # noqa: E402
+from model.pld import PromptLookupDrafter  # noqa: E402
+from model.recycling import TokenRecyclingDrafter  # noqa: E402
+from model.rest.datastore import Datastore  # noqa: E402
+from model.rest.drafter import RestDrafter  # noqa: E402
+from model.samd.drafter import SamDrafter  # noqa: E402
+from model.samd.static_sam import join_documents  # noqa: E402
+from model.sps import DraftModelDrafter  # noqa: E402
+
+METHODS = ("pld", "samd", "recycling", "lookahead", "pia", "rest", "sps", "eagle3", "samd-eagle3")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+LOGIT_SCALE = 8.0   # final-norm gain: sharper distributions (SpS's confidence stop, sampling); greedy is unchanged
+NEAR_TIE = 1e-3       # |logit gap| under which a float32 divergence from transformers counts as rounding
+EMBEDDING_RATIOS = (2.0, 3.0, 4.0, 6.0)   # token embedding / layers' sum, tried in turn: avoid_degeneracy
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+# name -> (model_type, target config, SpS draft config): the published config.json values that shape the compute.
+SHAPES = {
+    "qwen3-8b": ("qwen3",
+                 dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=128, intermediate_size=12288, vocab_size=151936, rope_theta=1000000.0,
+                      max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                      bos_token_id=151643, eos_token_id=151645),
+                 # Qwen3-0.6B
+                 dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                      head_dim=128, intermediate_size=3072, vocab_size=151936, rope_theta=1000000.0,
+                      max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                      bos_token_id=151643, eos_token_id=151645)),
+    "llama-3.1-8b": ("llama",
+                     dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                          head_dim=128, intermediate_size=14336, vocab_size=128256, rope_parameters=LLAMA3_ROPE,
+                          max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                          bos_token_id=128000, eos_token_id=128001),
+                     # Llama-3.2-1B
+                     dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                          head_dim=64, intermediate_size=8192, vocab_size=128256,
+                          rope_parameters=dict(LLAMA3_ROPE, factor=32.0), max_position_embeddings=131072,
+                          rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001)),
+}
+# Small stand-ins of the same families: the correctness models, and the measured models under --tiny.
+SMALL = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+             intermediate_size=128, vocab_size=512, max_position_embeddings=16384, bos_token_id=0, eos_token_id=1)
+SMALL_DRAFT = dict(SMALL, hidden_size=32, num_hidden_layers=2, intermediate_size=64, head_dim=8,
+                   tie_word_embeddings=True)
+EAGLE_DRAFT_VOCAB = 32000   # the draft vocabulary of the published EAGLE-3 heads for these targets
+
+
+def log(message: str) -> None:
+    print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def small_config(shape: str, draft: bool = False) -> tuple[str, dict]:
+    family, target, draft_config = SHAPES[shape]
+    keep = ("rope_theta", "rope_parameters", "rms_norm_eps", "tie_word_embeddings")
+    base = {k: v for k, v in (draft_config if draft else target).items() if k in keep}
+    return family, {**base, **(SMALL_DRAFT if draft else SMALL)}
+
+
+def make_model(family: str, config: dict, dtype: torch.dtype, device: torch.device, seed: int,
+               check_output: bool = True):
+    """A random-initialised causal LM created on `device` (no CPU copy of an 8B model), final norm scaled up;
+    `check_output`: embeddings raised when its greedy output is degenerate (not for drafts: a tied random model
+    repeats its input token the more, the more its embedding dominates)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.for_model(family, **config)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    model.eval()
+    with torch.no_grad():   # the final norm, not lm_head: a tied lm_head is also the input embedding
+        model.get_decoder().norm.weight.mul_(LOGIT_SCALE)
+    model.generation_config.eos_token_id = None   # random weights: never stop early, in our engine or in HF's
+    model.generation_config.pad_token_id = None
+    model.embedding_ratio = avoid_degeneracy(model, seed) if check_output else None
+    return model
+
+
+def avoid_degeneracy(model, seed: int, tokens: int = 32) -> float | None:
+    """Greedy output of the default init, on two random prompts, may fall into one token repeated (the layers' sum
+    swamps the token embedding: small widths do that). Then raise the embedding to EMBEDDING_RATIOS[i] times the
+    layers' sum until it does not. Returns the ratio used (None: the default init, also when nothing helped)."""
+    vocab = vocab_of(model)
+    prompts = [torch.randint(2, vocab - 1, (24,), generator=torch.Generator().manual_seed(seed + i)).tolist()
+               for i in range(2)]
+    scale = 1.0
+    for ratio in (None,) + EMBEDDING_RATIOS:
+        if ratio is not None:
+            scale *= balance_embeddings(model, seed, ratio)
+        outputs = [greedy(model, p, tokens) for p in prompts]
+        if not any(degeneracy(out, strict=True)["degenerate"] for out in outputs):
+            return ratio
+    with torch.no_grad():
+        model.get_input_embeddings().weight.div_(scale)
+    log(f"warning: greedy output of a random {model.config.model_type} model is degenerate at every embedding "
+        f"ratio tried; keeping the default init")
+    return None
+
+
+@torch.inference_mode()
+def greedy(model, prompt: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt], device=model.device)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@torch.inference_mode()
+def balance_embeddings(model, seed: int, ratio: float, rounds: int = 3) -> float:
+    """Scale the input embeddings to `ratio` times the RMS of what the decoder layers add to the residual stream
+    (measured at the final norm on a random 64-token input); returns the factor applied. With the token's own
+    embedding dominant the next token still depends on the context (less so as the ratio grows)."""
+    vocab = vocab_of(model)
+    ids = torch.randint(2, vocab - 1, (1, 64), generator=torch.Generator().manual_seed(seed)).to(model.device)
+    embedding = model.get_input_embeddings()
+    seen, factor = {}, 1.0
+    hook = model.get_decoder().norm.register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))
+    try:
+        for _ in range(rounds):
+            e = embedding(ids).float()
+            model(input_ids=ids, logits_to_keep=1)
+            now = float(e.pow(2).mean().sqrt() / (seen["x"].float() - e).pow(2).mean().sqrt())
+            if abs(now / ratio - 1) < 0.05:
+                break
+            embedding.weight.mul_(ratio / now)
+            factor *= ratio / now
+    finally:
+        hook.remove()
+    return factor
+
+
+def vocab_of(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def noisy_draft(target, scale: float = 0.3, padding: int = 16, seed: int = 0):
+    """A draft that agrees with the target often but not always (the target's weights plus noise), with extra
+    embedding rows as Qwen3-0.6B pads its vocabulary differently from Qwen3-8B: as tests/methods.py."""
+    draft = copy.deepcopy(target)
+    g = torch.Generator(device=target.device).manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype, device=p.device) * scale * p.std())
+    draft.resize_token_embeddings(vocab_of(target) + padding, mean_resizing=False)
+    return draft.eval()
+
+
+def random_head(model, draft_vocab: int, seed: int = 0):
+    torch.manual_seed(seed)
+    return new_head(model, torch.arange(min(draft_vocab, vocab_of(model)))).eval()
+
+
+def build_methods(model, corpus, draft, head, small: bool) -> dict:
+    """Every method's drafter, built as its CLI builds it. `small`: the correctness settings of tests/methods.py
+    (a 6-token SpS chain, a wide shallow EAGLE-3 tree that a random head gets accepted now and then); else the
+    seed's defaults (SpS 20 tokens / confidence 0.4, EAGLE-3 total 60, depth 5, top-k 10)."""
+    vocab = vocab_of(model)
+    separator = vocab - 1
+    layers = default_layers(model.config.num_hidden_layers)
+    embedding = model.get_input_embeddings()
+
+    def eagle():
+        if small:
+            return Eagle3Drafter(head, embedding, layers, total_tokens=60, depth=3, top_k=min(64, vocab))
+        return Eagle3Drafter(head, embedding, layers)
+
+    return {
+        "pld": PromptLookupDrafter(),
+        "samd": SamDrafter(),
+        "recycling": TokenRecyclingDrafter(vocab),
+        "lookahead": LookaheadDrafter(),
+        "pia": PiaDrafter(),
+        "rest": RestDrafter(Datastore.build(join_documents(corpus, separator), separator, "gpu-check", "gpu-check")),
+        "sps": DraftModelDrafter(draft, vocab, num_tokens=6) if small else DraftModelDrafter(draft, vocab),
+        "eagle3": eagle(),
+        "samd-eagle3": SamDrafter(alpha=1e9, fallback=eagle()),
+    }
+
+
+def chunks(tokens: list[int]) -> list[list[int]]:
+    """REST's corpus: 8-token pieces of the answer every 5 tokens (text like the answer, never the answer whole)."""
+    return [tokens[i:i + 8] for i in range(0, len(tokens), 5)]
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+@torch.inference_mode()
+def logit_margin(model, prompt, reference, out, at: int) -> float | None:
+    """AR's logit of its own token minus that of the method's token at the first divergence (plain forward)."""
+    if at >= min(len(reference), len(out)):
+        return None
+    ids = torch.tensor([prompt + reference[:at]], device=model.device)
+    logits = model(input_ids=ids).logits[0, -1].double()
+    return float(logits[reference[at]] - logits[out[at]])
+
+
+def degeneracy(tokens: list[int], strict: bool = False) -> dict:
+    """Degenerate: one token repeated over half the output, or at most 2 distinct tokens (strict: a run of more
+    than 3, or fewer than a quarter distinct)."""
+    longest, run = 0, 0
+    for i, t in enumerate(tokens):
+        run = run + 1 if i and t == tokens[i - 1] else 1
+        longest = max(longest, run)
+    distinct = len(set(tokens))
+    if strict:
+        bad = longest > 3 or distinct < len(tokens) / 4
+    else:
+        bad = len(tokens) > 8 and (distinct <= 2 or longest > len(tokens) // 2)
+    return {"distinct": distinct, "longest_run": longest, "degenerate": bad}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- (a) correctness ------------------------------------------------------------------------------------------
+
+def check_correctness(shape: str, device, dtype, new_tokens: int, seed: int) -> dict:
+    family, config = small_config(shape)
+    model = make_model(family, config, dtype, device, seed)
+    ratio = model.embedding_ratio
+    vocab = vocab_of(model)
+    engine = SpeculativeEngine(model)
+    random_prompt = torch.randint(2, vocab - 1, (12,), generator=torch.Generator().manual_seed(seed)).tolist()
+    # A repetitive prompt the model itself would write: X, its own continuation Y, then X again.
+    echo = engine.generate(random_prompt, Drafter(), 24, SamplingConfig()).tokens
+    prompts = {"random": random_prompt, "repeat": random_prompt + echo + random_prompt}
+    references = {name: engine.generate(p, Drafter(), new_tokens, SamplingConfig()).tokens
+                  for name, p in prompts.items()}
+    for name, ref in references.items():
+        d = degeneracy(ref)
+        if d["degenerate"]:
+            log(f"  warning: {family} small model's AR output on the {name} prompt is degenerate: {d}")
+    # The reference itself: transformers' own greedy decoding (its cache and masks, not ours) in the same dtype.
+    # A difference at a near-tie (|AR logit margin| < NEAR_TIE) is rounding, not a bug.
+    hf = {"identical": True, "tokens": 0, "steps": 0, "divergences": []}
+    for name, prompt in prompts.items():
+        out, _ = hf_generate(model, prompt, new_tokens, device)
+        hf["tokens"] += len(out)
+        hf["steps"] += len(out)
+        if out != references[name]:
+            hf["identical"] = False
+            at = first_divergence(references[name], out)
+            hf["divergences"].append({"prompt": name, "position": at, "ar_logit_margin":
+                                      logit_margin(model, prompt, references[name], out, at)})
+    hf["mat"] = 1.0
+    hf["near_tie_only"] = all(d["ar_logit_margin"] is not None and abs(d["ar_logit_margin"]) < NEAR_TIE
+                              for d in hf["divergences"])
+    log(f"  {family} transformers generate: {'identical' if hf['identical'] else 'DIFFERS'}")
+    draft = noisy_draft(model)
+    head = random_head(model, vocab)
+    rows = {}
+    for method in METHODS:
+        tokens = steps = drafted = 0
+        identical, divergences = True, []
+        for name, prompt in prompts.items():
+            reference = references[name]
+            drafter = build_methods(model, chunks(reference), draft, head, small=True)[method]
+            gen = engine.generate(prompt, drafter, new_tokens, SamplingConfig())
+            tokens += len(gen.tokens)
+            steps += len(gen.steps)
+            drafted += sum(s.accepted > 1 for s in gen.steps)
+            if gen.tokens != reference:
+                identical = False
+                at = first_divergence(reference, gen.tokens)
+                divergences.append({"prompt": name, "position": at,
+                                    "ar_logit_margin": logit_margin(model, prompt, reference, gen.tokens, at)})
+        rows[method] = {"identical": identical, "mat": tokens / steps, "tokens": tokens, "steps": steps,
+                        "steps_with_accepted_draft": drafted, "divergences": divergences}
+        log(f"  {family} {method}: {'identical' if identical else 'DIFFERS'}, MAT {tokens / steps:.2f}")
+    del model, draft, head, engine
+    free(device)
+    return {"family": family, "config": config, "embedding_ratio": ratio, "rows": rows, "transformers": hf}
+
+
+# --- (b) measurements -----------------------------------------------------------------------------------------
+
+def timed_ar(engine, prompt, n):
+    start = engine.clock()
+    gen = engine.generate(prompt, Drafter(), n, SamplingConfig())
+    return gen, engine.clock() - start
+
+
+def hf_generate(model, prompt, n, device):
+    ids = torch.tensor([prompt], device=device)
+    sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                             do_sample=False, eos_token_id=None, pad_token_id=0)
+    sync(device)
+    return out[0, len(prompt):].tolist(), time.perf_counter() - start
+
+
+def measure_shape(shape: str, args, device) -> dict:
+    family, target_config, draft_config = SHAPES[shape]
+    if args.tiny:
+        family, target_config = small_config(shape)
+        draft_config = small_config(shape, draft=True)[1]
+    elif args.num_layers:
+        target_config = dict(target_config, num_hidden_layers=args.num_layers)
+    dtype = torch.bfloat16
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    model = make_model(family, target_config, dtype, device, args.seed)
+    draft = make_model(family, draft_config, dtype, device, args.seed + 1, check_output=False)
+    head = random_head(model, EAGLE_DRAFT_VOCAB, args.seed + 2)
+    log(f"{shape}: target, SpS draft and EAGLE-3 head created in {time.perf_counter() - start:.1f} s "
+        f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B target parameters)")
+    vocab = vocab_of(model)
+    engine = SpeculativeEngine(model)
+    prompt = torch.randint(2, vocab - 1, (args.prompt_len,),
+                           generator=torch.Generator().manual_seed(args.seed + 3)).tolist()
+    result = {"family": family, "config": target_config, "draft_config": draft_config, "dtype": "bfloat16",
+              "embedding_ratio": model.embedding_ratio,
+              "prompt_len": len(prompt), "new_tokens": args.new_tokens}
+
+    # AR (ours) against transformers generate.
+    timed_ar(engine, prompt, 16)
+    hf_generate(model, prompt, 16, device)
+    ar, ar_seconds = timed_ar(engine, prompt, args.new_tokens)
+    hf_tokens, hf_seconds = hf_generate(model, prompt, args.new_tokens, device)
+    ar_tps, hf_tps = len(ar.tokens) / ar_seconds, len(hf_tokens) / hf_seconds
+    at = first_divergence(ar.tokens, hf_tokens)
+    result["ar"] = {"tokens": len(ar.tokens), "seconds": ar_seconds, "tokens_per_s": ar_tps,
+                    "output": degeneracy(ar.tokens)}
+    result["hf"] = {"tokens": len(hf_tokens), "seconds": hf_seconds, "tokens_per_s": hf_tps,
+                    "agrees_with_ar_for": len(ar.tokens) if at is None else at}
+    log(f"{shape}: AR {ar_tps:.1f} tok/s, transformers generate {hf_tps:.1f} tok/s "
+        f"(outputs agree for {result['hf']['agrees_with_ar_for']}/{len(ar.tokens)} tokens)")
+    if result["ar"]["output"]["degenerate"]:
+        log(f"{shape}: warning: AR output is degenerate: {result['ar']['output']}")
+
+    # Forward cost t(n)/t(1).
+    start = time.perf_counter()
+    profile = ForwardCostProfile.measure(engine, args.max_width, args.contexts, repeats=args.repeats)
+    result["profile"] = profile.to_dict()
+    log(f"{shape}: forward cost profile measured in {time.perf_counter() - start:.1f} s")
+
+    # Each method: MAT and drafting share on the same random prompt.
+    drafters = build_methods(model, chunks(ar.tokens), draft, head, small=False)
+    methods = {}
+    for name, drafter in drafters.items():
+        engine.generate(prompt, drafter, 16, SamplingConfig())   # warm-up: first-call costs, kernels for the shapes
+        drafter.reset()
+        start = engine.clock()
+        gen = engine.generate(prompt, drafter, args.new_tokens, SamplingConfig())
+        seconds = engine.clock() - start
+        draft_s = sum(s.draft_seconds for s in gen.steps)
+        verify_s = sum(s.verify_seconds for s in gen.steps)
+        methods[name] = {"tokens": len(gen.tokens), "steps": len(gen.steps), "mat": len(gen.tokens) / len(gen.steps),
+                         "draft_seconds": draft_s, "verify_seconds": verify_s,
+                         "drafting_share": draft_s / (draft_s + verify_s), "seconds": seconds,
+                         "tokens_per_s": len(gen.tokens) / seconds, "speedup": len(gen.tokens) / seconds / ar_tps,
+                         "mean_draft_size": sum(s.draft_size for s in gen.steps) / len(gen.steps),
+                         "identical_to_ar": gen.tokens == ar.tokens}
+        log(f"{shape}: {name} MAT {methods[name]['mat']:.2f}, drafting share "
+            f"{100 * methods[name]['drafting_share']:.1f}%")
+    result["methods"] = methods
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    del model, draft, head, engine, drafters
+    free(device)
+    return result
+
+
+def free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def divergence_note(row: dict) -> str:
+    return "; ".join(f"{d['prompt']} prompt at token {d['position']}, AR logit margin "
+                     f"{'-' if d['ar_logit_margin'] is None else format(d['ar_logit_margin'], '.2e')}"
+                     for d in row["divergences"])
+
+
+def print_correctness(checks: dict, dtype: str, new_tokens: int) -> None:
+    families = list(checks)
+    print(f"\n## (a) Greedy identity with AR (small random models, {dtype}, 2 prompts x {new_tokens} tokens; "
+          f"MAT counts the bonus token, AR = 1.00)\n")
+    header = ["Method"] + [f"identical ({checks[s]['family']})" for s in families] + \
+             [f"MAT ({checks[s]['family']})" for s in families] + \
+             [f"steps with a draft accepted ({checks[s]['family']})" for s in families]
+    rows = []
+    for method in METHODS:
+        cells = [method]
+        for s in families:
+            r = checks[s]["rows"][method]
+            cells.append("yes" if r["identical"] else f"NO ({divergence_note(r)})")
+        cells += [f"{checks[s]['rows'][method]['mat']:.2f}" for s in families]
+        cells += [f"{checks[s]['rows'][method]['steps_with_accepted_draft']}/{checks[s]['rows'][method]['steps']}"
+                  for s in families]
+        rows.append(cells)
+    cells = ["(AR vs transformers generate)"]
+    for s in families:
+        r = checks[s]["transformers"]
+        cells.append("yes" if r["identical"] else f"NO{' (near-tie)' if r['near_tie_only'] else ''} "
+                     f"({divergence_note(r)})")
+    rows.append(cells + ["1.00"] * len(families) + ["-"] * len(families))
+    print(table(header, rows))
+
+
+def print_measurement(shape: str, m: dict, device_name: str) -> None:
+    c = m["config"]
+    ratio = m["embedding_ratio"]
+    embeddings = "as initialised" if ratio is None else f"raised to {ratio:g}x the layers' sum"
+    print(f"\n## (b) {shape}{' (tiny stand-in)' if m.get('tiny') else ''}: bfloat16 on {device_name}; hidden "
+          f"{c['hidden_size']}, {c['num_hidden_layers']} layers, vocab {c['vocab_size']}, embeddings {embeddings}; "
+          f"random prompt of {m['prompt_len']} tokens, {m['new_tokens']} new tokens, greedy\n")
+    ar, hf = m["ar"], m["hf"]
+    print(table(["Decoder", "tok/s", "vs transformers", "output"],
+                [["ours, AR (base Drafter)", f"{ar['tokens_per_s']:.2f}",
+                  f"{ar['tokens_per_s'] / hf['tokens_per_s']:.2f}x",
+                  f"{ar['output']['distinct']} distinct tokens, longest run {ar['output']['longest_run']}"
+                  + (" (DEGENERATE)" if ar["output"]["degenerate"] else "")],
+                 ["transformers generate", f"{hf['tokens_per_s']:.2f}", "1.00x",
+                  f"same as ours for the first {hf['agrees_with_ar_for']}/{ar['tokens']} tokens"]]))
+    p = m["profile"]
+    print(f"\nForward cost of n new tokens on a cache of L tokens (median of {p['repeats']}): t(n) in ms, "
+          f"t(n)/t(1)\n")
+    header = ["n"] + [f"t(n) ms, L={L}" for L in p["context_lengths"]] + \
+             [f"t(n)/t(1), L={L}" for L in p["context_lengths"]]
+    rows = [[str(w)] + [f"{1000 * row[j]:.2f}" for row in p["seconds"]] + [f"{row[j]:.2f}" for row in p["ratio"]]
+            for j, w in enumerate(p["widths"])]
+    print(table(header, rows))
+    print("\nMethods (MAT counts the bonus token, AR = 1.00; drafting share = draft s / (draft + verify s); random "
+          "weights, so MAT and speedup say little, costs and shares are what count)\n")
+    rows = [[name, f"{r['mat']:.2f}", f"{r['mean_draft_size']:.1f}", f"{100 * r['drafting_share']:.1f}%",
+             f"{1000 * r['draft_seconds'] / r['steps']:.2f}", f"{1000 * r['verify_seconds'] / r['steps']:.2f}",
+             f"{r['tokens_per_s']:.2f}", f"{r['speedup']:.2f}x", "yes" if r["identical_to_ar"] else "no"]
+            for name, r in m["methods"].items()]
+    print(table(["Method", "MAT", "nodes/step", "drafting share", "draft ms/step", "verify ms/step", "tok/s",
+                 "vs our AR", "= AR (bf16)"], rows))
+    if "peak_gpu_memory_gib" in m:
+        print(f"\npeak GPU memory {m['peak_gpu_memory_gib']:.1f} GiB")
+
+
+def environment(device) -> dict:
+    import transformers
+    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+           "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return env
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--tiny", action="store_true", help="measure tiny stand-ins of the same families")
+    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--check-dtype", choices=["float32", "float64"], default="float32",
+                        help="dtype of the small correctness models (a)")
+    parser.add_argument("--check-tokens", type=int, default=64, help="new tokens per prompt in (a)")
+    parser.add_argument("--prompt-len", type=int, default=128, help="random prompt length in (b)")
+    parser.add_argument("--new-tokens", type=int, default=256, help="new tokens per generation in (b)")
+    parser.add_argument("--max-width", type=int, default=128, help="widest forward profiled in (b)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 4096], help="profiled context lengths")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per profiled forward")
+    parser.add_argument("--num-layers", type=int, default=None,
+                        help="override the real shapes' layer count (a quicker smoke run on a small GPU)")
+    parser.add_argument("--skip-measure", action="store_true", help="run (a) only")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: --device cuda was asked for but no CUDA device is available", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    env = environment(device)
+    device_name = env.get("gpu", "cpu")
+    log(f"device {device_name}, torch {env['torch']}, transformers {env['transformers']}")
+    report = {"environment": env, "arguments": vars(args), "correctness": {}, "measurements": {}}
+
+    for shape in args.shapes:
+        log(f"(a) correctness on a small {SHAPES[shape][0]} model, {args.check_dtype}")
+        report["correctness"][shape] = check_correctness(shape, device, DTYPES[args.check_dtype],
+                                                         args.check_tokens, args.seed)
+    print(f"# GPU check on {device_name} (torch {env['torch']}, transformers {env['transformers']})")
+    print_correctness(report["correctness"], args.check_dtype, args.check_tokens)
+    sys.stdout.flush()
+
+    if not args.skip_measure:
+        for shape in args.shapes:
+            log(f"(b) measuring {shape}{' (tiny stand-in)' if args.tiny else ''}")
+            m = measure_shape(shape, args, device)
+            m["tiny"] = args.tiny
+            report["measurements"][shape] = m
+            print_measurement(shape, m, device_name)
+            sys.stdout.flush()
+
+    failed = [f"{shape}/{method}" for shape, c in report["correctness"].items()
+              for method, r in c["rows"].items() if not r["identical"]]
+    failed += [f"{shape}/transformers-generate" for shape, c in report["correctness"].items()
+               if not c["transformers"]["identical"] and not c["transformers"]["near_tie_only"]]
+    report["not_identical"] = failed
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+    if failed:
+        print(f"\nNOT identical to AR: {', '.join(failed)}")
+        log(f"FAILED: {len(failed)} method/model pairs differ from AR")
+        return 1
+    print("\nEvery method is token-identical to AR.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

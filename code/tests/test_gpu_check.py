@@ -1,0 +1,78 @@
+"""scripts/gpu_check.py on CPU with tiny stand-ins: every method identical to AR, and every measurement present."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "gpu_check.py")
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, capsys):
+    out = tmp_path / "check.json"
+    rc = gpu_check.main(["--device", "cpu", "--tiny", "--check-tokens", "32", "--prompt-len", "24",
+                         "--new-tokens", "32", "--max-width", "20", "--contexts", "16", "48", "--repeats", "1",
+                         "--json-out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads(out.read_text())
+    assert report["not_identical"] == []
+    shapes = list(gpu_check.SHAPES)
+    assert set(report["correctness"]) == set(report["measurements"]) == set(shapes)
+
+    for shape in shapes:
+        check = report["correctness"][shape]
+        assert set(check["rows"]) == set(gpu_check.METHODS)
+        for method, row in check["rows"].items():
+            assert row["identical"], (shape, method, row)
+            assert row["mat"] >= 1.0
+        assert check["transformers"]["identical"] or check["transformers"]["near_tie_only"]
+        # The checks exercised acceptance: drafts were accepted somewhere.
+        assert sum(row["steps_with_accepted_draft"] for row in check["rows"].values()) > 0
+
+        m = report["measurements"][shape]
+        assert m["ar"]["tokens_per_s"] > 0 and m["hf"]["tokens_per_s"] > 0
+        assert m["ar"]["tokens"] == m["hf"]["tokens"] == 32
+        assert not m["ar"]["output"]["degenerate"]
+        profile = m["profile"]
+        assert profile["widths"] == list(range(1, 17)) + [20]
+        assert profile["context_lengths"] == [16, 48]
+        for seconds, ratios in zip(profile["seconds"], profile["ratio"]):
+            assert len(seconds) == len(ratios) == len(profile["widths"])
+            assert all(t > 0 for t in seconds) and all(r > 0 for r in ratios) and ratios[0] == 1.0
+        assert set(m["methods"]) == set(gpu_check.METHODS)
+        for row in m["methods"].values():
+            assert row["mat"] >= 1.0 and row["tokens"] == 32
+            assert 0 < row["drafting_share"] < 1 and row["tokens_per_s"] > 0
+
+    # The markdown tables: one row per method saying "yes" for both families, profile rows, tok/s rows.
+    for method in gpu_check.METHODS:
+        assert f"| {method} | yes | yes |" in printed
+    assert printed.count("| ours, AR (base Drafter) |") == len(shapes)
+    assert printed.count("| transformers generate |") == len(shapes)
+    assert "| 20 |" in printed
+    assert "Every method is token-identical to AR." in printed
+
+
+def test_a_method_differing_from_ar_fails_the_run(gpu_check, monkeypatch, capsys):
+    def fake(shape, device, dtype, new_tokens, seed):
+        rows = {m: {"identical": m != "pia", "mat": 1.5, "tokens": 10, "steps": 7, "steps_with_accepted_draft": 2,
+                    "divergences": [] if m != "pia" else [{"prompt": "random", "position": 3,
+                                                           "ar_logit_margin": 0.5}]}
+                for m in gpu_check.METHODS}
+        hf = {"identical": True, "near_tie_only": True, "divergences": [], "mat": 1.0}
+        return {"family": "qwen3", "config": {}, "rows": rows, "transformers": hf}
+
+    monkeypatch.setattr(gpu_check, "check_correctness", fake)
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--shapes", "qwen3-8b", "--skip-measure"]) == 1
+    printed = capsys.readouterr().out
+    assert "| pia | NO (random prompt at token 3, AR logit margin 5.00e-01) |" in printed
+    assert "NOT identical to AR: qwen3-8b/pia" in printed
