@@ -3,11 +3,14 @@
 - `<stem>.jsonl`: one line per completed question, appended with a single write + fsync.
 - `<stem>.steps.jsonl`: the per-step log; a question's steps are written just before its answer line.
 - `<stem>.config.json`: the run configuration, written once. Resuming under another configuration is refused.
+- `<stem>.lock`: held (flock) by the one run writing these files; a second run is refused while it lives. The kernel
+  releases it when the process dies, however it dies, so a stale lock file never blocks.
 A run killed mid-write leaves at most a torn last line, which the next run drops (that question is redone),
 together with the step lines of questions that have no answer line.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -53,13 +56,42 @@ class AnswerStore:
         self.answer_file = answer_file
         self.steps_file = stem(answer_file) + ".steps.jsonl"
         self.config_file = stem(answer_file) + ".config.json"
+        self.lock_file = stem(answer_file) + ".lock"
+        self._lock = None
         if os.path.isdir(answer_file):
             raise UserError(f"--answer-file {answer_file} is a directory")
         try:
             os.makedirs(os.path.dirname(answer_file) or ".", exist_ok=True)
+            self._acquire()
             self.done = self._resume(config)
         except OSError as exc:
+            self.close()
             raise UserError(f"cannot use answer file {answer_file}: {exc.strerror or exc}") from None
+        except UserError:
+            self.close()
+            raise
+
+    def _acquire(self) -> None:
+        lock = open(self.lock_file, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "another process"
+            lock.close()
+            raise UserError(f"{self.answer_file} is being written by another run ({owner}); wait for it or stop it, "
+                            "or choose another --answer-file") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def close(self) -> None:
+        """Release the lock (also released when the process ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _resume(self, config: dict) -> set:
         lines = _complete_lines(self.answer_file)
@@ -87,7 +119,7 @@ class AnswerStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {self.config_file}: {exc}") from None
         for key in IDENTITY:
-            if old.get(key, ABSENT.get(key)) != config.get(key):
+            if old.get(key, ABSENT.get(key)) != config.get(key, ABSENT.get(key)):
                 raise UserError(f"{self.answer_file} was written by another configuration ({key}: "
                                 f"{old.get(key)!r} there, {config.get(key)!r} now); choose another --answer-file "
                                 "or --model-id")

@@ -36,7 +36,8 @@ def baseline(*argv):
 
 def test_missing_model_path(questions, tmp_path):
     assert_one_line_error(baseline("--model-path", str(tmp_path / "nope"), "--question-file", questions),
-                          "cannot load a model config")
+                          f"--model-path {tmp_path / 'nope'}: no such directory (and not a hub id of the form "
+                          "owner/name)")
 
 
 def test_directory_that_is_not_a_model(questions, tmp_path):
@@ -51,6 +52,14 @@ def test_models_the_engine_cannot_serve(questions, tmp_path, model_type, arch, f
     config = AutoConfig.for_model(model_type, architectures=[arch])
     config.save_pretrained(tmp_path)
     assert_one_line_error(baseline("--model-path", str(tmp_path), "--question-file", questions), fragment)
+
+
+@pytest.mark.parametrize("flag", ["--drafter-path", "--ea-model-path"])
+def test_a_missing_drafter_directory_is_named_as_such(tiny_model_dir, questions, tmp_path, flag):
+    module = "evaluation.inference_sps" if flag == "--drafter-path" else "evaluation.inference_eagle3"
+    result = run("-m", module, "--model-path", tiny_model_dir, "--question-file", questions, "--answer-file",
+                 str(tmp_path / "a.jsonl"), "--device", "cpu", "--warmup", "0", flag, "/nonexistent/draft")
+    assert_one_line_error(result, f"{flag} /nonexistent/draft: no such directory (and not a hub id")
 
 
 def test_missing_question_file(tiny_model_dir, tmp_path):

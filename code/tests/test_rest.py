@@ -121,7 +121,7 @@ def test_loading_bad_files_gives_one_line_errors(tmp_path):
     data = path.read_bytes()
     cases = {"absent.idx": None, "truncated.idx": data[:-3], "magic.idx": b"NOTREST!" + data[8:],
              "header.idx": data[:12] + b"!" + data[13:], "empty.idx": b""}
-    messages = {"absent.idx": "does not exist", "truncated.idx": "truncated or corrupt",
+    messages = {"absent.idx": "no such file", "truncated.idx": "truncated or corrupt",
                 "magic.idx": "not a REST datastore", "header.idx": "unreadable header", "empty.idx": "not a REST"}
     for name, content in cases.items():
         if content is not None:
@@ -311,7 +311,7 @@ def test_inference_cli_checks_the_datastore_before_loading_the_model(tmp_path):
     absent = tmp_path / "absent.idx"
     result = run_module("evaluation.inference_rest", "--model-path", str(tmp_path / "no-model"),
                         "--datastore-path", str(absent))
-    assert_one_line_error(result, f"REST datastore {absent} does not exist")
+    assert_one_line_error(result, f"--datastore-path {absent}: no such file")
     junk = tmp_path / "junk.idx"
     junk.write_bytes(b"junk")
     result = run_module("evaluation.inference_rest", "--model-path", str(tmp_path / "no-model"),

@@ -14,7 +14,7 @@ import os
 import torch
 
 from ..engine.hidden import decoder_layers
-from ..engine.loading import first_line
+from ..engine.loading import check_location, first_line
 from ..errors import UserError
 from .head import Eagle3Head
 
@@ -33,8 +33,7 @@ def head_directory(path: str, flag: str) -> str:
         return path
     if os.path.exists(path):
         raise UserError(f"{flag} {path} is a file; give the head's directory")
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise UserError(f"{flag} {path}: no such directory (and not a hub id of the form owner/name)")
+    check_location(path, flag)
     try:
         from huggingface_hub import snapshot_download
         return snapshot_download(path, allow_patterns=["config.json", *WEIGHT_FILES])

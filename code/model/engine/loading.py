@@ -31,6 +31,17 @@ def check_causal_config(config, path: str) -> None:
         raise UserError(f"{path} uses sliding-window attention, which the tree-attention engine does not support yet")
 
 
+def looks_like_hub_id(path: str) -> bool:
+    """owner/name: what the hub accepts as a repository id (a local path never starts with . / or ~)."""
+    return not path.startswith((".", "/", "~")) and path.count("/") == 1 and all(path.split("/"))
+
+
+def check_location(path: str, flag: str) -> None:
+    """A path that does not exist and cannot be a hub id is the user's typo: say so, not the hub client's words."""
+    if not os.path.exists(path) and not looks_like_hub_id(path):
+        raise UserError(f"{flag} {path}: no such directory (and not a hub id of the form owner/name)")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     try:
@@ -46,6 +57,7 @@ def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
+    check_location(path, flag)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path} is a file; give the model's directory")
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):

@@ -183,7 +183,7 @@ class Datastore:
 def read_header(path: str) -> tuple[dict, int]:
     """(header fields, byte offset of the token array), after checking magic and file size."""
     if not os.path.isfile(path):
-        raise UserError(f"REST datastore {path} does not exist")
+        raise UserError(f"--datastore-path {path}: no such file (build one with python -m model.rest.build_datastore)")
     try:
         with open(path, "rb") as f:
             magic = f.read(len(MAGIC))
