@@ -79,8 +79,9 @@ class Runner:
             if scope != "global":
                 self.drafter.reset()
             record = {key: [] for key in ("turns", "new_tokens", "decoding_steps", "wall_time", "accept_lengths",
-                                          "draft_seconds", "verify_seconds", "forced_tokens", "prompt_tokens",
-                                          "stopped", "extracted", "reference", "correct", "token_ids_sha1")}
+                                          "accept_lengths_per_turn", "draft_seconds", "verify_seconds",
+                                          "forced_tokens", "prompt_tokens", "stopped", "extracted", "reference",
+                                          "correct", "token_ids_sha1")}
             output = None
             for turn in range(self.turns):
                 if scope == "sequence" and turn > 0:
@@ -93,7 +94,7 @@ class Runner:
                 graded = grade_output(output, question)
                 for key, value in (("turns", output), ("new_tokens", len(gen.tokens)),
                                    ("decoding_steps", len(gen.steps)), ("wall_time", seconds),
-                                   ("accept_lengths", gen.accept_lengths),
+                                   ("accept_lengths_per_turn", gen.accept_lengths),
                                    ("draft_seconds", sum(s.draft_seconds for s in gen.steps)),
                                    ("verify_seconds", sum(s.verify_seconds for s in gen.steps)),
                                    ("forced_tokens", gen.forced_tokens), ("prompt_tokens", len(prompt)),
@@ -101,6 +102,8 @@ class Runner:
                                    ("reference", graded["reference"]), ("correct", graded["correct"]),
                                    ("token_ids_sha1", hashlib.sha1(str(gen.tokens).encode()).hexdigest())):
                     record[key].append(value)
+                # One flat list over the choice: what the seed's speed_cot.py and Spec-Bench's speed.py average.
+                record["accept_lengths"].extend(gen.accept_lengths)
                 steps.extend({"question_id": question["question_id"], "choice": choice_index, "turn": turn,
                               "step": i, "draft_size": s.draft_size, "proposed_size": s.proposed_size,
                               "accepted": s.accepted,

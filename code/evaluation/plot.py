@@ -42,72 +42,6 @@ TURN_WORD = {"multi_round": "round", "best_of_n": "sample"}
 # Reading
 # ---------------------------------------------------------------------------
 
-def per_turn_accepts(choice: dict) -> list | None:
-    """Accepted lengths of each turn: `accept_lengths_per_turn` (new layout) or a list-of-lists `accept_lengths`
-    (old layout); None when the file only has the flat list (or nothing)."""
-    n = len(choice.get("turns") or [])
-    for key in ("accept_lengths_per_turn", "accept_lengths"):
-        value = choice.get(key)
-        if isinstance(value, list) and len(value) == n and all(isinstance(v, list) for v in value):
-            return value
-    return None
-
-
-def flat_accepts(choice: dict) -> list | None:
-    """Accepted lengths of the whole choice, in either layout."""
-    per_turn = per_turn_accepts(choice)
-    if per_turn is not None:
-        return [a for turn in per_turn for a in turn]
-    value = choice.get("accept_lengths")
-    if isinstance(value, list) and all(speed._non_negative(a) for a in value):
-        return value
-    return None
-
-
-def _normalised(rec):
-    """A copy of an answer line whose accept_lengths is per turn (or absent), as speed's validation expects."""
-    if not isinstance(rec, dict) or not isinstance(rec.get("choices"), list) or not rec["choices"] \
-            or not isinstance(rec["choices"][0], dict):
-        return rec
-    choice = dict(rec["choices"][0])
-    per_turn = per_turn_accepts(choice)
-    choice.pop("accept_lengths_per_turn", None)
-    if per_turn is None:
-        choice.pop("accept_lengths", None)
-    else:
-        choice["accept_lengths"] = per_turn
-    return {**rec, "choices": [choice] + rec["choices"][1:]}
-
-
-def load_answers(path: str) -> list[dict]:
-    """speed.load_answers; files in the new accept_lengths layout (flat + accept_lengths_per_turn) are validated
-    the same way, should this speed.py still expect the old one."""
-    try:
-        return speed.load_answers(path)
-    except speed.SpeedError as exc:
-        if "accept_lengths" not in str(exc):
-            raise
-    rows, seen = [], {}
-    with open(path, "rb") as f:
-        raw_lines = f.read().splitlines()
-    for lineno, raw in enumerate(raw_lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise speed.SpeedError(f"{path}:{lineno}: invalid JSON") from None
-        reason = speed._check_record(_normalised(rec))
-        if reason:
-            raise speed.SpeedError(f"{path}:{lineno}: {reason}")
-        if rec["question_id"] in seen:
-            raise speed.SpeedError(f"{path}:{lineno}: duplicate question_id {rec['question_id']!r} "
-                                   f"(first on line {seen[rec['question_id']]})")
-        seen[rec["question_id"]] = lineno
-        rows.append(rec)
-    return rows
-
-
 def _questions(rows: list[dict]) -> dict:
     out = {}
     for row in rows:
@@ -118,12 +52,12 @@ def _questions(rows: list[dict]) -> dict:
             values = choice.get(name)
             return values if isinstance(values, list) and len(values) == n else [None] * n
 
-        accepts = per_turn_accepts(choice) or [None] * n
+        accepts = speed.turn_accept_lengths(choice) or [None] * n
         draft, verify = column("draft_seconds"), column("verify_seconds")
         out[row["question_id"]] = {
             "category": row.get("category") or "uncategorized",
             "paradigm": row.get("paradigm"),
-            "flat": flat_accepts(choice),
+            "flat": speed.flat_accept_lengths(choice),
             "turns": [{"new_tokens": choice["new_tokens"][i], "wall_time": choice["wall_time"][i],
                        "accepts": accepts[i], "draft": draft[i], "verify": verify[i]} for i in range(n)],
         }
@@ -133,7 +67,7 @@ def _questions(rows: list[dict]) -> dict:
 class Run:
     def __init__(self, path: str, label: str | None = None):
         self.path = path
-        self.questions = _questions(load_answers(path))
+        self.questions = _questions(speed.load_answers(path))
         self.config = speed.load_config(path) or {}
         self.name = label or method_name(path)
 

@@ -9,20 +9,30 @@ Both files are FastChat-style JSONL answer files (one question per line); only
 choices[0] is read. A "turn" is a round (multi-round thinking) or a sample
 (Best-of-N). Throughput is always sum(new_tokens) / sum(wall_time) as recorded
 by the engine, for both sides, so the two are counted the same way; text is
-never re-tokenized.
+never re-tokenized. Each speedup comes with its 95% interval (paired bootstrap
+over questions, uncertainty.py beside this file).
 
-Stdlib only, so it runs as a plain script without the package on sys.path.
+accept_lengths is read in both layouts: one flat list per choice plus
+accept_lengths_per_turn (files written now; what the seed's and Spec-Bench's
+report scripts read), or one list per turn (older files).
+
+Needs only the standard library and numpy, so it runs as a plain script
+without the package on sys.path.
 """
 import argparse
 import json
 import math
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import uncertainty  # noqa: E402  (a sibling script; this file is run as a script too)
 
 # Per-turn lists every answer line must carry.
 REQUIRED_TURN_FIELDS = ("new_tokens", "wall_time")
 # Per-turn lists that may be absent (older files, or the baseline).
 OPTIONAL_TURN_FIELDS = (
-    "decoding_steps", "accept_lengths", "draft_seconds", "verify_seconds",
+    "decoding_steps", "accept_lengths_per_turn", "draft_seconds", "verify_seconds",
     "extracted", "correct", "token_ids_sha1",
 )
 
@@ -45,6 +55,55 @@ def _non_negative(x):
     return _is_number(x) and x >= 0
 
 
+def _is_lengths(v):
+    return isinstance(v, list) and all(_non_negative(a) for a in v)
+
+
+def _is_per_turn(value, n):
+    """The old layout: accept_lengths holds one list per turn."""
+    return isinstance(value, list) and len(value) == n and all(isinstance(v, list) for v in value)
+
+
+def turn_accept_lengths(choice):
+    """Accepted lengths of each turn of a (validated) choice, in either layout: accept_lengths_per_turn (new), a
+    list-of-lists accept_lengths (old), or the flat list of a one-turn choice. None when unknown (no field, or a
+    flat list over several turns, as Spec-Bench itself writes)."""
+    per_turn = choice.get("accept_lengths_per_turn")
+    if per_turn is not None:
+        return per_turn
+    value, n = choice.get("accept_lengths"), len(choice["turns"])
+    if value is None:
+        return None
+    if _is_per_turn(value, n):
+        return value
+    return [value] if n == 1 else None
+
+
+def flat_accept_lengths(choice):
+    """Accepted lengths of the whole choice, in either layout; None when absent."""
+    per_turn = turn_accept_lengths(choice)
+    if per_turn is not None:
+        return [a for turn in per_turn for a in turn]
+    return choice.get("accept_lengths")
+
+
+def _check_accept_lengths(choice, n):
+    """Why choices[0].accept_lengths is unusable, or None (per_turn itself is checked with the per-turn fields)."""
+    value = choice.get("accept_lengths")
+    if value is None:
+        return None
+    if "accept_lengths_per_turn" not in choice and _is_per_turn(value, n):
+        bad = [i for i, v in enumerate(value) if not _is_lengths(v)]
+        return f"'choices[0].accept_lengths[{bad[0]}]' must be a list of non-negative numbers" if bad else None
+    if not _is_lengths(value):
+        return ("'choices[0].accept_lengths' must be a flat list of non-negative numbers "
+                f"(or, in older files, one such list per turn: {n})")
+    per_turn = choice.get("accept_lengths_per_turn")
+    if per_turn is not None and value != [a for turn in per_turn for a in turn]:
+        return "'choices[0].accept_lengths' must be the turns of 'accept_lengths_per_turn' joined in order"
+    return None
+
+
 # field -> (check for one per-turn entry, what the entry should be)
 _ENTRY_CHECKS = {
     "new_tokens": (_non_negative, "a non-negative number"),
@@ -52,8 +111,7 @@ _ENTRY_CHECKS = {
     "decoding_steps": (_non_negative, "a non-negative number"),
     "draft_seconds": (_non_negative, "a non-negative number"),
     "verify_seconds": (_non_negative, "a non-negative number"),
-    "accept_lengths": (lambda v: isinstance(v, list) and all(_non_negative(a) for a in v),
-                       "a list of non-negative numbers"),
+    "accept_lengths_per_turn": (_is_lengths, "a list of non-negative numbers"),
     "correct": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "token_ids_sha1": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "extracted": (lambda v: True, "anything"),
@@ -95,7 +153,7 @@ def _check_record(rec):
         for i, v in enumerate(values):
             if not check(v):
                 return f"'choices[0].{name}[{i}]' must be {expected}"
-    return None
+    return _check_accept_lengths(choice, len(turns))
 
 
 def load_answers(path):
@@ -170,7 +228,8 @@ def _turns(row):
         return values if values is not None else [None] * n
 
     draft, verify = column("draft_seconds"), column("verify_seconds")
-    accept, correct, sha1 = column("accept_lengths"), column("correct"), column("token_ids_sha1")
+    accept = turn_accept_lengths(choice) or [None] * n
+    correct, sha1 = column("correct"), column("token_ids_sha1")
     return [{
         "text": choice["turns"][i],
         "new_tokens": choice["new_tokens"][i],
@@ -216,8 +275,24 @@ def _same_output(m, b):
     return m["text"] == b["text"], False
 
 
-def _pair_stats(pairs):
-    """Figures over (method turn, baseline turn) pairs."""
+def _question_sums(groups, side):
+    """Per-question (tokens, seconds) of one side (0 method, 1 baseline): what the bootstrap resamples."""
+    tokens = [sum(pair[side]["new_tokens"] for pair in g) for g in groups]
+    seconds = [sum(pair[side]["wall_time"] for pair in g) for g in groups]
+    return tokens, seconds
+
+
+def _interval(groups):
+    """(95% interval of the speedup or None, coefficient of variation of the baseline's per-question tokens/s)."""
+    tokens, seconds = _question_sums(groups, 0)
+    base_tokens, base_seconds = _question_sums(groups, 1)
+    ci = uncertainty.speedup_interval(tokens, seconds, base_tokens, base_seconds)
+    return (list(ci) if ci else None), uncertainty.variation(base_tokens, base_seconds)
+
+
+def _pair_stats(groups):
+    """Figures over (method turn, baseline turn) pairs, grouped by question (one list of pairs per question)."""
+    pairs = [pair for g in groups for pair in g]
     method = [m for m, _ in pairs]
     base = [b for _, b in pairs]
     tokens = sum(t["new_tokens"] for t in method)
@@ -227,6 +302,7 @@ def _pair_stats(pairs):
     tps = _ratio(tokens, seconds)
     base_tps = _ratio(base_tokens, base_seconds)
     same = [_same_output(m, b) for m, b in pairs]
+    ci, base_cv = _interval(groups)
     return {
         "n_turns": len(pairs),
         "new_tokens": tokens,
@@ -236,6 +312,8 @@ def _pair_stats(pairs):
         "tokens_per_s": tps,
         "base_tokens_per_s": base_tps,
         "speedup": _ratio(tps, base_tps) if tps is not None else None,
+        "speedup_ci": ci,
+        "base_cv": base_cv,
         "mat": _mat(method),
         "base_mat": _mat(base),
         "accuracy": _accuracy(method),
@@ -246,10 +324,26 @@ def _pair_stats(pairs):
     }
 
 
+def _question_accepts(turns, flat, n):
+    """Accepted lengths of a question's first n turns. A file with only a flat list over several turns (Spec-Bench's
+    own layout) cannot be split, so it counts only when all its turns are compared."""
+    if all(t["accept_lengths"] is not None for t in turns[:n]):
+        return [a for t in turns[:n] for a in t["accept_lengths"]]
+    return flat if flat is not None and n == len(turns) else []
+
+
+def _group_mat(questions, side):
+    lengths = []
+    for q in questions:
+        n = min(len(q["method"]), len(q["base"]))
+        lengths += _question_accepts(q[side], q[side + "_flat"], n)
+    return _ratio(sum(lengths), len(lengths))
+
+
 def _group_stats(questions):
-    pairs = [pair for q in questions for pair in zip(q["method"], q["base"])]
-    stats = _pair_stats(pairs)
+    stats = _pair_stats([list(zip(q["method"], q["base"])) for q in questions])
     stats["n_questions"] = len(questions)
+    stats["mat"], stats["base_mat"] = _group_mat(questions, "method"), _group_mat(questions, "base")
     # Final answer of each side's own run, even if the other side has more turns.
     stats["final_accuracy"] = _accuracy([q["method"][-1] for q in questions])
     stats["base_final_accuracy"] = _accuracy([q["base"][-1] for q in questions])
@@ -261,13 +355,22 @@ def _per_turn(questions):
     depth = max(min(len(q["method"]), len(q["base"])) for q in questions)
     out = []
     for k in range(depth):
-        pairs = [(q["method"][k], q["base"][k]) for q in questions
-                 if k < len(q["method"]) and k < len(q["base"])]
-        stats = _pair_stats(pairs)
+        groups = [[(q["method"][k], q["base"][k])] for q in questions
+                  if k < len(q["method"]) and k < len(q["base"])]
+        stats = _pair_stats(groups)
         stats["turn"] = k + 1
-        stats["n_questions"] = len(pairs)
+        stats["n_questions"] = len(groups)
         out.append(stats)
     return out
+
+
+def noisy_baseline(stats):
+    """The warning when the baseline's per-question tokens/s varies too much to trust a speedup, else None."""
+    cv = stats.get("base_cv")
+    if cv is None or cv <= uncertainty.NOISY_BASELINE_CV:
+        return None
+    return (f"baseline tokens/s varies across questions (coefficient of variation {cv:.2f} > "
+            f"{uncertainty.NOISY_BASELINE_CV:.2f}): the speedups may not be trustworthy (a busy machine?)")
 
 
 def _preview(ids, limit=10):
@@ -290,6 +393,8 @@ def summarize(method_rows, base_rows):
             "paradigms": (row.get("paradigm"), base.get("paradigm")),
             "method": _turns(row),
             "base": _turns(base),
+            "method_flat": flat_accept_lengths(row["choices"][0]),
+            "base_flat": flat_accept_lengths(base["choices"][0]),
         })
     if not questions:
         raise SpeedError("no question_id is present in both the method and the baseline file")
@@ -314,6 +419,9 @@ def summarize(method_rows, base_rows):
                         f"in the two files: {_preview(paradigm_diff)}")
 
     overall = _group_stats(questions)
+    noisy = noisy_baseline(overall)
+    if noisy:
+        warnings.append(noisy)
     categories = sorted({q["category"] for q in questions})
     return {
         "n_questions": len(questions),
@@ -327,6 +435,8 @@ def summarize(method_rows, base_rows):
             "compared_by_hash": overall["compared_by_hash"],
         },
         "mat_counts_bonus_token": True,
+        "speedup_interval": "95% paired bootstrap over questions",
+        "noisy_baseline": bool(noisy),
         "only_in_method": only_method,
         "only_in_baseline": only_base,
         "turn_count_mismatch": mismatched,
@@ -348,6 +458,13 @@ def _pct(x):
 
 def _speedup(x):
     return "n/a" if x is None else f"{x:.2f}x"
+
+
+def speedup_cell(stats):
+    """'1.52x [1.31, 1.80]': the speedup and its 95% interval (left out below 2 questions)."""
+    ci = stats.get("speedup_ci")
+    text = _speedup(stats["speedup"])
+    return text if ci is None or stats["speedup"] is None else f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def _table(header, rows):
@@ -377,14 +494,14 @@ def render_markdown(summary):
 
     def row(name, s):
         return [name, str(s["n_questions"]), str(s["n_turns"]),
-                _num(s["tokens_per_s"]), _num(s["base_tokens_per_s"]), _speedup(s["speedup"]),
+                _num(s["tokens_per_s"]), _num(s["base_tokens_per_s"]), speedup_cell(s),
                 _num(s["mat"]),
                 f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
                 f"{_pct(s['final_accuracy'])} / {_pct(s['base_final_accuracy'])}",
                 _pct(s["drafting_share"]),
                 f"{s['identical_turns']}/{s['n_turns']}"]
 
-    header = ["Category", "Questions", "Turns", "Method tok/s", "Baseline tok/s", "Speedup",
+    header = ["Category", "Questions", "Turns", "Method tok/s", "Baseline tok/s", "Speedup [95% CI]",
               "MAT", "Accuracy (method / base)", "Final-turn acc. (method / base)",
               "Drafting share", "Identical turns"]
     rows = [row(c, s) for c, s in summary["per_category"].items()]
@@ -392,16 +509,20 @@ def render_markdown(summary):
     lines += _table(header, rows)
     lines.append("")
     lines.append("Note: MAT = mean accepted tokens per target decoding step, counting the "
-                 "bonus token (autoregressive decoding gives 1.00).")
+                 "bonus token (autoregressive decoding gives 1.00). Speedup intervals: 95% paired "
+                 "bootstrap over questions.")
+    noisy = noisy_baseline(summary["overall"])
+    if noisy:
+        lines.append(f"Warning: {noisy}.")
 
     per_turn = summary.get("per_turn") or []
     if len(per_turn) > 1:
         lines += ["", "Per turn (round / sample index):", ""]
-        header = ["Turn", "Questions", "Method tok/s", "Baseline tok/s", "Speedup", "MAT",
+        header = ["Turn", "Questions", "Method tok/s", "Baseline tok/s", "Speedup [95% CI]", "MAT",
                   "Accuracy (method / base)", "Identical turns"]
         lines += _table(header, [
             [str(s["turn"]), str(s["n_questions"]), _num(s["tokens_per_s"]),
-             _num(s["base_tokens_per_s"]), _speedup(s["speedup"]), _num(s["mat"]),
+             _num(s["base_tokens_per_s"]), speedup_cell(s), _num(s["mat"]),
              f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
              f"{s['identical_turns']}/{s['n_turns']}"]
             for s in per_turn])

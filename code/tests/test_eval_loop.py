@@ -15,10 +15,10 @@ QUESTIONS = [
     {"question_id": 2, "category": "gpqa", "turns": ["Which letter? (A) x (B) y"], "answer": "B"},
     {"question_id": 3, "category": "aime24", "turns": ["What is the sum of two and three?"], "answer": "5"},
 ]
-TURN_FIELDS = ("turns", "new_tokens", "decoding_steps", "wall_time", "accept_lengths", "draft_seconds",
+TURN_FIELDS = ("turns", "new_tokens", "decoding_steps", "wall_time", "accept_lengths_per_turn", "draft_seconds",
                "verify_seconds", "forced_tokens", "prompt_tokens", "stopped", "extracted", "reference", "correct",
                "token_ids_sha1")
-STEP_FIELDS = {"question_id", "choice", "turn", "step", "draft_size", "accepted", "draft_source", "draft_seconds",
+STEP_FIELDS = {"question_id", "choice", "turn", "step", "draft_size", "proposed_size", "accepted", "draft_source", "draft_seconds",
                "verify_seconds", "context_length"}
 
 
@@ -55,8 +55,10 @@ def test_multi_round_writes_answers_steps_and_config(tiny_model_dir, question_fi
         choice = a["choices"][0]
         for field in TURN_FIELDS:
             assert len(choice[field]) == 2, field
-        assert choice["accept_lengths"][0] == [1] * choice["decoding_steps"][0]  # AR: MAT 1.00 by construction
-        assert sum(choice["new_tokens"]) == sum(map(sum, choice["accept_lengths"]))
+        per_turn = choice["accept_lengths_per_turn"]
+        assert per_turn[0] == [1] * choice["decoding_steps"][0]  # AR: MAT 1.00 by construction
+        assert choice["accept_lengths"] == per_turn[0] + per_turn[1]  # flat over the choice, as the field reads it
+        assert sum(choice["new_tokens"]) == sum(choice["accept_lengths"])
         # Round 2 quotes round 1's answer, so its prompt is longer.
         assert choice["prompt_tokens"][1] > choice["prompt_tokens"][0]
     steps = read_jsonl(str(answer_file).replace(".jsonl", ".steps.jsonl"))
@@ -106,7 +108,7 @@ def test_thinking_budget_in_a_generation(thinking_model_dir, question_file, tmp_
     assert len(forced) == 1 and forced[0]["context_length"] - choice["prompt_tokens"][0] == 320 + forced[0]["accepted"]
     assert choice["forced_tokens"] == [forced[0]["accepted"]] and forced[0]["accepted"] > 60
     assert "Considering the limited time by the user" in choice["turns"][0]
-    assert choice["accept_lengths"][0].count(1) == len(choice["accept_lengths"][0])  # forced step not in MAT
+    assert choice["accept_lengths"] == [1] * len(choice["accept_lengths"])  # forced step not in MAT
 
 
 def test_resume_after_a_crash_mid_question_loses_nothing(tiny_model_dir, question_file, tmp_path, monkeypatch):

@@ -153,7 +153,7 @@ def test_ar_against_itself_gives_mat_one_and_no_speedup():
     assert s["identical_turns"]["identical"] == 3
     md = speed.render_markdown(s)
     overall_line = [l for l in md.splitlines() if l.startswith("| **overall**")][0]
-    assert "| 1.00 |" in overall_line and "1.00x" in overall_line
+    assert "| 1.00 |" in overall_line and "1.00x [1.00, 1.00]" in overall_line
 
 
 def test_turn_count_mismatch_compares_shared_turns_only():
@@ -194,10 +194,11 @@ def test_markdown_layout(files):
         elif main_rows:
             break
     assert main_rows[0].startswith("| Category")
-    assert main_rows[-1].startswith("| **overall** | 2 | 4 | 60.00 | 23.08 | 2.60x | 2.38 |")
+    # q1 gives 2.67x, q2 2.50x: resampling those two questions bounds the interval
+    assert main_rows[-1].startswith("| **overall** | 2 | 4 | 60.00 | 23.08 | 2.60x [2.50, 2.67] | 2.38 |")
     assert any("MAT" in l and "bonus token" in l for l in lines)
     assert any(l.startswith("| Turn |") for l in lines)
-    assert any(l.startswith("| 2 | 2 | 80.00 | 22.86 | 3.50x | 3.33 |") for l in lines)
+    assert any(l.startswith("| 2 | 2 | 80.00 | 22.86 | 3.50x [3.00, 4.00] | 3.33 |") for l in lines)  # 4x and 3x
 
 
 def test_single_turn_has_no_per_turn_table():
@@ -229,7 +230,10 @@ def test_load_reports_file_and_line(tmp_path, line, reason):
     (lambda c: c.update(new_tokens=[1, 2]), "one entry per turn"),
     (lambda c: c.update(wall_time=[-1.0]), "non-negative"),
     (lambda c: c.update(wall_time=[float("nan")]), "non-negative"),
-    (lambda c: c.update(accept_lengths=[3]), "accept_lengths"),
+    (lambda c: c.update(accept_lengths=[-3]), "accept_lengths"),
+    (lambda c: c.update(accept_lengths=[[1], 2]), "accept_lengths"),
+    (lambda c: c.update(accept_lengths=[2], accept_lengths_per_turn=[[1]]), "joined in order"),
+    (lambda c: c.update(accept_lengths_per_turn=[[1], [2]]), "one entry per turn"),
     (lambda c: c.update(correct=["yes"]), "correct"),
 ])
 def test_load_rejects_bad_fields(tmp_path, mutate, reason):
@@ -303,7 +307,7 @@ def test_script_outputs(files, tmp_path):
                       "--json-out", json_out, "--markdown-out", md_out)
     assert proc.returncode == 0, proc.stderr
     assert "method=eagle3" in proc.stdout and "model=tiny-target" in proc.stdout
-    assert "| **overall** | 2 | 4 | 60.00 | 23.08 | 2.60x |" in proc.stdout
+    assert "| **overall** | 2 | 4 | 60.00 | 23.08 | 2.60x [2.50, 2.67] |" in proc.stdout
     assert md_out.read_text() == proc.stdout
     assert proc.stderr.count("warning:") == 2  # id 3 only in method, id 4 only in baseline
 
@@ -313,6 +317,7 @@ def test_script_outputs(files, tmp_path):
     assert summary["mat_counts_bonus_token"] is True
     assert summary["n_questions"] == 2
     assert summary["overall"]["speedup"] == approx(2.6)
+    assert summary["overall"]["speedup_ci"] == [approx(2.5), approx(8 / 3)]
     assert summary["identical_turns"] == {"identical": 2, "total": 4, "compared_by_hash": 2}
     assert [t["turn"] for t in summary["per_turn"]] == [1, 2]
     assert summary["per_category"]["code"]["speedup"] == approx(2.5)
