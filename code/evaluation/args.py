@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 from model.errors import UserError
 
@@ -31,7 +32,14 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--num-choices", type=int, default=1)
     p.add_argument("--num-gpus-per-model", type=int, default=1)
-    p.add_argument("--num-gpus-total", type=int, default=1)
+    p.add_argument("--num-gpus-total", type=int, default=1,
+                   help="GPUs in all: N / --num-gpus-per-model replicas, each a Ray task holding that many GPUs, "
+                        "the questions split between them and merged into one answer file")
+    p.add_argument("--num-replicas", type=int, default=1,
+                   help="CPU replicas (with --device cpu), each a Ray task with its own thread pool")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (its nodes must share the repository and answer folder paths); "
+                        "default: start a local one")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -65,7 +73,7 @@ def build_parser(method: str) -> Parser:
 def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
     """Fill the seed's defaults and reject values no run can use."""
     for flag in ("max_new_tokens", "num_choices", "num_rounds", "bon_n", "max_tree_nodes",
-                 "num_gpus_per_model", "num_gpus_total"):
+                 "num_gpus_per_model", "num_gpus_total", "num_replicas"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     if min(args.cost_profile_contexts) < 1 or args.cost_profile_repeats < 1:
@@ -82,9 +90,19 @@ def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
         raise UserError("--think-twice and --BON are two paradigms: choose one")
     if args.num_gpus_total % args.num_gpus_per_model:
         raise UserError("--num-gpus-total must be a multiple of --num-gpus-per-model")
-    if args.num_gpus_total // args.num_gpus_per_model > 1:
-        raise UserError("several model replicas in one process are not supported: start one process per replica "
-                        "with --question-begin/--question-end and distinct --answer-file")
+    gpu_replicas = args.num_gpus_total // args.num_gpus_per_model
+    if gpu_replicas > 1 and args.num_replicas > 1:
+        raise UserError("--num-replicas (CPU replicas) and --num-gpus-total / --num-gpus-per-model (GPU replicas) "
+                        "both ask for replicas: use one of them")
+    if args.num_replicas > 1 and args.device != "cpu":
+        raise UserError("--num-replicas runs CPU replicas: add --device cpu (GPU replicas: --num-gpus-total N "
+                        "--num-gpus-per-model M)")
+    if gpu_replicas > 1 and args.device == "cpu":
+        raise UserError(f"--num-gpus-total {args.num_gpus_total} / --num-gpus-per-model {args.num_gpus_per_model} "
+                        "asks for GPU replicas, but --device cpu: use --num-replicas K for CPU replicas")
+    if args.ray_address is not None and max(gpu_replicas, args.num_replicas) == 1:
+        raise UserError("--ray-address is used only with several replicas (--num-gpus-total N --num-gpus-per-model "
+                        "M with N > M, or --num-replicas K --device cpu)")
     if args.model_id is None:
         args.model_id = f"{os.path.basename(os.path.normpath(args.model_path))}-{method}"
     if args.question_file is None:
@@ -93,5 +111,8 @@ def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
     if args.answer_file is None:
         folder = "model_answer_BON" if args.BON else "model_answer"
         args.answer_file = os.path.join("data", args.bench_name, folder, f"{args.model_id}.jsonl")
+    if re.search(r"\.shard-\d+-of-\d+\.jsonl$", args.answer_file):
+        raise UserError(f"--answer-file {args.answer_file}: names like <stem>.shard-<k>-of-<K>.jsonl are kept for "
+                        "the replicas' shards; choose another name")
     args.paradigm = "multi_round" if args.think_twice else "best_of_n" if args.BON else "single"
     return args

@@ -162,12 +162,18 @@ def start_session(store: AnswerStore, runner: Runner, first_question: dict,
 
 
 def run_eval(args, make_drafter) -> None:
-    """Load the model, then answer every question not already in the answer file."""
-    questions = load_questions(args.question_file, args.question_begin, args.question_end)
+    """Load the model, then answer every question not already in the answer file (several replicas: see
+    evaluation/replicas.py)."""
+    from evaluation import replicas  # Ray itself is imported only when replicas are asked for
+    if replicas.replica_count(args) > 1:
+        replicas.run_replicated(args, make_drafter)
+        return
+    questions = replicas.assigned(args, load_questions(args.question_file, args.question_begin, args.question_end))
     model, tokenizer, device = load_model(args.model_path, args.dtype, args.device, args.num_gpus_per_model)
     if args.BON and args.temperature == 0:
         print("warning: Best-of-N at temperature 0 gives N identical samples", file=sys.stderr)
     store, runner = open_run(args, make_drafter, model, tokenizer, device)
+    replicas.note_replica(args, store, device)  # inside a replica: check against its siblings, record its hardware
     todo = [q for q in questions if q["question_id"] not in store.done]
     if not todo:
         print(f"all {len(questions)} questions already answered in {args.answer_file}")

@@ -68,6 +68,9 @@ def run(specs: list[str], common: list[str], prefix: str) -> None:
     if len(set(names)) < len(names):
         raise UserError(f"two --method entries share a name: {names}; name them NAME=MODULE")
     first = runs[0][2]
+    if first.num_gpus_total > first.num_gpus_per_model or first.num_replicas > 1:
+        raise UserError("interleaved methods share one model in one process: run without --num-gpus-total above "
+                        "--num-gpus-per-model and without --num-replicas")
     for name, _, args in runs[1:]:
         for key in SHARED:
             if getattr(args, key) != getattr(first, key):
