@@ -226,3 +226,22 @@ def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir
     assert [s["cost_profile"] for s in config["sessions"]] == [profile]
     steps = [json.loads(line) for line in (tmp_path / "pld.steps.jsonl").read_text().splitlines()]
     assert all(s["draft_size"] <= 128 and "proposed_size" in s for s in steps)
+
+
+def test_drafting_that_does_not_pay_is_asked_only_every_few_steps_and_resumes_when_it_pays():
+    from model.engine.cost import PROBE_EVERY
+    verifier = CostAwareVerifier(jagged_profile())
+    plain = verifier.profile.seconds[0][0]
+    for _ in range(50):   # drafts that take twice a plain step and yield one token
+        assert verifier.should_draft() or verifier.skipped
+        verifier.record_step(proposed=4, emitted=1, seconds=2 * plain, context_length=1)
+    assert verifier.gain < 0.6
+    asked = [verifier.should_draft() for _ in range(3 * PROBE_EVERY)]
+    probes = [i for i, a in enumerate(asked) if a]
+    assert len(probes) == 3 and probes[1] - probes[0] == probes[2] - probes[1] == PROBE_EVERY
+    for _ in range(30):   # the probes find drafts that now pay: 3 tokens for 1.5 plain steps
+        verifier.record_step(proposed=4, emitted=3, seconds=1.5 * plain, context_length=1)
+    assert verifier.gain > 1.5 and all(verifier.should_draft() for _ in range(10))
+    for _ in range(100):  # steps without a proposal (nothing to say) are plain steps: they never silence a drafter
+        verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
+    assert verifier.gain > 1.5

@@ -29,6 +29,10 @@ COARSE_WIDTHS = (20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224
 MAX_DEPTH = 32       # deeper nodes share the estimate of depth MAX_DEPTH
 MAX_RANK = 4         # siblings ranked 4th and later share one estimate
 DECAY = 0.98         # weight of past observations per new one: the estimate follows changes within ~50 steps
+GAIN_START = 1.5     # tokens per plain-step time assumed of a drafter before it is measured: try drafting first
+STEP_EMA = 0.1       # weight of each new step in the gain and plain-step-time averages
+PROBE_EVERY = 8      # while drafting does not pay, the drafter is still asked every this many steps
+SKIP_BELOW = 0.95    # gain under which drafting is judged not to pay (a margin over 1 for timing noise)
 PRIOR = (1.8, 2.0)   # (accepted, observed) pseudo-counts: optimistic (90%), so untried widths get tried
 
 
@@ -201,15 +205,49 @@ def cut(tree: DraftTree, keep: list[int]) -> DraftTree:
 
 
 class CostAwareVerifier:
-    """The engine's width chooser: cuts each proposal to the nodes worth their forward cost, or asks for more."""
+    """The engine's width chooser: cuts each proposal to the nodes worth their forward cost, or asks for more; and
+    stops asking for drafts while drafting plus verifying has been yielding less than a plain step.
+
+    The second part is measured, not modelled: `gain` is an exponential average, over steps that drafted, of tokens
+    emitted per plain-step time spent (drafting + verifying seconds / the seconds of a plain one-token step, itself
+    an average over the plain steps seen, starting from the profile's t(1)). While the gain is under SKIP_BELOW the
+    drafter is asked only every PROBE_EVERY steps, so the average keeps following it (a second round that repeats
+    the first is found). Steps whose proposal was empty do not count: a drafter that often has nothing to say (SAM
+    without a match) is not silenced for it.
+    """
 
     def __init__(self, profile: ForwardCostProfile):
         self.profile = profile
         self.estimate = AcceptanceEstimate()
         self.proposed = 0   # node count of the last proposal: its size class keys the estimate
+        self.reset()
 
     def reset(self) -> None:
         self.estimate.reset()
+        self.gain = GAIN_START
+        self.plain_seconds = None   # average seconds of a plain step; None: the profile's t(1)
+        self.skipped = 0
+
+    def should_draft(self) -> bool:
+        if self.gain >= SKIP_BELOW or self.skipped + 1 >= PROBE_EVERY:
+            self.skipped = 0
+            return True
+        self.skipped += 1
+        return False
+
+    def record_step(self, proposed: int, emitted: int, seconds: float, context_length: int) -> None:
+        """After each step: `proposed` draft nodes (0: skipped or nothing proposed, a plain step), `seconds` =
+        drafting + verifying time."""
+        plain = self.plain_seconds or self._profile_plain(context_length)
+        if proposed == 0:
+            self.plain_seconds = plain + STEP_EMA * (seconds - plain)
+        else:
+            self.gain += STEP_EMA * (emitted / max(seconds / plain, 1e-9) - self.gain)
+
+    def _profile_plain(self, context_length: int) -> float:
+        lengths, first = self.profile.context_lengths, [row[0] for row in self.profile.seconds]
+        i = min(range(len(lengths)), key=lambda j: abs(lengths[j] - context_length))
+        return first[i]
 
     def plan(self, tree: DraftTree, context_length: int, extend) -> DraftTree:
         """The part of `tree` to verify. `extend(n)` asks the drafter for a larger, validated draft of at most n

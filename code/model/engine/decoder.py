@@ -20,6 +20,8 @@ from .tree import DraftError, DraftTree, draft_attention
 
 # What a drafter that proposes nothing gets verified: the root alone, i.e. one autoregressive step.
 NO_DRAFT = DraftTree([], [], source="none")
+# A step where cost-aware verification did not ask the drafter (drafting has not been paying off).
+SKIPPED = DraftTree([], [], source="skipped")
 
 
 @dataclass
@@ -131,7 +133,8 @@ class SpeculativeEngine:
                 continue
 
             t0 = self.clock()
-            tree = drafter.propose(context, self.max_tree_nodes)
+            drafted = self.cost_aware is None or self.cost_aware.should_draft()
+            tree = drafter.propose(context, self.max_tree_nodes) if drafted else SKIPPED
             if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
                 tree = NO_DRAFT
             tree.validate(self.max_tree_nodes, self.vocab_size)
@@ -172,6 +175,8 @@ class SpeculativeEngine:
             hidden = capture.take(kept) if capture is not None else None
             drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk, aux_argmax, hidden))
             t3 = self.clock()
+            if self.cost_aware is not None:
+                self.cost_aware.record_step(proposed, len(emitted), t3 - t0, len(context))
             result.steps.append(StepRecord(tree.size, len(emitted), tree.source, (t1 - t0) + (t3 - t2), t2 - t1,
                                            len(context), proposed))
         return result
