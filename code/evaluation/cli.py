@@ -22,5 +22,5 @@ def run_method(method: str, make_drafter, add_method_args=None, check_method_arg
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: completed questions are saved; run the same command again to resume", file=sys.stderr)
+        print("interrupted: completed turns are saved; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

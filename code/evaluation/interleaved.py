@@ -58,7 +58,7 @@ def main(argv=None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: completed questions are saved; run the same command again to resume", file=sys.stderr)
+        print("interrupted: completed turns are saved; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
 
 

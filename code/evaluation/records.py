@@ -5,8 +5,16 @@
 - `<stem>.config.json`: the run configuration, written once. Resuming under another configuration is refused.
 - `<stem>.lock`: held (flock) by the one run writing these files; a second run is refused while it lives. The kernel
   releases it when the process dies, however it dies, so a stale lock file never blocks.
-A run killed mid-write leaves at most a torn last line, which the next run drops (that question is redone),
-together with the step lines of questions that have no answer line.
+- `<stem>.partial.jsonl`: checkpoints of the question in progress, one line per completed turn (a round of
+  multi-round thinking or a sample of Best-of-N, of each choice), appended with a single write + fsync like the
+  answer lines: `question_id, choice, turn, record` (that turn's values of every per-turn answer field, the output
+  text included), `tokens` (its token ids: a drafter that keeps state across turns is rebuilt from them) and `steps`
+  (its per-step log lines). A resumed run takes a question's checkpointed turns and continues from the next one, so a
+  kill loses at most the turn in progress. When the question's answer line is written its checkpoint lines are
+  dropped at once (the file is rewritten atomically without them, and removed when nothing is left); lines of a
+  question already answered (a kill between the answer line and that rewrite) are dropped at the next resume.
+A run killed mid-write leaves at most a torn last line, which the next run drops (that question, or that turn, is
+redone), together with the step lines of questions that have no answer line.
 """
 from __future__ import annotations
 
@@ -57,7 +65,9 @@ class AnswerStore:
         self.steps_file = stem(answer_file) + ".steps.jsonl"
         self.config_file = stem(answer_file) + ".config.json"
         self.lock_file = stem(answer_file) + ".lock"
+        self.partial_file = stem(answer_file) + ".partial.jsonl"
         self._lock = None
+        self._checkpoints: dict = {}   # question id -> [(line, parsed)] in file order
         if os.path.isdir(answer_file):
             raise UserError(f"--answer-file {answer_file} is a directory")
         try:
@@ -95,7 +105,7 @@ class AnswerStore:
 
     def _resume(self, config: dict) -> set:
         lines = _complete_lines(self.answer_file)
-        if lines or os.path.exists(self.config_file):
+        if lines or os.path.exists(self.config_file) or os.path.exists(self.partial_file):
             self._check_same_run(config)
         else:
             atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
@@ -107,6 +117,7 @@ class AnswerStore:
                 raise UserError(f"{self.answer_file}:{lineno}: not an answer line; "
                                 "refusing to append to a file this harness did not write") from None
         self._drop_orphan_steps(done)
+        self._load_checkpoints(done)
         return done
 
     def _check_same_run(self, config: dict) -> None:
@@ -138,6 +149,52 @@ class AnswerStore:
         if len(kept) != len(lines):
             atomic_write_text(self.steps_file, "".join(ln + "\n" for ln in kept))
 
+    def _load_checkpoints(self, done: set) -> None:
+        """Read the checkpoint lines (a torn last line is cut off), dropping those of questions already answered."""
+        lines = _complete_lines(self.partial_file)
+        stale = False
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+                question_id = entry["question_id"]
+                if not all(isinstance(entry[k], t) for k, t in (("choice", int), ("turn", int), ("record", dict),
+                                                                 ("tokens", list), ("steps", list))):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{self.partial_file}:{lineno}: not a checkpoint line; "
+                                "refusing to rewrite a file this harness did not write") from None
+            if question_id in done:
+                stale = True
+            else:
+                self._checkpoints.setdefault(question_id, []).append((line, entry))
+        if stale:
+            self._rewrite_checkpoints()
+
+    def _rewrite_checkpoints(self) -> None:
+        kept = [line for entries in self._checkpoints.values() for line, _ in entries]
+        if kept:
+            atomic_write_text(self.partial_file, "".join(ln + "\n" for ln in kept))
+        elif os.path.exists(self.partial_file):
+            os.remove(self.partial_file)
+
+    def checkpoint(self, question_id, entry: dict) -> None:
+        """Save one completed turn of a question in progress: `entry` holds `choice`, `turn`, `record` (the turn's
+        per-turn answer fields), `tokens` and `steps`. One write + fsync, as for answer lines."""
+        full = {"question_id": question_id, **entry}
+        line = json.dumps(full, ensure_ascii=False)
+        _append(self.partial_file, line + "\n")
+        self._checkpoints.setdefault(question_id, []).append((line, full))
+
+    def completed_turns(self, question_id, turns_per_choice: int) -> list[dict]:
+        """The checkpointed turns of a question, in order (choice 0's turns, then choice 1's, ...): the longest run of
+        consecutive turns from the first, which is what a resumed run may take as done (a line out of that order,
+        which an interrupted run never writes, is ignored; of two lines for one turn the first counts)."""
+        taken = []
+        for _, entry in self._checkpoints.get(question_id, []):
+            if (entry["choice"], entry["turn"]) == divmod(len(taken), turns_per_choice):
+                taken.append(entry)
+        return taken
+
     def add_session(self, info: dict) -> None:
         """Record what one run session measured (the forward-cost profile) in the configuration: `sessions` keeps
         one entry per session, and `cost_profile` the first session's profile."""
@@ -148,11 +205,22 @@ class AnswerStore:
             config.setdefault("cost_profile", info["cost_profile"])
         atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
 
+    def recorded_profile(self) -> dict | None:
+        """The forward-cost profile an earlier session of this run measured (same model, dtype, device type and
+        method, by the configuration check), if any."""
+        try:
+            with open(self.config_file, encoding="utf-8") as f:
+                return json.load(f).get("cost_profile")
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def write(self, answer: dict, steps: list[dict]) -> None:
         if steps:
             _append(self.steps_file, "".join(json.dumps(s) + "\n" for s in steps))
         _append(self.answer_file, json.dumps(answer, ensure_ascii=False) + "\n")
         self.done.add(answer["question_id"])
+        if self._checkpoints.pop(answer["question_id"], None) is not None:
+            self._rewrite_checkpoints()
 
 
 def _append(path: str, text: str) -> None:

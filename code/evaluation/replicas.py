@@ -56,7 +56,7 @@ def shard_file(answer_file: str, index: int, count: int) -> str:
 def shard_files(path: str) -> list[str]:
     """The answer, step, configuration and lock files of one shard."""
     base = stem(path)
-    return [path, base + ".steps.jsonl", base + ".config.json", base + ".lock"]
+    return [path, base + ".steps.jsonl", base + ".config.json", base + ".lock", base + ".partial.jsonl"]
 
 
 def assign(questions: list[dict], count: int) -> list[list]:
