@@ -192,7 +192,7 @@ class Runner:
 def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], args) -> ForwardCostProfile:
     """t(n)/t(1) for this model, dtype and device, up to twice the largest draft the methods send (every run
     records it; --cost-aware verification decides with it)."""
-    bound = max(d.max_draft_nodes() or args.max_tree_nodes for d in drafters)
+    bound = max(args.max_tree_nodes if d.max_draft_nodes() is None else d.max_draft_nodes() for d in drafters)
     max_width = min(args.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
     limit = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
     lengths = sorted({min(n, limit - max_width - 1) for n in args.cost_profile_contexts})

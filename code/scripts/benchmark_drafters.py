@@ -115,7 +115,8 @@ def main():
     engines = {name: engine for name in drafters}
     if args.cost_aware != "off":
         # Each +ca row has its own drafter and its own acceptance estimate; all share one measured profile.
-        bound = max(((d.max_draft_nodes() or engine.max_tree_nodes) for n, d in drafters.items() if n in names),
+        bound = max(((engine.max_tree_nodes if d.max_draft_nodes() is None else d.max_draft_nodes())
+                     for n, d in drafters.items() if n in names),
                     default=0)
         max_width = min(engine.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
         start = time.perf_counter()

@@ -245,3 +245,14 @@ def test_drafting_that_does_not_pay_is_asked_only_every_few_steps_and_resumes_wh
     for _ in range(100):  # steps without a proposal (nothing to say) are plain steps: they never silence a drafter
         verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
     assert verifier.gain > 1.5
+
+
+def test_the_profile_covers_twice_the_largest_draft_and_the_baseline_only_the_dense_widths():
+    from evaluation.eval import measure_cost_profile
+
+    class Args:
+        max_tree_nodes, cost_profile_contexts, cost_profile_repeats, seed = 128, [8], 1, 0
+
+    engine = SpeculativeEngine(tiny_model("llama"))
+    assert measure_cost_profile(engine, [Drafter()], Args).widths[-1] == 16
+    assert measure_cost_profile(engine, [Drafter(), PromptLookupDrafter(num_pred_tokens=20)], Args).widths[-1] == 42

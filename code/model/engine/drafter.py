@@ -64,7 +64,7 @@ class Drafter:
     def max_draft_nodes(self) -> int | None:
         """The most nodes (auxiliary included) one proposal can hold; None: up to the engine's cap. The target's
         forward cost is profiled up to twice this."""
-        return None
+        return 0 if type(self).propose is Drafter.propose else None   # the AR baseline never drafts
 
     def observe(self, feedback: StepFeedback) -> None:
         """The emitted tokens were appended to the context."""
