@@ -12,12 +12,21 @@ def run_method(method: str, make_drafter, add_method_args=None, check_method_arg
     if add_method_args:
         add_method_args(parser)
     args = parser.parse_args()
-    try:
+
+    def body():
         finalize(args, method)
         if check_method_args:
             check_method_args(args)
         from evaluation.eval import run_eval  # heavy imports only once the flags are known to be good
         run_eval(args, make_drafter)
+
+    run_reporting(body)
+
+
+def run_reporting(body) -> None:
+    """Run a command: a user mistake is one 'error: ...' line and exit 2; Ctrl-C says what was kept."""
+    try:
+        body()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

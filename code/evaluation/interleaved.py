@@ -21,6 +21,7 @@ import shlex
 import sys
 
 from evaluation.args import Parser, build_parser, finalize
+from evaluation.cli import run_reporting
 from model.errors import UserError
 
 SHARED = ("model_path", "dtype", "device", "num_gpus_per_model", "question_file", "question_begin", "question_end")
@@ -52,14 +53,7 @@ def main(argv=None) -> None:
     cli.add_argument("--method", action="append", required=True, metavar='"[NAME=]MODULE [FLAGS]"')
     cli.add_argument("--model-id-prefix", required=True, help="answer files are <prefix>-<NAME>.jsonl")
     known, common = cli.parse_known_args(argv)
-    try:
-        run(known.method, common, known.model_id_prefix)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: completed turns are saved; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+    run_reporting(lambda: run(known.method, common, known.model_id_prefix))
 
 
 def run(specs: list[str], common: list[str], prefix: str) -> None:

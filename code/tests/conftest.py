@@ -72,3 +72,12 @@ def thinking_model_dir(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def two_questions_file(tmp_path) -> str:
+    """A question file of two short math questions (the second quotes an answer: drafts find matches in it)."""
+    import json
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"question_id": i, "category": "math500", "turns": [text]}) + "\n"
+                            for i, text in enumerate(["What is 2 + 3?", "The answer is 5. The answer is"])))
+    return str(path)

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from conftest import ARCHS, tiny_model
+from conftest import ARCHS, tiny_model, two_questions_file
 from methods import METHODS, SAMPLED_DRAFTS
 from model.engine import Drafter, DraftError, DraftTree, SamplingConfig, SpeculativeEngine
 from model.engine.cost import (AcceptanceEstimate, CostAwareVerifier, ForwardCostProfile, choose_nodes, cut,
@@ -206,17 +206,15 @@ def test_sampling_follows_the_target_law_with_cost_aware_verification(method):
 @pytest.mark.parametrize("paradigm", [["--think-twice"], ["--BON", "--bon-n", "3", "--temperature", "0.8"]],
                          ids=["multi-round-T0", "best-of-3-T0.8"])
 def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir, tmp_path, paradigm):
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({"question_id": i, "category": "math500", "turns": [text]}) + "\n"
-                                 for i, text in enumerate(["What is 2 + 3?", "The answer is 5. The answer is"])))
-    reference = run_paradigm(tiny_model_dir, str(questions), tmp_path / "ar.jsonl", "ar", *paradigm)
+    questions = two_questions_file(tmp_path)
+    reference = run_paradigm(tiny_model_dir, questions, tmp_path / "ar.jsonl", "ar", *paradigm)
     sampled = "--temperature" in paradigm
     profile_flags = ["--cost-aware", "--cost-profile-contexts", "16", "64", "--cost-profile-repeats", "1"]
     for method in DRAFTING:
         if sampled and method in SAMPLED_DRAFTS:
             continue
         answer = tmp_path / f"{method}.jsonl"
-        assert run_paradigm(tiny_model_dir, str(questions), answer, method, *paradigm, *profile_flags) == \
+        assert run_paradigm(tiny_model_dir, questions, answer, method, *paradigm, *profile_flags) == \
             reference, method
     config = json.loads((tmp_path / "pld.config.json").read_text())
     assert config["cost_aware"] is True

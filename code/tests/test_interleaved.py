@@ -3,14 +3,12 @@ import json
 
 import pytest
 
+from conftest import two_questions_file
 from evaluation.interleaved import main
 
 
 def questions_file(tmp_path):
-    path = tmp_path / "q.jsonl"
-    path.write_text("".join(json.dumps({"question_id": i, "category": "math500", "turns": [text]}) + "\n"
-                            for i, text in enumerate(["What is 2 + 3?", "The answer is 5. The answer is"])))
-    return str(path)
+    return two_questions_file(tmp_path)
 
 
 def common(model_dir, tmp_path):

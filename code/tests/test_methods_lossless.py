@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import ARCHS, VOCAB, tiny_model
+from conftest import ARCHS, VOCAB, tiny_model, two_questions_file
 from methods import METHODS, SAMPLED_DRAFTS
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from test_sampling import SMALL_VOCAB, ALPHA, exact_two_token_law, sample_pairs
@@ -70,13 +70,11 @@ def test_both_paradigms_reproduce_ar_turn_by_turn(tiny_model_dir, tmp_path, para
     """Multi-round greedy, and Best-of-N sampling with the same seeds: one uniform draw per emitted token for
     point-mass drafts, so in float64 each sample is token-identical to AR's, not only equal in law (drafts with
     probabilities are equal in law: the sampling tests cover them)."""
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({"question_id": i, "category": "math500", "turns": [text]}) + "\n"
-                                 for i, text in enumerate(["What is 2 + 3?", "The answer is 5. The answer is"])))
-    reference = run_paradigm(tiny_model_dir, str(questions), tmp_path / "ar.jsonl", "ar", *paradigm)
+    questions = two_questions_file(tmp_path)
+    reference = run_paradigm(tiny_model_dir, questions, tmp_path / "ar.jsonl", "ar", *paradigm)
     sampled = "--temperature" in paradigm
     for method in DRAFTING:
         if sampled and method in SAMPLED_DRAFTS:
             continue
-        assert run_paradigm(tiny_model_dir, str(questions), tmp_path / f"{method}.jsonl", method,
+        assert run_paradigm(tiny_model_dir, questions, tmp_path / f"{method}.jsonl", method,
                             *paradigm) == reference, method

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import ARCHS, VOCAB, tiny_model
+from conftest import ARCHS, VOCAB, tiny_model, two_questions_file
 from methods import noisy_draft, vocab_of
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from model.engine.sampling import draw
@@ -146,10 +146,7 @@ def test_chi_square_rejects_sps_without_the_residual(monkeypatch):
 # --- Paradigms and the CLI -----------------------------------------------------------------------------------------
 
 def questions_file(tmp_path):
-    path = tmp_path / "q.jsonl"
-    path.write_text("".join(json.dumps({"question_id": i, "category": "math500", "turns": [text]}) + "\n"
-                            for i, text in enumerate(["What is 2 + 3?", "The answer is 5. The answer is"])))
-    return str(path)
+    return two_questions_file(tmp_path)
 
 
 def test_best_of_n_greedy_is_token_identical_and_sampled_runs(tiny_model_dir, tmp_path):
