@@ -111,6 +111,25 @@ def test_estimate_moves_toward_the_observed_acceptance():
     assert estimate.conditional("x", 2, 0, size=3) > 0.95
 
 
+def test_a_rarely_seen_node_is_judged_like_its_observed_neighbours_not_by_the_optimistic_prior():
+    from model.engine.cost import PRIOR_MEAN, PRIOR_WEIGHT
+    estimate = AcceptanceEstimate()
+    first = DraftTree([1, 2], [-1, -1], source="t")   # two children of the root: ranks 0 and 1
+    first.validate(8, 10)
+    for _ in range(300):                               # the first child is right 20% of the time, the second never
+        estimate.update(first, [0] if random.Random(_).random() < 0.2 else [])
+    rank0, rank1 = estimate.conditional("t", 1, 0, 2), estimate.conditional("t", 1, 1, 2)
+    assert 0.1 < rank0 < 0.3 and rank1 < 0.05
+    # Never seen: rank 2 borrows rank 1's estimate; depth 2 below rank 0 borrows depth 1's
+    assert estimate.conditional("t", 1, 2, 2) == rank1
+    assert estimate.conditional("t", 2, 0, 2) == rank0
+    # Seen once, accepted once: mixed with its neighbour's estimate, not with the 90% prior
+    estimate.update(DraftTree([1, 5], [-1, 0], source="t"), [0, 1])
+    seen_once = estimate.conditional("t", 2, 0, 2)
+    assert seen_once == pytest.approx((1 + PRIOR_WEIGHT * rank0) / (1 + PRIOR_WEIGHT), rel=0.05)
+    assert seen_once < (1 + PRIOR_WEIGHT * PRIOR_MEAN) / (1 + PRIOR_WEIGHT) - 0.3
+
+
 def test_plan_asks_the_drafter_for_more_when_a_wider_forward_is_no_dearer():
     # Widths 1..16 cost 1 + w/10, except 16 nodes (width 17 -> measured as 20) which costs less than 11 tokens.
     widths = profile_widths(24)
@@ -227,22 +246,67 @@ def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir
 
 
 def test_drafting_that_does_not_pay_is_asked_only_every_few_steps_and_resumes_when_it_pays():
-    from model.engine.cost import PROBE_EVERY
+    from model.engine.cost import PROBE_EVERY, PROBE_MAX
     verifier = CostAwareVerifier(jagged_profile())
     plain = verifier.profile.seconds[0][0]
     for _ in range(50):   # drafts that take twice a plain step and yield one token
         assert verifier.should_draft() or verifier.skipped
         verifier.record_step(proposed=4, emitted=1, seconds=2 * plain, context_length=1)
     assert verifier.gain < 0.6
-    asked = [verifier.should_draft() for _ in range(3 * PROBE_EVERY)]
+    asked = [verifier.should_draft() for _ in range(2 * PROBE_MAX)]
     probes = [i for i, a in enumerate(asked) if a]
-    assert len(probes) == 3 and probes[1] - probes[0] == probes[2] - probes[1] == PROBE_EVERY
+    gaps = {b - a for a, b in zip(probes, probes[1:])}
+    assert len(probes) >= 2 and len(gaps) == 1 and PROBE_EVERY <= gaps.pop() <= PROBE_MAX
     for _ in range(30):   # the probes find drafts that now pay: 3 tokens for 1.5 plain steps
         verifier.record_step(proposed=4, emitted=3, seconds=1.5 * plain, context_length=1)
     assert verifier.gain > 1.5 and all(verifier.should_draft() for _ in range(10))
     for _ in range(100):  # steps without a proposal (nothing to say) are plain steps: they never silence a drafter
         verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
     assert verifier.gain > 1.5
+
+
+def test_probes_that_do_not_pay_come_ever_more_rarely_and_one_that_pays_brings_them_back():
+    from model.engine.cost import PROBE_EVERY, PROBE_MAX
+    verifier = CostAwareVerifier(jagged_profile())
+    plain = verifier.profile.seconds[0][0]
+    verifier.gain = 0.5   # drafting has not been paying
+
+    def gaps_between_probes(probes: int, emitted: int) -> list[int]:
+        gaps, since = [], 0
+        while len(gaps) < probes:
+            since += 1
+            if verifier.should_draft():
+                gaps.append(since)
+                since = 0
+                verifier.record_step(proposed=4, emitted=emitted, seconds=2 * plain, context_length=1)
+            else:
+                verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
+        return gaps
+
+    assert gaps_between_probes(6, emitted=1) == [PROBE_EVERY, 2 * PROBE_EVERY, 4 * PROBE_EVERY, PROBE_MAX,
+                                                 PROBE_MAX, PROBE_MAX]
+    # A probe that pays (3 tokens for 2 plain steps) brings the first interval back; the gain is still low, so
+    # drafting resumes only once enough probes have paid.
+    assert gaps_between_probes(2, emitted=3) == [PROBE_MAX, PROBE_EVERY]
+    assert gaps_between_probes(1, emitted=1) == [PROBE_EVERY]
+    assert gaps_between_probes(1, emitted=1)[0] == 2 * PROBE_EVERY
+
+
+def test_the_run_s_own_verification_times_replace_the_profile_once_seen_often_enough():
+    from model.engine.cost import OBSERVED_MIN
+    profile = ForwardCostProfile([1, 2, 3, 4, 5], [1], [[1.0, 2.0, 2.0, 2.0, 1.2]])   # width 5 looks cheap
+    verifier = CostAwareVerifier(profile)
+    pi = [0.5, 0.3, 0.2, 0.1]
+    assert choose_nodes(pi, 0, lambda w: verifier.cost(w, 1)) == [0, 1, 2, 3]
+    for _ in range(OBSERVED_MIN - 1):
+        verifier.record_forward(1, 1.0)
+        verifier.record_forward(5, 3.0)     # ... and is not
+    assert verifier.cost(5, 1) == pytest.approx(1.2)   # too few observations yet
+    verifier.record_forward(1, 1.0)
+    verifier.record_forward(5, 3.0)
+    assert verifier.cost(5, 1) == pytest.approx(3.0)
+    assert verifier.cost(2, 1) == pytest.approx(2.0)   # never verified: the profile's
+    assert choose_nodes(pi, 0, lambda w: verifier.cost(w, 1)) == []
 
 
 def test_the_profile_covers_twice_the_largest_draft_and_the_baseline_only_the_dense_widths():

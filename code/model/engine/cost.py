@@ -31,9 +31,12 @@ MAX_RANK = 4         # siblings ranked 4th and later share one estimate
 DECAY = 0.98         # weight of past observations per new one: the estimate follows changes within ~50 steps
 GAIN_START = 1.5     # tokens per plain-step time assumed of a drafter before it is measured: try drafting first
 STEP_EMA = 0.1       # weight of each new step in the gain and plain-step-time averages
-PROBE_EVERY = 8      # while drafting does not pay, the drafter is still asked every this many steps
+PROBE_EVERY = 8      # while drafting does not pay, the drafter is still asked after this many steps, ...
+PROBE_MAX = 64       # ... an interval that doubles after each probe that did not pay, up to this
 SKIP_BELOW = 0.95    # gain under which drafting is judged not to pay (a margin over 1 for timing noise)
-PRIOR = (1.8, 2.0)   # (accepted, observed) pseudo-counts: optimistic (90%), so untried widths get tried
+PRIOR_MEAN = 0.9     # the first draft node's acceptance before any is seen: optimistic, so drafts get tried
+PRIOR_WEIGHT = 2.0   # pseudo-observations of the estimate a group borrows, mixed with its own counts
+OBSERVED_MIN = 4     # verifications of a width (and plain steps) seen before their measured time replaces the profile
 
 
 def profile_widths(max_width: int) -> list[int]:
@@ -131,29 +134,44 @@ def size_class(nodes: int) -> int:
 
 class AcceptanceEstimate:
     """P(node accepted | parent accepted), per (draft source, proposal size class, sibling rank, depth), with
-    exponential forgetting."""
+    exponential forgetting.
 
-    def __init__(self, decay: float = DECAY, prior: tuple[float, float] = PRIOR):
-        self.decay, self.prior = decay, prior
+    A group's own counts are mixed with PRIOR_WEIGHT pseudo-observations of the estimate of its nearest coarser
+    neighbour: the same rank one level up (a depth never observed is as the deepest observed above it), and at
+    depth 1 the next likelier sibling rank (drafters list the likelier child first), down to PRIOR_MEAN for the
+    first child of the root. So a rarely reached node of a wide tree is judged like its observed neighbours, not
+    by the optimistic prior."""
+
+    def __init__(self, decay: float = DECAY, prior_mean: float = PRIOR_MEAN, prior_weight: float = PRIOR_WEIGHT):
+        self.decay, self.prior_mean, self.prior_weight = decay, prior_mean, prior_weight
         self.counts: dict[tuple, list[float]] = {}
 
     def reset(self) -> None:
         self.counts.clear()
 
-    def conditional(self, source: str, depth: int, rank: int, size: int = 1) -> float:
-        group = (source, size_class(size), min(rank, MAX_RANK))
-        for d in range(min(depth, MAX_DEPTH), 0, -1):   # unobserved depths: as the deepest observed above
-            counts = self.counts.get((*group, d))
-            if counts is not None:
-                return (counts[0] + self.prior[0]) / (counts[1] + self.prior[1])
-        return self.prior[0] / self.prior[1]
+    def conditional(self, source: str, depth: int, rank: int, size: int = 1, memo: dict | None = None) -> float:
+        depth, rank = min(depth, MAX_DEPTH), min(rank, MAX_RANK)
+        memo = {} if memo is None else memo
+        if (depth, rank) in memo:
+            return memo[depth, rank]
+        if depth > 1:
+            toward = self.conditional(source, depth - 1, rank, size, memo)
+        elif rank > 0:
+            toward = self.conditional(source, 1, rank - 1, size, memo)
+        else:
+            toward = self.prior_mean
+        counts = self.counts.get((source, size_class(size), rank, depth))
+        value = toward if counts is None else \
+            (counts[0] + self.prior_weight * toward) / (counts[1] + self.prior_weight)
+        memo[depth, rank] = value
+        return value
 
     def path_probs(self, tree: DraftTree, size: int | None = None) -> list[float]:
         """pi_i: the estimated chance that node i is on the accepted path (`size`: the proposal's node count)."""
         size = len(tree.tokens) if size is None else size
-        pi = []
+        pi, memo = [], {}
         for p, depth, rank in zip(tree.parents, _depths(tree), sibling_ranks(tree.parents)):
-            pi.append(self.conditional(tree.source, depth, rank, size) * (1.0 if p < 0 else pi[p]))
+            pi.append(self.conditional(tree.source, depth, rank, size, memo) * (1.0 if p < 0 else pi[p]))
         return pi
 
     def update(self, tree: DraftTree, path: list[int], size: int | None = None) -> None:
@@ -208,12 +226,20 @@ class CostAwareVerifier:
     """The engine's width chooser: cuts each proposal to the nodes worth their forward cost, or asks for more; and
     stops asking for drafts while drafting plus verifying has been yielding less than a plain step.
 
-    The second part is measured, not modelled: `gain` is an exponential average, over steps that drafted, of tokens
+    Cost: the profile's t(n)/t(1) until this run has timed both n-token verifications and plain steps
+    OBSERVED_MIN times; from then on the ratio of their running averages. The profile is a few forwards of random
+    tokens measured before the run; what the run's own verifications cost (acceptance and cache bookkeeping
+    included) corrects it where it was off, and a width it made look cheap is tried once and then judged on its
+    real cost.
+
+    The gate is measured, not modelled: `gain` is an exponential average, over steps that drafted, of tokens
     emitted per plain-step time spent (drafting + verifying seconds / the seconds of a plain one-token step, itself
     an average over the plain steps seen, starting from the profile's t(1)). While the gain is under SKIP_BELOW the
-    drafter is asked only every PROBE_EVERY steps, so the average keeps following it (a second round that repeats
-    the first is found). Steps whose proposal was empty do not count: a drafter that often has nothing to say (SAM
-    without a match) is not silenced for it.
+    drafter is asked only on probe steps, so the average keeps following it (a second round that repeats the first
+    is found): after PROBE_EVERY plain steps, an interval that doubles (up to PROBE_MAX) after each probe that did
+    not pay and starts again from PROBE_EVERY after one that did, so a drafter that never pays costs little. Steps
+    whose proposal was empty do not count: a drafter that often has nothing to say (SAM without a match) is not
+    silenced for it.
     """
 
     def __init__(self, profile: ForwardCostProfile):
@@ -227,10 +253,16 @@ class CostAwareVerifier:
         self.gain = GAIN_START
         self.plain_seconds = None   # average seconds of a plain step; None: the profile's t(1)
         self.skipped = 0
+        self.interval = PROBE_EVERY
+        self.probing = False
+        self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
 
     def should_draft(self) -> bool:
-        if self.gain >= SKIP_BELOW or self.skipped + 1 >= PROBE_EVERY:
-            self.skipped = 0
+        if self.gain >= SKIP_BELOW:
+            self.skipped, self.interval = 0, PROBE_EVERY
+            return True
+        if self.skipped + 1 >= self.interval:
+            self.skipped, self.probing = 0, True
             return True
         self.skipped += 1
         return False
@@ -242,7 +274,27 @@ class CostAwareVerifier:
         if proposed == 0:
             self.plain_seconds = plain + STEP_EMA * (seconds - plain)
         else:
-            self.gain += STEP_EMA * (emitted / max(seconds / plain, 1e-9) - self.gain)
+            step_gain = emitted / max(seconds / plain, 1e-9)
+            self.gain += STEP_EMA * (step_gain - self.gain)
+            if self.probing:
+                self.interval = PROBE_EVERY if step_gain >= 1.0 else min(2 * self.interval, PROBE_MAX)
+        self.probing = False
+
+    def record_forward(self, width: int, seconds: float) -> None:
+        """The seconds a verification of `width` tokens (root, draft and auxiliary nodes) took in this run."""
+        entry = self.forward_seconds.get(width)
+        if entry is None:
+            self.forward_seconds[width] = [seconds, 1]
+        else:
+            entry[0] += STEP_EMA * (seconds - entry[0])
+            entry[1] += 1
+
+    def cost(self, width: int, context_length: int) -> float:
+        """t(width)/t(1): measured in this run once both widths were seen often enough, else the profile's."""
+        one, this = self.forward_seconds.get(1), self.forward_seconds.get(width)
+        if one is not None and this is not None and min(one[1], this[1]) >= OBSERVED_MIN:
+            return this[0] / one[0]
+        return self.profile.ratio(width, context_length)
 
     def _profile_plain(self, context_length: int) -> float:
         lengths, first = self.profile.context_lengths, [row[0] for row in self.profile.seconds]
@@ -254,7 +306,7 @@ class CostAwareVerifier:
         nodes that starts with this one (None when it cannot give more); it is asked when the whole draft is worth
         verifying and a wider forward would cost no more."""
         def cost(width):
-            return self.profile.ratio(width, context_length)
+            return self.cost(width, context_length)
 
         fixed, self.proposed = len(tree.aux_tokens), len(tree.tokens)
         keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
