@@ -289,7 +289,10 @@ def test_probes_that_do_not_pay_come_ever_more_rarely_and_one_that_pays_brings_t
     # drafting resumes only once enough probes have paid.
     assert gaps_between_probes(2, emitted=3) == [PROBE_MAX, PROBE_EVERY]
     assert gaps_between_probes(1, emitted=1) == [PROBE_EVERY]
-    assert gaps_between_probes(1, emitted=1)[0] == 2 * PROBE_EVERY
+    assert gaps_between_probes(2, emitted=1) == [2 * PROBE_EVERY, 4 * PROBE_EVERY]
+    # A new round or sample is probed on its first step, and the interval starts again.
+    verifier.begin_sequence()
+    assert gaps_between_probes(2, emitted=1) == [1, 2 * PROBE_EVERY]   # that first probe did not pay
 
 
 def test_the_run_s_own_verification_times_replace_the_profile_once_seen_often_enough():

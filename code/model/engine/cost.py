@@ -150,6 +150,7 @@ class AcceptanceEstimate:
         self.counts.clear()
 
     def conditional(self, source: str, depth: int, rank: int, size: int = 1, memo: dict | None = None) -> float:
+        """`memo`: estimates already worked out for this source and size, keyed (depth, rank)."""
         depth, rank = min(depth, MAX_DEPTH), min(rank, MAX_RANK)
         memo = {} if memo is None else memo
         if (depth, rank) in memo:
@@ -237,9 +238,9 @@ class CostAwareVerifier:
     an average over the plain steps seen, starting from the profile's t(1)). While the gain is under SKIP_BELOW the
     drafter is asked only on probe steps, so the average keeps following it (a second round that repeats the first
     is found): after PROBE_EVERY plain steps, an interval that doubles (up to PROBE_MAX) after each probe that did
-    not pay and starts again from PROBE_EVERY after one that did, so a drafter that never pays costs little. Steps
-    whose proposal was empty do not count: a drafter that often has nothing to say (SAM without a match) is not
-    silenced for it.
+    not pay and starts again from PROBE_EVERY after one that did, so a drafter that never pays costs little; each
+    new sequence (round, sample) is probed on its first step. Steps whose proposal was empty do not count: a
+    drafter that often has nothing to say (SAM without a match) is not silenced for it.
     """
 
     def __init__(self, profile: ForwardCostProfile):
@@ -256,6 +257,12 @@ class CostAwareVerifier:
         self.interval = PROBE_EVERY
         self.probing = False
         self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
+
+    def begin_sequence(self) -> None:
+        """A new round or sample: its context may hold what drafts copy (round 2 quotes round 1), so a drafter that
+        has not been paying is probed on its first step, and the probe interval starts again from PROBE_EVERY."""
+        self.interval = PROBE_EVERY
+        self.skipped = PROBE_EVERY - 1
 
     def should_draft(self) -> bool:
         if self.gain >= SKIP_BELOW:
@@ -282,12 +289,9 @@ class CostAwareVerifier:
 
     def record_forward(self, width: int, seconds: float) -> None:
         """The seconds a verification of `width` tokens (root, draft and auxiliary nodes) took in this run."""
-        entry = self.forward_seconds.get(width)
-        if entry is None:
-            self.forward_seconds[width] = [seconds, 1]
-        else:
-            entry[0] += STEP_EMA * (seconds - entry[0])
-            entry[1] += 1
+        entry = self.forward_seconds.setdefault(width, [0.0, 0])
+        entry[1] += 1
+        entry[0] += max(1 / entry[1], STEP_EMA) * (seconds - entry[0])   # a plain mean over the first 1/STEP_EMA
 
     def cost(self, width: int, context_length: int) -> float:
         """t(width)/t(1): measured in this run once both widths were seen often enough, else the profile's."""

@@ -120,6 +120,8 @@ class SpeculativeEngine:
         result = Generation()
         drafter.use_sampling(sampling, generator)
         drafter.begin_sequence(list(prompt))
+        if self.cost_aware is not None:
+            self.cost_aware.begin_sequence()
         self._append(cache, context[:-1])
         if capture is not None and len(context) > 1:
             drafter.observe_prompt(capture.take())
