@@ -250,13 +250,18 @@ def test_drafting_that_does_not_pay_is_asked_only_every_few_steps_and_resumes_wh
     verifier = CostAwareVerifier(jagged_profile())
     plain = verifier.profile.seconds[0][0]
     for _ in range(50):   # drafts that take twice a plain step and yield one token
-        assert verifier.should_draft() or verifier.skipped
+        assert verifier.should_draft() or verifier.unverified
         verifier.record_step(proposed=4, emitted=1, seconds=2 * plain, context_length=1)
     assert verifier.gain < 0.6
-    asked = [verifier.should_draft() for _ in range(2 * PROBE_MAX)]
-    probes = [i for i, a in enumerate(asked) if a]
-    gaps = {b - a for a, b in zip(probes, probes[1:])}
-    assert len(probes) >= 2 and len(gaps) == 1 and PROBE_EVERY <= gaps.pop() <= PROBE_MAX
+    probes = []
+    for step in range(3 * PROBE_MAX):
+        if verifier.should_draft():
+            probes.append(step)
+            verifier.record_step(proposed=4, emitted=1, seconds=2 * plain, context_length=1)
+        else:
+            verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert len(probes) >= 3 and all(PROBE_EVERY <= g <= PROBE_MAX for g in gaps) and gaps == sorted(gaps)
     for _ in range(30):   # the probes find drafts that now pay: 3 tokens for 1.5 plain steps
         verifier.record_step(proposed=4, emitted=3, seconds=1.5 * plain, context_length=1)
     assert verifier.gain > 1.5 and all(verifier.should_draft() for _ in range(10))
@@ -321,3 +326,55 @@ def test_the_profile_covers_twice_the_largest_draft_and_the_baseline_only_the_de
     engine = SpeculativeEngine(tiny_model("llama"))
     assert measure_cost_profile(engine, [Drafter()], Args).widths[-1] == 16
     assert measure_cost_profile(engine, [Drafter(), PromptLookupDrafter(num_pred_tokens=20)], Args).widths[-1] == 42
+
+
+def test_the_likeliest_path_follows_first_children():
+    from model.engine.cost import likeliest_path
+    #        0 -> 1 -> 3        (children are listed likelier first)
+    #        |    `-> 4
+    #        2 -> 5
+    assert likeliest_path([-1, 0, -1, 1, 1, 2]) == [0, 1, 3]
+    assert likeliest_path([-1, 0, 1, 2]) == [0, 1, 2, 3]
+    assert likeliest_path([]) == []
+
+
+def test_a_new_sequence_keeps_each_estimate_but_lets_it_weigh_only_a_few_observations():
+    from model.engine.cost import SEQUENCE_MEMORY
+    estimate = AcceptanceEstimate()
+    chain = DraftTree.chain([5, 6], source="s")
+    for _ in range(200):
+        estimate.update(chain, [0])            # the first node always right, the second always wrong
+    before = dict(estimate.counts)
+    estimate.shrink(SEQUENCE_MEMORY)
+    for key, (hits, seen) in estimate.counts.items():
+        assert seen == pytest.approx(min(before[key][1], SEQUENCE_MEMORY))
+        assert hits / seen == pytest.approx(before[key][0] / before[key][1])
+
+
+def test_a_source_cut_to_nothing_is_still_probed_and_recovers_when_its_drafts_come_right():
+    """Without exploration a source whose estimate fell below every width's cost is never verified again, and
+    never learns that its drafts came right (round 2 quoting round 1)."""
+    from model.engine.cost import PROBE_EVERY, PROBE_MAX
+    widths = list(range(1, 17))
+    profile = ForwardCostProfile(widths, [1], [[0.1 if w == 1 else 0.15 for w in widths]])   # t(n)/t(1) = 1.5
+    verifier = CostAwareVerifier(profile)
+    chain = DraftTree.chain(list(range(10)), source="pld")
+
+    def step(right: int) -> int:
+        """One engine step with a 10-token proposal of which the first `right` tokens are right: nodes verified."""
+        proposal = chain if verifier.should_draft() else DraftTree([], [], source="skipped")
+        planned = verifier.plan(proposal, 1, lambda n: None) if proposal.tokens else proposal
+        path = list(range(min(right, len(planned.tokens))))
+        verifier.update(planned, path)
+        width = 1 + len(planned.tokens)
+        verifier.record_step(len(proposal.tokens), len(path) + 1, profile.ratio(width, 1) * 0.1, 1,
+                             len(planned.tokens))
+        return len(planned.tokens)
+
+    wrong = [step(0) for _ in range(300)]
+    late = wrong[-2 * PROBE_MAX:]
+    assert 0 < sum(v > 0 for v in late) <= 2 * PROBE_MAX // PROBE_EVERY   # probed, ever more rarely
+    assert all(v in (0, 10) for v in late)                                # a probe verifies the likeliest path
+    verifier.begin_sequence()
+    right = [step(10) for _ in range(12)]
+    assert right[0] == 10 and all(v == 10 for v in right[2:]), right

@@ -34,6 +34,7 @@ STEP_EMA = 0.1       # weight of each new step in the gain and plain-step-time a
 PROBE_EVERY = 8      # while drafting does not pay, the drafter is still asked after this many steps, ...
 PROBE_MAX = 64       # ... an interval that doubles after each probe that did not pay, up to this
 SKIP_BELOW = 0.95    # gain under which drafting is judged not to pay (a margin over 1 for timing noise)
+SEQUENCE_MEMORY = 8  # observations a group's counts are worth at most when a new sequence (round, sample) starts
 PRIOR_MEAN = 0.9     # the first draft node's acceptance before any is seen: optimistic, so drafts get tried
 PRIOR_WEIGHT = 2.0   # pseudo-observations of the estimate a group borrows, mixed with its own counts
 OBSERVED_MIN = 4     # verifications of a width (and plain steps) seen before their measured time replaces the profile
@@ -149,6 +150,14 @@ class AcceptanceEstimate:
     def reset(self) -> None:
         self.counts.clear()
 
+    def shrink(self, limit: float) -> None:
+        """Keep each group's mean but let its counts weigh at most `limit` observations, so what comes next (a
+        round that quotes the one before, where drafts fail no more) outweighs them within a few verifications."""
+        for counts in self.counts.values():
+            if counts[1] > limit:
+                counts[0] *= limit / counts[1]
+                counts[1] = limit
+
     def conditional(self, source: str, depth: int, rank: int, size: int = 1, memo: dict | None = None) -> float:
         """`memo`: estimates already worked out for this source and size, keyed (depth, rank)."""
         depth, rank = min(depth, MAX_DEPTH), min(rank, MAX_RANK)
@@ -213,6 +222,16 @@ def choose_nodes(pi: list[float], fixed: int, cost) -> list[int]:
     return sorted(order[:best_m])
 
 
+def likeliest_path(parents: list[int]) -> list[int]:
+    """The root's first child, its first child, and so on (drafters list the likelier child first)."""
+    path, tip = [], -1
+    for i, p in enumerate(parents):
+        if p == tip:
+            path.append(i)
+            tip = i
+    return path
+
+
 def cut(tree: DraftTree, keep: list[int]) -> DraftTree:
     """The subtree of the nodes in `keep` (ancestor-closed, ascending), with parents renumbered."""
     if len(keep) == len(tree.tokens):
@@ -237,10 +256,17 @@ class CostAwareVerifier:
     emitted per plain-step time spent (drafting + verifying seconds / the seconds of a plain one-token step, itself
     an average over the plain steps seen, starting from the profile's t(1)). While the gain is under SKIP_BELOW the
     drafter is asked only on probe steps, so the average keeps following it (a second round that repeats the first
-    is found): after PROBE_EVERY plain steps, an interval that doubles (up to PROBE_MAX) after each probe that did
-    not pay and starts again from PROBE_EVERY after one that did, so a drafter that never pays costs little; each
-    new sequence (round, sample) is probed on its first step. Steps whose proposal was empty do not count: a
-    drafter that often has nothing to say (SAM without a match) is not silenced for it.
+    is found): after PROBE_EVERY steps in which nothing of its was verified, an interval that doubles (up to
+    PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one that did, so a drafter
+    that never pays costs little; each new sequence (round, sample) is probed on its first step. Steps whose
+    proposal was empty do not count: a drafter that often has nothing to say (SAM without a match) is not silenced
+    for it.
+
+    Exploration: the estimate learns only from what is verified, so a source whose estimate fell below what any
+    width costs would never be verified again, even once its drafts come right (round 2 quoting round 1). Proposals
+    cut to nothing count as unverified steps like skipped ones, and a probe verifies at least the proposal's
+    likeliest path; at each new sequence the counts shrink to SEQUENCE_MEMORY observations, so the new sequence's
+    first verifications outweigh the old ones.
     """
 
     def __init__(self, profile: ForwardCostProfile):
@@ -253,38 +279,47 @@ class CostAwareVerifier:
         self.estimate.reset()
         self.gain = GAIN_START
         self.plain_seconds = None   # average seconds of a plain step; None: the profile's t(1)
-        self.skipped = 0
+        self.unverified = 0         # steps since a draft of this drafter was last verified (skipped or cut away)
         self.interval = PROBE_EVERY
         self.probing = False
         self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
 
     def begin_sequence(self) -> None:
         """A new round or sample: its context may hold what drafts copy (round 2 quotes round 1), so a drafter that
-        has not been paying is probed on its first step, and the probe interval starts again from PROBE_EVERY."""
+        has not been paying is probed on its first step, the probe interval starts again from PROBE_EVERY, and the
+        acceptance counts shrink to SEQUENCE_MEMORY observations."""
         self.interval = PROBE_EVERY
-        self.skipped = PROBE_EVERY - 1
+        self.unverified = PROBE_EVERY - 1
+        self.estimate.shrink(SEQUENCE_MEMORY)
 
     def should_draft(self) -> bool:
+        if self.unverified + 1 >= self.interval:
+            self.probing = True
+            return True
         if self.gain >= SKIP_BELOW:
-            self.skipped, self.interval = 0, PROBE_EVERY
             return True
-        if self.skipped + 1 >= self.interval:
-            self.skipped, self.probing = 0, True
-            return True
-        self.skipped += 1
+        self.unverified += 1
         return False
 
-    def record_step(self, proposed: int, emitted: int, seconds: float, context_length: int) -> None:
-        """After each step: `proposed` draft nodes (0: skipped or nothing proposed, a plain step), `seconds` =
-        drafting + verifying time."""
+    def record_step(self, proposed: int, emitted: int, seconds: float, context_length: int,
+                    verified: int | None = None) -> None:
+        """After each step: `proposed` draft nodes (0: skipped or nothing proposed, a plain step), `verified` of
+        them (default: all), `seconds` = drafting + verifying time."""
+        verified = proposed if verified is None else verified
         plain = self.plain_seconds or self._profile_plain(context_length)
         if proposed == 0:
             self.plain_seconds = plain + STEP_EMA * (seconds - plain)
         else:
             step_gain = emitted / max(seconds / plain, 1e-9)
             self.gain += STEP_EMA * (step_gain - self.gain)
+        if verified:
             if self.probing:
                 self.interval = PROBE_EVERY if step_gain >= 1.0 else min(2 * self.interval, PROBE_MAX)
+            else:
+                self.interval = PROBE_EVERY
+            self.unverified = 0
+        elif proposed:
+            self.unverified += 1
         self.probing = False
 
     def record_forward(self, width: int, seconds: float) -> None:
@@ -314,6 +349,8 @@ class CostAwareVerifier:
 
         fixed, self.proposed = len(tree.aux_tokens), len(tree.tokens)
         keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
+        if tree.tokens and not keep and self.probing:
+            keep = likeliest_path(tree.parents)   # explore: the estimate learns only from what is verified
         if tree.tokens and len(keep) == len(tree.tokens):
             wider = self._wider(len(tree.tokens), fixed, cost)
             if wider:

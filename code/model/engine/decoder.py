@@ -179,7 +179,8 @@ class SpeculativeEngine:
             t3 = self.clock()
             if self.cost_aware is not None:
                 self.cost_aware.record_forward(len(input_ids) + len(tree.aux_tokens), t2 - t1)
-                self.cost_aware.record_step(proposed, len(emitted), t3 - t0, len(context))
+                self.cost_aware.record_step(proposed, len(emitted), t3 - t0, len(context),
+                                            len(tree.tokens))
             result.steps.append(StepRecord(tree.size, len(emitted), tree.source, (t1 - t0) + (t3 - t2), t2 - t1,
                                            len(context), proposed))
         return result
