@@ -256,7 +256,7 @@ class CostAwareVerifier:
     emitted per plain-step time spent (drafting + verifying seconds / the seconds of a plain one-token step, itself
     an average over the plain steps seen, starting from the profile's t(1)). While the gain is under SKIP_BELOW the
     drafter is asked only on probe steps, so the average keeps following it (a second round that repeats the first
-    is found): after PROBE_EVERY steps in which nothing of its was verified, an interval that doubles (up to
+    is found): after PROBE_EVERY steps in which none of its drafts was verified, an interval that doubles (up to
     PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one that did, so a drafter
     that never pays costs little; each new sequence (round, sample) is probed on its first step. Steps whose
     proposal was empty do not count: a drafter that often has nothing to say (SAM without a match) is not silenced
