@@ -355,15 +355,18 @@ def test_a_source_cut_to_nothing_is_still_probed_and_recovers_when_its_drafts_co
     """Without exploration a source whose estimate fell below every width's cost is never verified again, and
     never learns that its drafts came right (round 2 quoting round 1)."""
     from model.engine.cost import PROBE_EVERY, PROBE_MAX
-    widths = list(range(1, 17))
+    widths = list(range(1, 33))
     profile = ForwardCostProfile(widths, [1], [[0.1 if w == 1 else 0.15 for w in widths]])   # t(n)/t(1) = 1.5
     verifier = CostAwareVerifier(profile)
     chain = DraftTree.chain(list(range(10)), source="pld")
 
+    def more(n: int) -> DraftTree:   # the drafter can always give more (wider forwards cost no more here)
+        return DraftTree.chain(list(range(n)), source="pld")
+
     def step(right: int) -> int:
         """One engine step with a 10-token proposal of which the first `right` tokens are right: nodes verified."""
         proposal = chain if verifier.should_draft() else DraftTree([], [], source="skipped")
-        planned = verifier.plan(proposal, 1, lambda n: None) if proposal.tokens else proposal
+        planned = verifier.plan(proposal, 1, more) if proposal.tokens else proposal
         path = list(range(min(right, len(planned.tokens))))
         verifier.update(planned, path)
         width = 1 + len(planned.tokens)
@@ -377,4 +380,4 @@ def test_a_source_cut_to_nothing_is_still_probed_and_recovers_when_its_drafts_co
     assert all(v in (0, 10) for v in late)                                # a probe verifies the likeliest path
     verifier.begin_sequence()
     right = [step(10) for _ in range(12)]
-    assert right[0] == 10 and all(v == 10 for v in right[2:]), right
+    assert right[0] == 10 and all(v >= 10 for v in right[2:]), right

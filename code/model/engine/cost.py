@@ -349,8 +349,6 @@ class CostAwareVerifier:
 
         fixed, self.proposed = len(tree.aux_tokens), len(tree.tokens)
         keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
-        if tree.tokens and not keep and self.probing:
-            keep = likeliest_path(tree.parents)   # explore: the estimate learns only from what is verified
         if tree.tokens and len(keep) == len(tree.tokens):
             wider = self._wider(len(tree.tokens), fixed, cost)
             if wider:
@@ -359,6 +357,8 @@ class CostAwareVerifier:
                     # The added nodes are judged as the proposal's deeper nodes: same size class.
                     tree = bigger
                     keep = choose_nodes(self.estimate.path_probs(tree, self.proposed), fixed, cost)
+        if tree.tokens and not keep and self.probing:
+            keep = likeliest_path(tree.parents)   # explore: the estimate learns only from what is verified
         return cut(tree, keep)
 
     def _wider(self, n: int, fixed: int, cost) -> int:
