@@ -124,6 +124,7 @@ def main():
         print(f"forward cost profile ({time.perf_counter() - start:.1f} s): {json.dumps(profile.to_dict())}",
               file=sys.stderr, flush=True)
         aware = engine_methods(model, tokenizer, args.datastore_path, draft, args.ea_model_path)
+        aware["pld"] = PromptLookupDrafter(adaptive=False)   # as inference_pld --cost-aware: the verifier cuts
         plain_names, names = names, []
         for name in plain_names:
             if args.cost_aware == "both" or name not in drafters or name == "ar":

@@ -381,3 +381,14 @@ def test_a_source_cut_to_nothing_is_still_probed_and_recovers_when_its_drafts_co
     verifier.begin_sequence()
     right = [step(10) for _ in range(12)]
     assert right[0] == 10 and all(v >= 10 for v in right[2:]), right
+
+
+@pytest.mark.parametrize("flags, adaptive", [([], True), (["--no-adaptive"], False), (["--cost-aware"], False)])
+def test_pld_drafts_whole_under_cost_aware_verification_so_one_rule_decides_the_length(flags, adaptive):
+    from evaluation import inference_pld
+    from evaluation.args import build_parser
+    parser = build_parser("pld")
+    inference_pld.add_args(parser)
+    drafter = inference_pld.make_drafter(parser.parse_args(["--model-path", "m", *flags]), None, None)
+    assert drafter.adaptive is adaptive
+    assert drafter.parameters()["adaptive"] is adaptive   # what the run configuration records
