@@ -210,10 +210,11 @@ def _depths(tree: DraftTree) -> list[int]:
 
 def choose_nodes(pi: list[float], fixed: int, cost) -> list[int]:
     """The nodes to verify: of every size m, the m likeliest nodes (an ancestor-closed set, since a child is never
-    likelier than its parent), taking the m that maximises (1 + sum pi) / cost(1 + fixed + m). `fixed` counts
-    nodes verified whatever the choice (auxiliary nodes); `cost(width)` is t(width)/t(1). Ties go to fewer nodes."""
+    likelier than its parent), taking the m that maximises (1 + sum pi) / cost(1 + fixed + m), where m = 0 is a plain
+    step (one token at cost 1: auxiliary nodes go with the draft). `fixed` counts the auxiliary nodes verified with
+    any draft; `cost(width)` is t(width)/t(1). Ties go to fewer nodes."""
     order = sorted(range(len(pi)), key=lambda i: (-pi[i], i))
-    best_m, best_rate, expected = 0, 1.0 / cost(1 + fixed), 1.0
+    best_m, best_rate, expected = 0, 1.0 / cost(1), 1.0
     for m, i in enumerate(order, start=1):
         expected += pi[i]
         rate = expected / cost(1 + fixed + m)
@@ -318,6 +319,11 @@ class CostAwareVerifier:
             else:
                 self.interval = PROBE_EVERY
             self.unverified = 0
+        elif proposed and self.probing:
+            # A probe with nothing to verify but auxiliary nodes (Lookahead before its pool has a match): spent,
+            # as one that did not pay, rather than repeated on every following step at the auxiliary nodes' cost.
+            self.interval = min(2 * self.interval, PROBE_MAX)
+            self.unverified = 0
         elif proposed:
             self.unverified += 1
         self.probing = False
@@ -357,8 +363,13 @@ class CostAwareVerifier:
                     # The added nodes are judged as the proposal's deeper nodes: same size class.
                     tree = bigger
                     keep = choose_nodes(self.estimate.path_probs(tree, self.proposed), fixed, cost)
-        if tree.tokens and not keep and self.probing:
-            keep = likeliest_path(tree.parents)   # explore: the estimate learns only from what is verified
+        if not keep:
+            if self.probing:   # explore: the estimate learns only from what is verified
+                keep = likeliest_path(tree.parents)
+            elif tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
+                # A plain step. Auxiliary nodes (Lookahead's window) feed future drafts, which no estimate values:
+                # they ride along while (nearly) free, and otherwise on probes only.
+                return DraftTree([], [], source=tree.source)
         return cut(tree, keep)
 
     def _wider(self, n: int, fixed: int, cost) -> int:
