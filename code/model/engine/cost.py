@@ -268,6 +268,11 @@ class CostAwareVerifier:
     cut to nothing count as unverified steps like skipped ones, and a probe verifies at least the proposal's
     likeliest path; at each new sequence the counts shrink to SEQUENCE_MEMORY observations, so the new sequence's
     first verifications outweigh the old ones.
+
+    Auxiliary nodes (Lookahead's window) are never accepted but feed the drafter's future drafts, which no estimate
+    values: when no draft node is worth verifying they are dropped with the draft unless they are nearly free
+    (within 1 / SKIP_BELOW of a plain step, as on a GPU), and they always ride along on probes. A probe with nothing
+    but them to verify counts as a probe that did not pay.
     """
 
     def __init__(self, profile: ForwardCostProfile):
