@@ -176,9 +176,10 @@ def test_pld_and_sam_extend_their_match():
         assert drafter.propose_more(tokens, tree, 6).tokens == [4, 5, 6, 7, 8, 9]
 
 
-def cost_aware_run(model, method):
+def cost_aware_run(model, method, profile=None):
     """Greedy output of `method` with cost-aware verification next to AR's, and its steps, for both prompts."""
-    engine = SpeculativeEngine(model, max_tree_nodes=128, cost_aware=CostAwareVerifier(jagged_profile()))
+    profile = profile or jagged_profile()
+    engine = SpeculativeEngine(model, max_tree_nodes=128, cost_aware=CostAwareVerifier(profile))
     for prompt in PROMPTS.values():
         reference = SpeculativeEngine(model).generate(prompt, Drafter(), 64, SamplingConfig()).tokens
         corpus = [reference[i:i + 8] for i in range(0, len(reference), 5)]
@@ -198,6 +199,16 @@ def test_greedy_token_identical_to_ar_with_cost_aware_verification(arch, method)
     # costs over 4 plain steps in this profile, so it rides on probes only and its pool stays nearly empty.
     assert verified
     assert accepted or method in ("eagle3", "lookahead")
+
+
+def test_lookahead_s_window_rides_along_where_it_is_nearly_free_and_its_drafts_are_accepted():
+    widths = profile_widths(129)
+    flat = ForwardCostProfile(widths, [1], [[0.05] * len(widths)])   # as on a GPU: width costs nothing
+    outs = list(cost_aware_run(tiny_model("llama"), "lookahead", flat))
+    assert all(out.tokens == reference for out, reference in outs)
+    steps = [s for out, _ in outs for s in out.steps]
+    assert sum(s.draft_size >= 27 for s in steps) > len(steps) // 2   # the 27-node window on most steps
+    assert any(len(out.steps) < len(out.tokens) for out, _ in outs)   # and drafts from its pool accepted
 
 
 def test_the_chooser_changes_what_most_methods_verify():
