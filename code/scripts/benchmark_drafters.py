@@ -42,9 +42,11 @@ from model.samd.drafter import SamDrafter  # noqa: E402
 from model.sps import DraftModelDrafter  # noqa: E402
 
 
-def engine_methods(model, tokenizer, datastore_path, draft, head_path):
+def engine_methods(model, tokenizer, datastore_path, draft, head_path, cost_aware=False):
     vocab = model.get_output_embeddings().weight.shape[0]
-    methods = {"ar": Drafter(), "pld": PromptLookupDrafter(), "pld-fixed10": PromptLookupDrafter(adaptive=False),
+    # Under cost-aware verification PLD drafts whole, as inference_pld --cost-aware: the verifier decides the length.
+    methods = {"ar": Drafter(), "pld": PromptLookupDrafter(adaptive=not cost_aware),
+               "pld-fixed10": PromptLookupDrafter(adaptive=False),
                "samd": SamDrafter(), "recycling": TokenRecyclingDrafter(vocab), "lookahead": LookaheadDrafter(),
                "pia": PiaDrafter()}
     if datastore_path:
@@ -123,8 +125,7 @@ def main():
         profile = ForwardCostProfile.measure(engine, max_width, args.cost_profile_contexts)
         print(f"forward cost profile ({time.perf_counter() - start:.1f} s): {json.dumps(profile.to_dict())}",
               file=sys.stderr, flush=True)
-        aware = engine_methods(model, tokenizer, args.datastore_path, draft, args.ea_model_path)
-        aware["pld"] = PromptLookupDrafter(adaptive=False)   # as inference_pld --cost-aware: the verifier cuts
+        aware = engine_methods(model, tokenizer, args.datastore_path, draft, args.ea_model_path, cost_aware=True)
         plain_names, names = names, []
         for name in plain_names:
             if args.cost_aware == "both" or name not in drafters or name == "ar":

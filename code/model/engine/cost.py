@@ -318,16 +318,14 @@ class CostAwareVerifier:
         else:
             step_gain = emitted / max(seconds / plain, 1e-9)
             self.gain += STEP_EMA * (step_gain - self.gain)
-        if verified:
+        # A probe is spent even when it had nothing to verify but auxiliary nodes (Lookahead before its pool has a
+        # match): as one that did not pay, rather than repeated on every following step at their cost.
+        if verified or (proposed and self.probing):
             if self.probing:
-                self.interval = PROBE_EVERY if step_gain >= 1.0 else min(2 * self.interval, PROBE_MAX)
+                paid = verified and step_gain >= 1.0
+                self.interval = PROBE_EVERY if paid else min(2 * self.interval, PROBE_MAX)
             else:
                 self.interval = PROBE_EVERY
-            self.unverified = 0
-        elif proposed and self.probing:
-            # A probe with nothing to verify but auxiliary nodes (Lookahead before its pool has a match): spent,
-            # as one that did not pay, rather than repeated on every following step at the auxiliary nodes' cost.
-            self.interval = min(2 * self.interval, PROBE_MAX)
             self.unverified = 0
         elif proposed:
             self.unverified += 1
