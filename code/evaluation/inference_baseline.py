@@ -1,5 +1,5 @@
 """Autoregressive baseline: the same engine with no drafter, so MAT is 1.00 by construction."""
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from model.engine import Drafter
 
 

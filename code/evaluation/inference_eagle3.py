@@ -2,7 +2,7 @@
 
 `--top-k` is the tree's branching here, as in the seed's EAGLE-3 launcher; the sampling top-k is `--sampling-top-k`.
 """
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from model.errors import UserError
 
 

@@ -1,5 +1,5 @@
 """Lookahead decoding: Jacobi lookahead branch + n-gram pool + verification branch in one target forward."""
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from model.errors import UserError
 
 

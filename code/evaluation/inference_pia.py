@@ -1,5 +1,5 @@
 """PIA (Lookahead): multi-branch drafts retrieved from a trie of the prompt's and the output's n-grams."""
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 
 
 def add_args(parser):

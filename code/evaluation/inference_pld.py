@@ -1,5 +1,5 @@
 """Prompt Lookup Decoding: draft the continuation of the last n-gram's previous occurrence."""
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from model.pld import PromptLookupDrafter
 
 

@@ -1,5 +1,5 @@
 """Token Recycling: an adjacency matrix of the target's recycled top-8 candidates, expanded along a static tree."""
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from model.recycling import TokenRecyclingDrafter
 
 

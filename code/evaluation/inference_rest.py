@@ -2,7 +2,7 @@
 
 The datastore comes from `python -m model.rest.build_datastore` with the target's tokenizer.
 """
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from model.errors import UserError
 
 

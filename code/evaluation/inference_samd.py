@@ -5,7 +5,7 @@ SAM[EAGLE-3]: the auxiliary drafter drafts when no match is long enough (a switc
 """
 import argparse
 
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from evaluation.inference_eagle3 import add_tree_args, check_tree_args, eagle3_drafter
 from model.errors import UserError
 

@@ -3,7 +3,7 @@
 Defaults follow the seed's SpS, which ran transformers' assisted generation with its defaults: a chain of up to 20
 tokens, constant schedule, drafting stops after a token whose draft probability is under 0.4.
 """
-from evaluation.cli import run_method
+from evaluation.run.cli import run_method
 from model.engine.loading import DTYPES
 from model.errors import UserError
 

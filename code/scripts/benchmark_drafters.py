@@ -25,10 +25,10 @@ from collections import defaultdict
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from evaluation import paradigms  # noqa: E402
-from evaluation.questions import load_questions  # noqa: E402
+from evaluation.run import paradigms  # noqa: E402
+from evaluation.data.questions import load_questions  # noqa: E402
 from model.eagle3 import Eagle3Drafter, load_head  # noqa: E402
-from evaluation.uncertainty import speedup_interval  # noqa: E402
+from evaluation.reports.uncertainty import speedup_interval  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
 from model.engine.cost import DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile  # noqa: E402
 from model.engine.loading import load_draft_model, load_model  # noqa: E402

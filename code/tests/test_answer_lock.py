@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from evaluation.records import AnswerStore
+from evaluation.run.records import AnswerStore
 from model.errors import UserError
 
 CONFIG = {"method": "ar"}
@@ -24,7 +24,7 @@ def test_a_second_store_on_the_same_file_is_refused_until_the_first_closes(tmp_p
 def test_a_killed_writer_leaves_a_lock_file_that_does_not_block(tmp_path):
     answer = str(tmp_path / "a.jsonl")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, '.'); from evaluation.records import AnswerStore; "
+        "import sys, time; sys.path.insert(0, '.'); from evaluation.run.records import AnswerStore; "
         f"s = AnswerStore({answer!r}, {{'method': 'ar'}}); print('locked', flush=True); time.sleep(60)")],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=subprocess.PIPE, text=True)
     try:

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from evaluation import records
-from evaluation.args import build_parser, finalize
-from evaluation.eval import Runner, run_eval
+from evaluation.run import records
+from evaluation.run.args import build_parser, finalize
+from evaluation.run.loop import Runner, run_eval
 from methods import METHODS
 from model.errors import UserError
 

@@ -332,7 +332,7 @@ def test_the_run_s_own_verification_times_replace_the_profile_once_seen_often_en
 
 
 def test_the_profile_covers_twice_the_largest_draft_and_the_baseline_only_the_dense_widths():
-    from evaluation.eval import measure_cost_profile
+    from evaluation.run.loop import measure_cost_profile
 
     class Args:
         max_tree_nodes, cost_profile_contexts, cost_profile_repeats, seed = 128, [8], 1, 0
@@ -400,7 +400,7 @@ def test_a_source_cut_to_nothing_is_still_probed_and_recovers_when_its_drafts_co
 @pytest.mark.parametrize("flags, adaptive", [([], True), (["--no-adaptive"], False), (["--cost-aware"], False)])
 def test_pld_drafts_whole_under_cost_aware_verification_so_one_rule_decides_the_length(flags, adaptive):
     from evaluation import inference_pld
-    from evaluation.args import build_parser
+    from evaluation.run.args import build_parser
     parser = build_parser("pld")
     inference_pld.add_args(parser)
     drafter = inference_pld.make_drafter(parser.parse_args(["--model-path", "m", *flags]), None, None)

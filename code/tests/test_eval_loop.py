@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from evaluation import paradigms, records
-from evaluation.args import build_parser, finalize
-from evaluation.eval import Runner, run_eval
+from evaluation.run import paradigms, records
+from evaluation.run.args import build_parser, finalize
+from evaluation.run.loop import Runner, run_eval
 from model.engine import Drafter
 from model.errors import UserError
 

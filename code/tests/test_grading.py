@@ -1,10 +1,10 @@
-"""Tests for evaluation/grading.py: boxed extraction, reference answers and grading."""
+"""Tests for evaluation/data/grading.py: boxed extraction, reference answers and grading."""
 import threading
 
 import pytest
 
-from evaluation import grading
-from evaluation.grading import extract_boxed, grade, grade_output, reference_answer
+from evaluation.data import grading
+from evaluation.data.grading import extract_boxed, grade, grade_output, reference_answer
 
 
 @pytest.mark.parametrize("text, expected", [

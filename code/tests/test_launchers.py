@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from evaluation.args import build_parser
+from evaluation.run.args import build_parser
 
 CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIABLE = re.compile(r"\$\{?(\w+)(?::-([^}]*))?\}?")

@@ -54,8 +54,8 @@ def test_sampling_follows_the_target_law(method):
 
 
 def run_paradigm(model_dir, question_file, answer_file, method, *flags):
-    from evaluation.args import build_parser, finalize
-    from evaluation.eval import run_eval
+    from evaluation.run.args import build_parser, finalize
+    from evaluation.run.loop import run_eval
     argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
             "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0", *flags]
     run_eval(finalize(build_parser(method).parse_args(argv), method),

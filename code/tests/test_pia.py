@@ -306,8 +306,8 @@ def test_cli_flags_through_the_loop(tiny_model_dir, tmp_path):
     import json
 
     from evaluation import inference_pia
-    from evaluation.args import build_parser, finalize
-    from evaluation.eval import run_eval
+    from evaluation.run.args import build_parser, finalize
+    from evaluation.run.loop import run_eval
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question_id": 1, "category": "math500", "turns": ["What is 2 + 3?"],
                                      "answer": "5"}) + "\n")

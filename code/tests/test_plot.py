@@ -1,5 +1,4 @@
 """Tests for evaluation/plot.py: figures from hand-built answer files (both accept_lengths layouts), error paths."""
-import importlib.util
 import json
 import struct
 import subprocess
@@ -8,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-CODE_DIR = Path(__file__).resolve().parents[1]
-SCRIPT = CODE_DIR / "evaluation" / "plot.py"
+from evaluation.reports import plot
 
-_spec = importlib.util.spec_from_file_location("plot_under_test", SCRIPT)
-plot = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plot)
+CODE_DIR = Path(__file__).resolve().parents[1]
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CATEGORIES = ("math500", "aime24", "gpqa")

@@ -1,4 +1,4 @@
-"""Tests for evaluation/prepare_data.py (offline, hub loader replaced by inline rows)
+"""Tests for evaluation/data/prepare.py (offline, hub loader replaced by inline rows)
 and for the shipped demo question file."""
 import json
 import random
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import prepare_data
-from evaluation.grading import grade, reference_answer
+from evaluation.data import prepare as prepare_data
+from evaluation.data.grading import grade, reference_answer
 
 CODE_DIR = Path(__file__).resolve().parents[1]
 DEMO_FILE = CODE_DIR / "data" / "demo" / "question.jsonl"

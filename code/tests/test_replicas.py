@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from evaluation import inference_pld, replicas
-from evaluation.args import build_parser, finalize
-from evaluation.eval import run_eval
+from evaluation import inference_pld
+from evaluation.run import replicas
+from evaluation.run.args import build_parser, finalize
+from evaluation.run.cli import evaluate
 from model.errors import UserError
 
 TEXTS = ["What is 2 + 3?", "The answer is 5. The answer is", "What is the sum of two and three?",
@@ -73,7 +74,7 @@ def one_process(tiny_model_dir, tmp_path_factory):
     questions.write_text("".join(json.dumps({"question_id": i, "category": "math500", "turns": [text]}) + "\n"
                                  for i, text in enumerate(TEXTS)))
     answer = folder / "one.jsonl"
-    run_eval(make_args(tiny_model_dir, str(questions), answer), inference_pld.make_drafter)
+    evaluate(make_args(tiny_model_dir, str(questions), answer), inference_pld.make_drafter)
     return str(questions), answer
 
 
@@ -86,7 +87,7 @@ def test_round_robin_split():
 def test_two_replicas_answer_as_one_process(ray_cluster, tiny_model_dir, one_process, tmp_path, capsys):
     questions, reference = one_process
     answer = tmp_path / "two.jsonl"
-    run_eval(make_args(tiny_model_dir, questions, answer, "--num-replicas", "2"), inference_pld.make_drafter)
+    evaluate(make_args(tiny_model_dir, questions, answer, "--num-replicas", "2"), inference_pld.make_drafter)
     merged = lines(answer)
     assert hashes(merged) == hashes(lines(reference))  # per question, per turn, in question order
     for mine, theirs in zip(merged, lines(reference)):
@@ -103,7 +104,7 @@ def test_two_replicas_answer_as_one_process(ray_cluster, tiny_model_dir, one_pro
     assert "cost_profile" in config
     assert glob.glob(str(tmp_path / "two.shard-*")) == []  # merged shards are removed
     capsys.readouterr()
-    run_eval(make_args(tiny_model_dir, questions, answer, "--num-replicas", "2"), inference_pld.make_drafter)
+    evaluate(make_args(tiny_model_dir, questions, answer, "--num-replicas", "2"), inference_pld.make_drafter)
     assert "all 5 questions already answered" in capsys.readouterr().out
     assert hashes(lines(answer)) == hashes(merged)
 
@@ -121,7 +122,7 @@ def test_a_killed_replica_is_resumed_by_the_same_command(ray_cluster, tiny_model
     args = make_args(tiny_model_dir, questions, answer, "--num-replicas", "2")
     args.crash_marker = str(tmp_path / "crashed")
     with pytest.raises(UserError) as failure:
-        run_eval(args, crashing_pld)  # replica 1 (questions 1, 3) dies when question 3 starts
+        evaluate(args, crashing_pld)  # replica 1 (questions 1, 3) dies when question 3 starts
     assert "replica 1" in str(failure.value) and "run the same command again" in str(failure.value)
     assert "\n" not in str(failure.value)
     assert [a["question_id"] for a in lines(answer)] == [0]  # nothing merged before every replica has finished
@@ -134,7 +135,7 @@ def test_a_killed_replica_is_resumed_by_the_same_command(ray_cluster, tiny_model
 
     args = make_args(tiny_model_dir, questions, answer, "--num-replicas", "2")
     args.crash_marker = str(tmp_path / "crashed")
-    run_eval(args, crashing_pld)
+    evaluate(args, crashing_pld)
     merged = lines(answer)
     assert hashes(merged) == hashes(ref)  # every question once, in question order, token-identical
     assert {a["question_id"]: a["answer_id"] for a in merged if a["question_id"] in kept} == kept  # none redone
@@ -153,13 +154,13 @@ def test_shards_of_another_replica_count_are_not_mixed_in(tiny_model_dir, one_pr
     answer = tmp_path / "a.jsonl"
     (tmp_path / "a.shard-1-of-3.jsonl").write_text(json.dumps(lines(reference)[1]) + "\n")
     with pytest.raises(UserError, match="unfinished 3-replica run: re-run with 3 replicas"):
-        run_eval(make_args(tiny_model_dir, questions, answer, "--num-replicas", "2"), inference_pld.make_drafter)
+        evaluate(make_args(tiny_model_dir, questions, answer, "--num-replicas", "2"), inference_pld.make_drafter)
 
 
 def test_missing_ray_is_one_line(tiny_model_dir, one_process, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as when it is not installed
     with pytest.raises(UserError, match=r"not installed: pip install 'ray==\d"):
-        run_eval(make_args(tiny_model_dir, one_process[0], tmp_path / "a.jsonl", "--num-replicas", "2"),
+        evaluate(make_args(tiny_model_dir, one_process[0], tmp_path / "a.jsonl", "--num-replicas", "2"),
                  inference_pld.make_drafter)
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.reports import compare, speed
+
 from test_methods_lossless import run_paradigm
 
 CODE_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(CODE_DIR / "evaluation"))  # the scripts import each other this way
-import compare  # noqa: E402
-import speed  # noqa: E402
 
 QUESTIONS = [(1, "math500", "What is 2 + 3?"), (2, "aime24", "The answer is 5. The answer is"),
              (3, "math500", "What is the sum of two and three?")]

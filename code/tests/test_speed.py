@@ -1,5 +1,4 @@
 """Tests for evaluation/speed.py: arithmetic on hand-built answer files and error paths."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -7,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-CODE_DIR = Path(__file__).resolve().parents[1]
-SCRIPT = CODE_DIR / "evaluation" / "speed.py"
+from evaluation.reports import speed
 
-# Load from the file path so the test does not depend on evaluation/ being a package.
-_spec = importlib.util.spec_from_file_location("speed_under_test", SCRIPT)
-speed = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(speed)
+CODE_DIR = Path(__file__).resolve().parents[1]
 
 approx = lambda x: pytest.approx(x, rel=1e-12)  # noqa: E731
 

@@ -1,4 +1,4 @@
-"""Tests for evaluation/uncertainty.py (the speedup's paired-bootstrap interval, the baseline's variation) and for
+"""Tests for evaluation/reports/uncertainty.py (the speedup's paired-bootstrap interval, the baseline's variation) and for
 how speed.py and compare.py report them."""
 import json
 import subprocess
@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.reports import speed, uncertainty
+
 CODE_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(CODE_DIR / "evaluation"))  # the scripts import each other this way
-import speed  # noqa: E402
-import uncertainty  # noqa: E402
 
 approx = lambda x: pytest.approx(x, rel=1e-12)  # noqa: E731
 

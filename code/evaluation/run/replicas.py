@@ -34,8 +34,8 @@ import socket
 import sys
 import time
 
-from evaluation.questions import load_questions
-from evaluation.records import ABSENT, IDENTITY, AnswerStore, atomic_write_text, stem
+from evaluation.data.questions import load_questions
+from evaluation.run.records import ABSENT, IDENTITY, AnswerStore, atomic_write_text, stem
 from model.errors import UserError
 
 RAY_PIN = "ray==2.60.0"
@@ -62,15 +62,6 @@ def shard_files(path: str) -> list[str]:
 def assign(questions: list[dict], count: int) -> list[list]:
     """Question ids of each replica, round-robin over the selection."""
     return [[q["question_id"] for q in questions[k::count]] for k in range(count)]
-
-
-def assigned(args, questions: list[dict]) -> list[dict]:
-    """Inside a replica: its share of the selected questions; elsewhere all of them."""
-    only = getattr(args, "replica_questions", None)
-    if only is None:
-        return questions
-    only = set(only)
-    return [q for q in questions if q["question_id"] in only]
 
 
 # ---------------------------------------------------------------------------------------------- reading files
@@ -115,12 +106,10 @@ def answered(path: str) -> set:
 # ---------------------------------------------------------------------------------------------- inside a replica
 
 def note_replica(args, store: AnswerStore, device) -> None:
-    """Inside a replica, once its shard is open: refuse to go on if its configuration differs from the merged
+    """Once its shard is open: refuse to go on if its configuration differs from the merged
     answer file's or from another shard's (one answer file, one configuration, one kind of hardware), then record
     where this replica runs in the shard's configuration."""
-    info = getattr(args, "replica", None)
-    if info is None:
-        return
+    info = args.replica
     config = read_config(store.config_file)
     others = {stem(info["answer_file"]) + ".config.json": read_config(stem(info["answer_file"]) + ".config.json")}
     for k in range(info["count"]):
@@ -153,9 +142,10 @@ def _replica(context: dict, blob: bytes) -> dict:
     torch.set_num_threads(context["threads"])
     from ray import cloudpickle
     args, make_drafter = cloudpickle.loads(blob)
-    from evaluation.eval import run_eval
+    from evaluation.run.loop import run_eval
     try:
-        run_eval(args, make_drafter)
+        run_eval(args, make_drafter, set(args.replica_questions),
+                 on_open=lambda store, device: note_replica(args, store, device))
     except UserError as exc:
         return {"replica": args.replica["index"], "error": str(exc)}
     return {"replica": args.replica["index"], "hostname": socket.gethostname()}

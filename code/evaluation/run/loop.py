@@ -10,10 +10,10 @@ import uuid
 import torch
 from tqdm import tqdm
 
-from evaluation import paradigms
-from evaluation.grading import grade_output
-from evaluation.questions import load_questions
-from evaluation.records import AnswerStore
+from evaluation.run import paradigms
+from evaluation.data.grading import grade_output
+from evaluation.data.questions import load_questions
+from evaluation.run.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
 from model.engine.cost import DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile
 from model.engine.loading import load_model
@@ -241,19 +241,19 @@ def start_session(store: AnswerStore, runner: Runner, first_question: dict,
         runner.warm_up(first_question)
 
 
-def run_eval(args, make_drafter) -> None:
-    """Load the model, then answer every question not already in the answer file (several replicas: see
-    evaluation/replicas.py)."""
-    from evaluation import replicas  # Ray itself is imported only when replicas are asked for
-    if replicas.replica_count(args) > 1:
-        replicas.run_replicated(args, make_drafter)
-        return
-    questions = replicas.assigned(args, load_questions(args.question_file, args.question_begin, args.question_end))
+def run_eval(args, make_drafter, only: set | None = None, on_open=None) -> None:
+    """Load the model, then answer every question not already in the answer file, in this process. A replica
+    (evaluation/run/replicas.py wraps this loop) passes its share of the questions (`only`, question ids) and a
+    check of its shard once open (`on_open(store, device)`)."""
+    questions = load_questions(args.question_file, args.question_begin, args.question_end)
+    if only is not None:
+        questions = [q for q in questions if q["question_id"] in only]
     model, tokenizer, device = load_model(args.model_path, args.dtype, args.device, args.num_gpus_per_model)
     if args.BON and args.temperature == 0:
         print("warning: Best-of-N at temperature 0 gives N identical samples", file=sys.stderr)
     store, runner = open_run(args, make_drafter, model, tokenizer, device)
-    replicas.note_replica(args, store, device)  # inside a replica: check against its siblings, record its hardware
+    if on_open is not None:
+        on_open(store, device)
     todo = [q for q in questions if q["question_id"] not in store.done]
     if not todo:
         print(f"all {len(questions)} questions already answered in {args.answer_file}")

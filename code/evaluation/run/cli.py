@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from evaluation.args import build_parser, finalize
+from evaluation.run.args import build_parser, finalize
 from model.errors import UserError
 
 
@@ -17,10 +17,19 @@ def run_method(method: str, make_drafter, add_method_args=None, check_method_arg
         finalize(args, method)
         if check_method_args:
             check_method_args(args)
-        from evaluation.eval import run_eval  # heavy imports only once the flags are known to be good
-        run_eval(args, make_drafter)
+        evaluate(args, make_drafter)
 
     run_reporting(body)
+
+
+def evaluate(args, make_drafter) -> None:
+    """Answer every selected question: in this process, or on Ray replicas that each run the same loop."""
+    from evaluation.run import replicas   # light; Ray itself is imported only when replicas are asked for
+    if replicas.replica_count(args) > 1:
+        replicas.run_replicated(args, make_drafter)
+    else:
+        from evaluation.run.loop import run_eval  # heavy imports only once the flags are known to be good
+        run_eval(args, make_drafter)
 
 
 def run_reporting(body) -> None:

@@ -1,0 +1,589 @@
+#!/usr/bin/env python
+"""Speed and acceptance summary of a speculative-decoding answer file against a baseline.
+
+Run from code/:
+    python evaluation/speed.py --file-path METHOD.jsonl --base-path BASELINE.jsonl \
+        [--json-out summary.json] [--markdown-out table.md]
+
+Both files are FastChat-style JSONL answer files (one question per line); only
+choices[0] is read. A "turn" is a round (multi-round thinking) or a sample
+(Best-of-N). Throughput is always sum(new_tokens) / sum(wall_time) as recorded
+by the engine, for both sides, so the two are counted the same way; text is
+never re-tokenized. Each speedup comes with its 95% interval (paired bootstrap
+over questions, uncertainty.py beside this file).
+
+accept_lengths is read in both layouts: one flat list per choice plus
+accept_lengths_per_turn (files written now; what the seed's and Spec-Bench's
+report scripts read), or one list per turn (older files).
+
+Needs only the standard library and numpy (evaluation/speed.py is the script
+users run; it puts code/ on sys.path and calls main here).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+from evaluation.reports import uncertainty
+
+# Per-turn lists every answer line must carry.
+REQUIRED_TURN_FIELDS = ("new_tokens", "wall_time")
+# Per-turn lists that may be absent (older files, or the baseline).
+OPTIONAL_TURN_FIELDS = (
+    "decoding_steps", "accept_lengths_per_turn", "draft_seconds", "verify_seconds",
+    "extracted", "correct", "token_ids_sha1",
+)
+
+
+class SpeedError(Exception):
+    """Bad input; main() prints it as a single 'error: ...' line and exits 2."""
+
+
+# ---------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------
+
+def _is_number(x):
+    # bool is an int subclass but never a valid count or duration; NaN/inf
+    # (which json.loads accepts) would poison every sum.
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _non_negative(x):
+    return _is_number(x) and x >= 0
+
+
+def _is_lengths(v):
+    return isinstance(v, list) and all(_non_negative(a) for a in v)
+
+
+def _is_per_turn(value, n):
+    """The old layout: accept_lengths holds one list per turn."""
+    return isinstance(value, list) and len(value) == n and all(isinstance(v, list) for v in value)
+
+
+def turn_accept_lengths(choice):
+    """Accepted lengths of each turn of a (validated) choice, in either layout: accept_lengths_per_turn (new), a
+    list-of-lists accept_lengths (old), or the flat list of a one-turn choice. None when unknown (no field, or a
+    flat list over several turns, as Spec-Bench itself writes)."""
+    per_turn = choice.get("accept_lengths_per_turn")
+    if per_turn is not None:
+        return per_turn
+    value, n = choice.get("accept_lengths"), len(choice["turns"])
+    if value is None:
+        return None
+    if _is_per_turn(value, n):
+        return value
+    return [value] if n == 1 else None
+
+
+def flat_accept_lengths(choice):
+    """Accepted lengths of the whole choice, in either layout; None when absent."""
+    per_turn = turn_accept_lengths(choice)
+    if per_turn is not None:
+        return [a for turn in per_turn for a in turn]
+    return choice.get("accept_lengths")
+
+
+def _check_accept_lengths(choice, n):
+    """Why choices[0].accept_lengths is unusable, or None (per_turn itself is checked with the per-turn fields)."""
+    value = choice.get("accept_lengths")
+    if value is None:
+        return None
+    if "accept_lengths_per_turn" not in choice and _is_per_turn(value, n):
+        bad = [i for i, v in enumerate(value) if not _is_lengths(v)]
+        return f"'choices[0].accept_lengths[{bad[0]}]' must be a list of non-negative numbers" if bad else None
+    if not _is_lengths(value):
+        return ("'choices[0].accept_lengths' must be a flat list of non-negative numbers "
+                f"(or, in older files, one such list per turn: {n})")
+    per_turn = choice.get("accept_lengths_per_turn")
+    if per_turn is not None and value != [a for turn in per_turn for a in turn]:
+        return "'choices[0].accept_lengths' must be the turns of 'accept_lengths_per_turn' joined in order"
+    return None
+
+
+# field -> (check for one per-turn entry, what the entry should be)
+_ENTRY_CHECKS = {
+    "new_tokens": (_non_negative, "a non-negative number"),
+    "wall_time": (_non_negative, "a non-negative number"),
+    "decoding_steps": (_non_negative, "a non-negative number"),
+    "draft_seconds": (_non_negative, "a non-negative number"),
+    "verify_seconds": (_non_negative, "a non-negative number"),
+    "accept_lengths_per_turn": (_is_lengths, "a list of non-negative numbers"),
+    "correct": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "token_ids_sha1": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "extracted": (lambda v: True, "anything"),
+}
+
+
+def _check_record(rec):
+    """Return None when rec is a usable answer line, else the reason it is not."""
+    if not isinstance(rec, dict):
+        return "expected a JSON object"
+    if "question_id" not in rec:
+        return "missing 'question_id'"
+    qid = rec["question_id"]
+    if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+        return "'question_id' must be an integer or a string"
+    if rec.get("category") is not None and not isinstance(rec["category"], str):
+        return "'category' must be a string"
+    choices = rec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "missing or empty 'choices'"
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        return "'choices[0]' must be an object"
+    turns = choice.get("turns")
+    if not isinstance(turns, list) or not turns:
+        return "missing or empty 'choices[0].turns'"
+    if not all(isinstance(t, str) for t in turns):
+        return "'choices[0].turns' entries must be strings"
+    for name in REQUIRED_TURN_FIELDS:
+        if choice.get(name) is None:
+            return f"missing 'choices[0].{name}'"
+    for name in REQUIRED_TURN_FIELDS + OPTIONAL_TURN_FIELDS:
+        values = choice.get(name)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != len(turns):
+            return f"'choices[0].{name}' must be a list with one entry per turn ({len(turns)})"
+        check, expected = _ENTRY_CHECKS[name]
+        for i, v in enumerate(values):
+            if not check(v):
+                return f"'choices[0].{name}[{i}]' must be {expected}"
+    return _check_accept_lengths(choice, len(turns))
+
+
+def load_answers(path):
+    """Read and validate a JSONL answer file; raise SpeedError naming file:line."""
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise SpeedError(f"{path}: no such file") from None
+    except OSError as e:
+        raise SpeedError(f"{path}: cannot read ({e.strerror or e})") from None
+    rows, first_seen = [], {}
+    for lineno, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpeedError(f"{path}:{lineno}: not valid UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            reason = getattr(e, "msg", "nested too deeply")
+            raise SpeedError(f"{path}:{lineno}: invalid JSON ({reason})") from None
+        reason = _check_record(rec)
+        if reason:
+            raise SpeedError(f"{path}:{lineno}: {reason}")
+        qid = rec["question_id"]
+        # A duplicate would silently double-count or shadow a question.
+        if qid in first_seen:
+            raise SpeedError(f"{path}:{lineno}: duplicate question_id {qid!r} "
+                             f"(first on line {first_seen[qid]})")
+        first_seen[qid] = lineno
+        rows.append(rec)
+    if not rows:
+        raise SpeedError(f"{path}: no answers in file")
+    return rows
+
+
+def config_path(answer_path):
+    """Sidecar config path: <answer file without .jsonl>.config.json."""
+    stem = answer_path[:-len(".jsonl")] if answer_path.endswith(".jsonl") else answer_path
+    return stem + ".config.json"
+
+
+def load_config(answer_path):
+    """Sidecar config dict, or None when absent; SpeedError when unreadable."""
+    path = config_path(answer_path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SpeedError(f"{path}: unreadable config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise SpeedError(f"{path}: config must be a JSON object")
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# Arithmetic
+# ---------------------------------------------------------------------------
+
+def _turns(row):
+    """Per-turn dicts of choices[0]; absent optional fields become None."""
+    choice = row["choices"][0]
+    n = len(choice["turns"])
+
+    def column(name):
+        values = choice.get(name)
+        return values if values is not None else [None] * n
+
+    draft, verify = column("draft_seconds"), column("verify_seconds")
+    accept = turn_accept_lengths(choice) or [None] * n
+    correct, sha1 = column("correct"), column("token_ids_sha1")
+    return [{
+        "text": choice["turns"][i],
+        "new_tokens": choice["new_tokens"][i],
+        "wall_time": choice["wall_time"][i],
+        "accept_lengths": accept[i],
+        "draft": draft[i],
+        "verify": verify[i],
+        "correct": correct[i],
+        "sha1": sha1[i],
+    } for i in range(n)]
+
+
+def _id_key(qid):
+    # ids may mix ints and strings; keep each kind in natural order
+    return (isinstance(qid, str), qid)
+
+
+def _ratio(num, den):
+    return num / den if den else None
+
+
+def _mat(turns):
+    """Mean accepted tokens per decoding step (bonus token included)."""
+    lengths = [a for t in turns if t["accept_lengths"] is not None for a in t["accept_lengths"]]
+    return _ratio(sum(lengths), len(lengths))
+
+
+def _accuracy(turns):
+    marks = [t["correct"] for t in turns if t["correct"] is not None]
+    return _ratio(sum(marks), len(marks))
+
+
+def _drafting_share(turns):
+    timed = [t for t in turns if t["draft"] is not None and t["verify"] is not None]
+    draft = sum(t["draft"] for t in timed)
+    return _ratio(draft, draft + sum(t["verify"] for t in timed))
+
+
+def _same_output(m, b):
+    """(identical?, compared by hash?) -- hashes are exact, text is the fallback."""
+    if m["sha1"] and b["sha1"]:
+        return m["sha1"] == b["sha1"], True
+    return m["text"] == b["text"], False
+
+
+def _question_sums(groups, side):
+    """Per-question (tokens, seconds) of one side (0 method, 1 baseline): what the bootstrap resamples."""
+    tokens = [sum(pair[side]["new_tokens"] for pair in g) for g in groups]
+    seconds = [sum(pair[side]["wall_time"] for pair in g) for g in groups]
+    return tokens, seconds
+
+
+def _interval(groups):
+    """(95% interval of the speedup or None, coefficient of variation of the baseline's per-question tokens/s)."""
+    tokens, seconds = _question_sums(groups, 0)
+    base_tokens, base_seconds = _question_sums(groups, 1)
+    ci = uncertainty.speedup_interval(tokens, seconds, base_tokens, base_seconds)
+    return (list(ci) if ci else None), uncertainty.variation(base_tokens, base_seconds)
+
+
+def _pair_stats(groups):
+    """Figures over (method turn, baseline turn) pairs, grouped by question (one list of pairs per question)."""
+    pairs = [pair for g in groups for pair in g]
+    method = [m for m, _ in pairs]
+    base = [b for _, b in pairs]
+    tokens = sum(t["new_tokens"] for t in method)
+    seconds = sum(t["wall_time"] for t in method)
+    base_tokens = sum(t["new_tokens"] for t in base)
+    base_seconds = sum(t["wall_time"] for t in base)
+    tps = _ratio(tokens, seconds)
+    base_tps = _ratio(base_tokens, base_seconds)
+    same = [_same_output(m, b) for m, b in pairs]
+    ci, base_cv = _interval(groups)
+    return {
+        "n_turns": len(pairs),
+        "new_tokens": tokens,
+        "wall_time": seconds,
+        "base_new_tokens": base_tokens,
+        "base_wall_time": base_seconds,
+        "tokens_per_s": tps,
+        "base_tokens_per_s": base_tps,
+        "speedup": _ratio(tps, base_tps) if tps is not None else None,
+        "speedup_ci": ci,
+        "base_cv": base_cv,
+        "mat": _mat(method),
+        "base_mat": _mat(base),
+        "accuracy": _accuracy(method),
+        "base_accuracy": _accuracy(base),
+        "drafting_share": _drafting_share(method),
+        "identical_turns": sum(1 for ok, _ in same if ok),
+        "compared_by_hash": sum(1 for _, by_hash in same if by_hash),
+    }
+
+
+def _question_accepts(turns, flat, n):
+    """Accepted lengths of a question's first n turns. A file with only a flat list over several turns (Spec-Bench's
+    own layout) cannot be split, so it counts only when all its turns are compared."""
+    if all(t["accept_lengths"] is not None for t in turns[:n]):
+        return [a for t in turns[:n] for a in t["accept_lengths"]]
+    return flat if flat is not None and n == len(turns) else []
+
+
+def _group_mat(questions, side):
+    lengths = []
+    for q in questions:
+        n = min(len(q["method"]), len(q["base"]))
+        lengths += _question_accepts(q[side], q[side + "_flat"], n)
+    return _ratio(sum(lengths), len(lengths))
+
+
+def _group_stats(questions):
+    stats = _pair_stats([list(zip(q["method"], q["base"])) for q in questions])
+    stats["n_questions"] = len(questions)
+    stats["mat"], stats["base_mat"] = _group_mat(questions, "method"), _group_mat(questions, "base")
+    # Final answer of each side's own run, even if the other side has more turns.
+    stats["final_accuracy"] = _accuracy([q["method"][-1] for q in questions])
+    stats["base_final_accuracy"] = _accuracy([q["base"][-1] for q in questions])
+    return stats
+
+
+def _per_turn(questions):
+    """Figures by turn index (1-based): progressive acceleration across rounds/samples."""
+    depth = max(min(len(q["method"]), len(q["base"])) for q in questions)
+    out = []
+    for k in range(depth):
+        groups = [[(q["method"][k], q["base"][k])] for q in questions
+                  if k < len(q["method"]) and k < len(q["base"])]
+        stats = _pair_stats(groups)
+        stats["turn"] = k + 1
+        stats["n_questions"] = len(groups)
+        out.append(stats)
+    return out
+
+
+def noisy_baseline(stats):
+    """The warning when the baseline's per-question tokens/s varies too much to trust a speedup, else None."""
+    cv = stats.get("base_cv")
+    if cv is None or cv <= uncertainty.NOISY_BASELINE_CV:
+        return None
+    return (f"baseline tokens/s varies across questions (coefficient of variation {cv:.2f} > "
+            f"{uncertainty.NOISY_BASELINE_CV:.2f}): the speedups may not be trustworthy (a busy machine?)")
+
+
+def _preview(ids, limit=10):
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f", ... (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def summarize(method_rows, base_rows):
+    """Match questions by question_id and compute every figure; SpeedError if none match."""
+    base_by_id = {r["question_id"]: r for r in base_rows}
+    method_ids = {r["question_id"] for r in method_rows}
+    questions = []
+    for row in method_rows:
+        base = base_by_id.get(row["question_id"])
+        if base is None:
+            continue
+        questions.append({
+            "question_id": row["question_id"],
+            "category": row.get("category") or base.get("category") or "uncategorized",
+            "paradigms": (row.get("paradigm"), base.get("paradigm")),
+            "method": _turns(row),
+            "base": _turns(base),
+            "method_flat": flat_accept_lengths(row["choices"][0]),
+            "base_flat": flat_accept_lengths(base["choices"][0]),
+        })
+    if not questions:
+        raise SpeedError("no question_id is present in both the method and the baseline file")
+
+    only_method = sorted(method_ids - base_by_id.keys(), key=_id_key)
+    only_base = sorted(base_by_id.keys() - method_ids, key=_id_key)
+    mismatched = [q["question_id"] for q in questions if len(q["method"]) != len(q["base"])]
+    paradigm_diff = [q["question_id"] for q in questions
+                     if None not in q["paradigms"] and q["paradigms"][0] != q["paradigms"][1]]
+    warnings = []
+    if only_method:
+        warnings.append(f"{len(only_method)} question_id(s) only in the method file, "
+                        f"ignored: {_preview(only_method)}")
+    if only_base:
+        warnings.append(f"{len(only_base)} question_id(s) only in the baseline file, "
+                        f"ignored: {_preview(only_base)}")
+    if mismatched:
+        warnings.append(f"{len(mismatched)} question(s) have a different number of turns; "
+                        f"only turns present in both are compared: {_preview(mismatched)}")
+    if paradigm_diff:
+        warnings.append(f"{len(paradigm_diff)} question(s) use a different paradigm "
+                        f"in the two files: {_preview(paradigm_diff)}")
+
+    overall = _group_stats(questions)
+    noisy = noisy_baseline(overall)
+    if noisy:
+        warnings.append(noisy)
+    categories = sorted({q["category"] for q in questions})
+    return {
+        "n_questions": len(questions),
+        "overall": overall,
+        "per_category": {c: _group_stats([q for q in questions if q["category"] == c])
+                         for c in categories},
+        "per_turn": _per_turn(questions),
+        "identical_turns": {
+            "identical": overall["identical_turns"],
+            "total": overall["n_turns"],
+            "compared_by_hash": overall["compared_by_hash"],
+        },
+        "mat_counts_bonus_token": True,
+        "speedup_interval": "95% paired bootstrap over questions",
+        "noisy_baseline": bool(noisy),
+        "only_in_method": only_method,
+        "only_in_baseline": only_base,
+        "turn_count_mismatch": mismatched,
+        "warnings": warnings,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+
+def _num(x, digits=2):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _speedup(x):
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def speedup_cell(stats):
+    """'1.52x [1.31, 1.80]': the speedup and its 95% interval (left out below 2 questions)."""
+    ci = stats.get("speedup_ci")
+    text = _speedup(stats["speedup"])
+    return text if ci is None or stats["speedup"] is None else f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _source_line(label, source):
+    parts = [f"{label}: {source.get('path', '?')}"]
+    if source.get("method"):
+        parts.append(f"method={source['method']}")
+    if source.get("model_id"):
+        parts.append(f"model={source['model_id']}")
+    return " | ".join(parts)
+
+
+def render_markdown(summary):
+    """Main table (categories, overall last), MAT note and, if turns > 1, the per-turn table."""
+    lines = []
+    sources = summary.get("sources") or {}
+    for key, label in (("method", "Method"), ("baseline", "Baseline")):
+        if key in sources:
+            lines.append(_source_line(label, sources[key]))
+    if lines:
+        lines.append("")
+
+    def row(name, s):
+        return [name, str(s["n_questions"]), str(s["n_turns"]),
+                _num(s["tokens_per_s"]), _num(s["base_tokens_per_s"]), speedup_cell(s),
+                _num(s["mat"]),
+                f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
+                f"{_pct(s['final_accuracy'])} / {_pct(s['base_final_accuracy'])}",
+                _pct(s["drafting_share"]),
+                f"{s['identical_turns']}/{s['n_turns']}"]
+
+    header = ["Category", "Questions", "Turns", "Method tok/s", "Baseline tok/s", "Speedup [95% CI]",
+              "MAT", "Accuracy (method / base)", "Final-turn acc. (method / base)",
+              "Drafting share", "Identical turns"]
+    rows = [row(c, s) for c, s in summary["per_category"].items()]
+    rows.append(row("**overall**", summary["overall"]))
+    lines += _table(header, rows)
+    lines.append("")
+    lines.append("Note: MAT = mean accepted tokens per target decoding step, counting the "
+                 "bonus token (autoregressive decoding gives 1.00). Speedup intervals: 95% paired "
+                 "bootstrap over questions.")
+    noisy = noisy_baseline(summary["overall"])
+    if noisy:
+        lines.append(f"Warning: {noisy}.")
+
+    per_turn = summary.get("per_turn") or []
+    if len(per_turn) > 1:
+        lines += ["", "Per turn (round / sample index):", ""]
+        header = ["Turn", "Questions", "Method tok/s", "Baseline tok/s", "Speedup [95% CI]", "MAT",
+                  "Accuracy (method / base)", "Identical turns"]
+        lines += _table(header, [
+            [str(s["turn"]), str(s["n_questions"]), _num(s["tokens_per_s"]),
+             _num(s["base_tokens_per_s"]), speedup_cell(s), _num(s["mat"]),
+             f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
+             f"{s['identical_turns']}/{s['n_turns']}"]
+            for s in per_turn])
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    # Usage mistakes become the same one-line error as bad input.
+    def error(self, message):
+        raise SpeedError(message)
+
+
+def _source(path, warn):
+    source = {"path": path}
+    try:
+        cfg = load_config(path)
+    except SpeedError as e:
+        warn(f"ignoring sidecar config: {e}")
+        cfg = None
+    if cfg:
+        source["method"] = cfg.get("method")
+        source["model_id"] = cfg.get("model_id")
+    return source
+
+
+def _write(path, text):
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise SpeedError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def main(argv=None):
+    parser = _Parser(description="Speedup, MAT and accuracy of a method's answer file "
+                                 "against a baseline answer file.")
+    parser.add_argument("--file-path", required=True, help="method answer file (JSONL)")
+    parser.add_argument("--base-path", required=True, help="baseline answer file (JSONL)")
+    parser.add_argument("--json-out", help="write the summary as JSON here")
+    parser.add_argument("--markdown-out", help="write the markdown tables here")
+
+    def warn(msg):
+        print(f"warning: {msg}", file=sys.stderr)
+
+    try:
+        args = parser.parse_args(argv)
+        summary = summarize(load_answers(args.file_path), load_answers(args.base_path))
+        for msg in summary["warnings"]:
+            warn(msg)
+        summary["sources"] = {"method": _source(args.file_path, warn),
+                              "baseline": _source(args.base_path, warn)}
+        text = render_markdown(summary)
+        sys.stdout.write(text)
+        if args.markdown_out:
+            _write(args.markdown_out, text)
+        if args.json_out:
+            _write(args.json_out, json.dumps(summary, indent=2) + "\n")
+    except SpeedError as e:
+        print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,97 @@
+"""Several methods measured under the same conditions: one process, one model, interleaved per question.
+
+Methods run one after another when each has its own process (as the launchers do), so a burst of load during one
+run becomes that method's speedup or slowdown. Here every question is answered by each method in turn (the
+baseline first), so a burst hits all of them alike. Each method still writes its own answer file, step log and
+configuration, exactly as its `inference_<method>` CLI would (same flags, same checks, resumable), so speed.py,
+compare.py and plot.py read them unchanged.
+
+    python -m evaluation.interleaved --model-id-prefix TAG --method baseline --method pld \\
+        --method "rest --datastore-path X.idx" --method "samd-eagle3=samd --tree_method eagle3 --tree_model_path H" \\
+        --model-path MODEL --question-file Q.jsonl --think-twice [any flag of the shared loop]
+
+A --method is "[NAME=]MODULE [FLAGS]": MODULE names evaluation/inference_MODULE.py, NAME (default MODULE) the
+answer file `<prefix>-<NAME>.jsonl`; FLAGS are that method's own. Every other flag is shared by all methods.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+
+from evaluation.run.args import Parser, build_parser, finalize
+from evaluation.run.cli import run_reporting
+from model.errors import UserError
+
+SHARED = ("model_path", "dtype", "device", "num_gpus_per_model", "question_file", "question_begin", "question_end")
+
+
+def parse_method(spec: str, common: list[str], prefix: str):
+    words = shlex.split(spec)
+    if not words:
+        raise UserError("--method needs a method name")
+    name, _, module_name = words[0].rpartition("=")
+    name = name or module_name
+    try:
+        module = importlib.import_module(f"evaluation.inference_{module_name}")
+    except ModuleNotFoundError:
+        raise UserError(f"--method {spec!r}: no method {module_name!r} (evaluation/inference_{module_name}.py)") \
+            from None
+    parser = build_parser(module_name)
+    if hasattr(module, "add_args"):
+        module.add_args(parser)
+    args = parser.parse_args(common + words[1:] + ["--model-id", f"{prefix}-{name}"])
+    finalize(args, module_name)
+    if hasattr(module, "check_args"):
+        module.check_args(args)
+    return name, module, args
+
+
+def main(argv=None) -> None:
+    cli = Parser(prog="python -m evaluation.interleaved", description=__doc__.splitlines()[0])
+    cli.add_argument("--method", action="append", required=True, metavar='"[NAME=]MODULE [FLAGS]"')
+    cli.add_argument("--model-id-prefix", required=True, help="answer files are <prefix>-<NAME>.jsonl")
+    known, common = cli.parse_known_args(argv)
+    run_reporting(lambda: run(known.method, common, known.model_id_prefix))
+
+
+def run(specs: list[str], common: list[str], prefix: str) -> None:
+    runs = [parse_method(spec, common, prefix) for spec in specs]
+    names = [name for name, _, _ in runs]
+    if len(set(names)) < len(names):
+        raise UserError(f"two --method entries share a name: {names}; name them NAME=MODULE")
+    first = runs[0][2]
+    if first.num_gpus_total > first.num_gpus_per_model or first.num_replicas > 1:
+        raise UserError("interleaved methods share one model in one process: run without --num-gpus-total above "
+                        "--num-gpus-per-model and without --num-replicas")
+    for name, _, args in runs[1:]:
+        for key in SHARED:
+            if getattr(args, key) != getattr(first, key):
+                raise UserError(f"--method {name} sets --{key.replace('_', '-')} differently from the others; "
+                                "interleaved methods share the model and the questions")
+
+    from tqdm import tqdm
+
+    from evaluation.run.loop import measure_cost_profile, open_run, start_session
+    from evaluation.data.questions import load_questions
+    from model.engine.loading import load_model
+
+    questions = load_questions(first.question_file, first.question_begin, first.question_end)
+    model, tokenizer, device = load_model(first.model_path, first.dtype, first.device, first.num_gpus_per_model)
+    opened = [(name, *open_run(args, module.make_drafter, model, tokenizer, device)) for name, module, args in runs]
+    todo = [q for q in questions if any(q["question_id"] not in store.done for _, store, _ in opened)]
+    if not todo:
+        print(f"all {len(questions)} questions already answered by every method")
+        return
+    # One forward-cost profile for all (same model, dtype and device), up to the widest method's need.
+    profile = measure_cost_profile(opened[0][2].engine, [runner.drafter for _, _, runner in opened], first)
+    for name, store, runner in opened:
+        print(f"== {name}: warming up", file=sys.stderr, flush=True)
+        start_session(store, runner, todo[0], profile)
+    for question in tqdm(todo, desc=f"{len(opened)} methods, interleaved", unit="q", dynamic_ncols=True):
+        for name, store, runner in opened:
+            if question["question_id"] not in store.done:
+                store.write(*runner.answer(question))
+    for name, store, _ in opened:
+        print(f"{name}: {store.answer_file}")
