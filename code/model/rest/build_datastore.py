@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> None:
     if tokenizer.eos_token_id is None:
         raise UserError(f"the tokenizer at {args.tokenizer_path} has no eos token to separate documents")
     start = time.perf_counter()
+    print(f"REST datastore: tokenizing {len(texts)} text(s) from {len(args.corpus)} file(s)"
+          + (f" and streaming {args.hf_dataset}" if args.hf_dataset else ""), flush=True)
     documents = tokenize(texts, tokenizer, args.max_tokens)
     if args.hf_dataset:
         try:
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("the corpus holds no text")
     stream = join_documents(documents, tokenizer.eos_token_id, args.max_tokens)
     tokenized = time.perf_counter()
+    print(f"REST datastore: building the suffix array of {len(stream):,} tokens", flush=True)
     datastore = Datastore.build(stream, tokenizer.eos_token_id, *tokenizer_identity(tokenizer))
     datastore.save(args.output)
     indexed = time.perf_counter()
