@@ -62,6 +62,9 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--cost-profile-contexts", type=int, nargs="+", default=[256, 1024], metavar="N",
                    help="context lengths at which the forward cost t(n)/t(1) is measured before the run")
     p.add_argument("--cost-profile-repeats", type=int, default=3, help="timed forwards per width (median)")
+    p.add_argument("--save-token-ids", action="store_true",
+                   help="keep each turn's token ids in the answer file (`token_ids`), so `python -m "
+                        "evaluation.replay` replays the exact trace")
     p.add_argument("--no-thinking-budget", action="store_true",
                    help="do not force the end of thinking past 80%% of --max-new-tokens")
     # Accepted so the seed's launch lines keep working; the engine always uses tree attention over SDPA.

@@ -31,6 +31,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "max_new_tokens": args.max_new_tokens, "paradigm": args.paradigm,
         "turns_per_question": paradigms.turns_per_question(args), "seed": args.seed, "num_choices": args.num_choices,
         "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup,
+        "save_token_ids": args.save_token_ids,
         "warmup_tokens": args.warmup_tokens,
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
@@ -105,6 +106,8 @@ class Runner:
             if scope != "global":
                 self.drafter.reset()
             record = {key: [] for key in ("turns", "accept_lengths") + self.TURN_FIELDS}
+            if self.args.save_token_ids:
+                record["token_ids"] = []
             output = None
             resumed = []   # (turn, prompt, entry) of this choice's turns taken from a checkpoint
             for turn in range(self.turns):
@@ -112,7 +115,7 @@ class Runner:
                 prompt = paradigms.encode_prompt(self.tokenizer, messages)
                 entry = saved.get((choice_index, turn))
                 if entry is not None:
-                    values, turn_steps = entry["record"], entry["steps"]
+                    values, turn_steps, tokens = entry["record"], entry["steps"], entry["tokens"]
                     resumed.append((turn, prompt, entry))
                 else:
                     if restoring:
@@ -121,6 +124,7 @@ class Runner:
                         self.drafter.reset()
                     seed = self.args.seed + choice_index * self.turns + turn
                     gen, seconds = self.generate(prompt, seed, self.args.max_new_tokens)
+                    tokens = gen.tokens
                     text = self.decode(gen.tokens)
                     graded = grade_output(text, question)
                     values = {"turns": text, "new_tokens": len(gen.tokens), "decoding_steps": len(gen.steps),
@@ -143,6 +147,8 @@ class Runner:
                 output = values["turns"]
                 for key in ("turns",) + self.TURN_FIELDS:
                     record[key].append(values[key])
+                if self.args.save_token_ids:
+                    record["token_ids"].append(tokens)
                 # One flat list over the choice: what the seed's speed_cot.py and Spec-Bench's speed.py average.
                 record["accept_lengths"].extend(values["accept_lengths_per_turn"])
                 steps.extend(turn_steps)
@@ -196,6 +202,8 @@ def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], arg
     max_width = min(args.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
     limit = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
     lengths = sorted({min(n, limit - max_width - 1) for n in args.cost_profile_contexts})
+    print(f"measuring the forward cost t(n)/t(1): widths 1..{max_width} at {', '.join(map(str, lengths))} tokens of "
+          f"context, {args.cost_profile_repeats} repeat(s)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     profile = ForwardCostProfile.measure(engine, max_width, lengths, args.cost_profile_repeats, args.seed)
     ratios = " ".join(f"{w}:{r:.2f}" for w, r in zip(profile.widths, profile.to_dict()["ratio"][-1]))

@@ -1,0 +1,151 @@
+"""Replay (evaluation/run/replay.py): a recorded trace replayed through a model-free drafter gives, step for step,
+the accepted lengths of the live run that wrote it."""
+import importlib
+import json
+
+import pytest
+
+from conftest import two_questions_file
+from evaluation.run.args import build_parser, finalize
+from evaluation.run.loop import run_eval
+from evaluation.run.replay import main as replay_main
+from model.rest.datastore import Datastore
+from model.samd.static_sam import StaticSam, join_documents, tokenizer_identity
+
+PARADIGMS = [["--think-twice"], ["--BON", "--bon-n", "3", "--temperature", "0.3"]]
+CORPUS_TEXT = "The answer is 5. The answer is 5 because 2 + 3 = 5. What is 2 + 3? It is 5."
+
+
+def live(model_dir, question_file, answer_file, method, *flags, tokens=40):
+    module = importlib.import_module(f"evaluation.inference_{method}")
+    parser = build_parser(method)
+    if hasattr(module, "add_args"):
+        module.add_args(parser)
+    argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
+            "--max-new-tokens", str(tokens), "--dtype", "float64", "--device", "cpu", "--warmup", "0",
+            "--cost-profile-repeats", "1", "--cost-profile-contexts", "32", "--save-token-ids", *flags]
+    run_eval(finalize(parser.parse_args(argv), method), module.make_drafter)
+    with open(str(answer_file)[: -len(".jsonl")] + ".steps.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def replayed(model_dir, answer_file, method, tmp_path, *flags):
+    out = tmp_path / f"replay-{method}.steps.jsonl"
+    summary = tmp_path / f"replay-{method}.json"
+    replay_main(["--answer-file", str(answer_file), "--model-path", model_dir, "--method", method,
+                 "--steps-out", str(out), "--json-out", str(summary), *flags])
+    with open(out) as f:
+        steps = [json.loads(line) for line in f]
+    with open(summary) as f:
+        return steps, json.load(f)
+
+
+def key(step):
+    return (step["question_id"], step["choice"], step["turn"], step["step"])
+
+
+def assert_same_steps(live_steps, replay_steps):
+    assert [key(s) for s in replay_steps] == [key(s) for s in live_steps]
+    for a, b in zip(live_steps, replay_steps):
+        assert (b["accepted"], b["draft_size"], b["draft_source"]) == \
+            (a["accepted"], a["draft_size"], a["draft_source"]), key(a)
+    assert any(s["accepted"] > 1 for s in live_steps)   # drafts were accepted: the comparison is not vacuous
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_model_dir, tmp_path_factory):
+    """REST's datastore over pieces of the model's own AR answers in both paradigms (as a real corpus would hold
+    text like the answers), and a static SAM over a small text, both with the tiny model's tokenizer."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    folder = tmp_path_factory.mktemp("stores")
+    answers = []
+    for i, paradigm in enumerate(PARADIGMS):
+        answer = folder / f"ar{i}.jsonl"
+        live(tiny_model_dir, two_questions_file(folder), answer, "baseline", *paradigm)
+        answers += [ids for line in answer.read_text().splitlines() for c in json.loads(line)["choices"]
+                    for ids in c["token_ids"]]
+    pieces = [ids[i:i + 8] for ids in answers for i in range(0, len(ids), 5)]
+    rest = Datastore.build(join_documents(pieces, tokenizer.eos_token_id), tokenizer.eos_token_id,
+                           *tokenizer_identity(tokenizer))
+    rest.save(str(folder / "x.idx"))
+    text = [tokenizer(CORPUS_TEXT, add_special_tokens=False)["input_ids"]] * 3
+    StaticSam.build(join_documents(text, tokenizer.eos_token_id), tokenizer).save(str(folder / "x.sam"))
+    return {"rest": ["--datastore-path", str(folder / "x.idx")], "static": ["--static_sam_path", str(folder / "x.sam")]}
+
+
+CASES = [("pld", []), ("samd", []), ("samd", ["static"]), ("pia", []), ("rest", ["rest"])]
+
+
+@pytest.mark.parametrize("method,store", CASES, ids=["pld", "samd", "samd-static", "pia", "rest"])
+@pytest.mark.parametrize("paradigm", PARADIGMS, ids=["multi-round-T0", "best-of-3-T0.3"])
+def test_replay_equals_the_live_run_step_for_step(tiny_model_dir, stores, tmp_path, method, store, paradigm):
+    flags = [f for name in store for f in stores[name]]
+    answer = tmp_path / "a.jsonl"
+    live_steps = live(tiny_model_dir, two_questions_file(tmp_path), answer, method, *paradigm, *flags)
+    steps, summary = replayed(tiny_model_dir, answer, method, tmp_path, *flags)
+    assert_same_steps(live_steps, steps)
+    assert summary["retokenized_turns"] == 0
+    with open(answer) as f:
+        decoding = [a for line in f for c in json.loads(line)["choices"] for a in c["accept_lengths"]]
+    assert summary["mat"] == pytest.approx(sum(decoding) / len(decoding))
+    assert summary["estimated_speedup"] is not None   # from the recorded run's forward-cost profile
+
+
+def test_replay_forces_the_thinking_budget_where_the_live_run_did(thinking_model_dir, tmp_path):
+    """Past 80% of the tokens the live run forces the budget's phrase: replay forces it at the same place."""
+    answer = tmp_path / "a.jsonl"
+    live_steps = live(thinking_model_dir, two_questions_file(tmp_path), answer, "samd", "--think-twice", tokens=30)
+    assert any(s["draft_source"] == "forced" for s in live_steps)
+    steps, _ = replayed(thinking_model_dir, answer, "samd", tmp_path)
+    assert_same_steps(live_steps, steps)
+
+
+def test_a_trace_without_ids_is_retokenized_and_flagged(tiny_model_dir, tmp_path, capsys):
+    answer = tmp_path / "a.jsonl"
+    live(tiny_model_dir, two_questions_file(tmp_path), answer, "pld", "--think-twice")
+    lines = [json.loads(line) for line in answer.read_text().splitlines()]
+    for line in lines:
+        for choice in line["choices"]:
+            del choice["token_ids"]
+    answer.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _, summary = replayed(tiny_model_dir, answer, "pld", tmp_path)
+    assert summary["retokenized_turns"] == 4
+    assert "4 turn(s) re-tokenized" in capsys.readouterr().out
+
+
+def test_prompt_response_pairs(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": "Say it twice.", "response": CORPUS_TEXT * 2}) + "\n"
+                             for _ in range(2)))
+    _, summary = replayed(tiny_model_dir, pairs, "pld", tmp_path)
+    assert summary["trace"] == "prompt/response pairs" and summary["turns"] == 2
+    assert summary["mat"] > 1.5            # the second half copies the first: PLD drafts it
+    assert summary["estimated_speedup"] is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "recycling"], "cannot be replayed: Token Recycling drafts from the target's top-k"),
+    (["--method", "eagle3"], "cannot be replayed: EAGLE-3 drafts from the target's hidden states"),
+    (["--method", "pld", "--cost-aware"], "--cost-aware cannot be replayed"),
+    (["--method", "samd", "--tree_method", "token_recycle"], "--tree_method token_recycle cannot be replayed"),
+    (["--method", "nope"], "replay knows pld, samd, pia, rest"),
+])
+def test_refusals_are_one_line(tiny_model_dir, tmp_path, capsys, argv, message):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        replay_main(["--answer-file", str(pairs), "--model-path", tiny_model_dir, *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_bad_trace_files(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    for text, message in [("{not json\n", "not a JSON line"), (json.dumps({"x": 1}) + "\n", "neither an answer line"),
+                          ("", "holds no trace")]:
+        bad.write_text(text)
+        with pytest.raises(SystemExit):
+            replay_main(["--answer-file", str(bad), "--model-path", tiny_model_dir, "--method", "pld"])
+        assert message in capsys.readouterr().err
