@@ -9,6 +9,7 @@ from conftest import two_questions_file
 from evaluation.run.args import build_parser, finalize
 from evaluation.run.loop import run_eval
 from evaluation.run.replay import main as replay_main
+from model.errors import UserError
 from model.rest.datastore import Datastore
 from model.samd.static_sam import StaticSam, join_documents, tokenizer_identity
 
@@ -149,3 +150,20 @@ def test_bad_trace_files(tiny_model_dir, tmp_path, capsys):
         with pytest.raises(SystemExit):
             replay_main(["--answer-file", str(bad), "--model-path", tiny_model_dir, "--method", "pld"])
         assert message in capsys.readouterr().err
+
+
+def test_cost_profile_from_elsewhere(tiny_model_dir, tmp_path):
+    """--cost-profile takes a run configuration, a bare profile, or gpu_check's report (one shape named)."""
+    from evaluation.run.replay import load_profile
+    profile = {"widths": [1, 2, 4], "context_lengths": [64], "repeats": 1, "seconds": [[0.01, 0.01, 0.02]]}
+    for name, data, arg in [("config", {"cost_profile": profile}, ""), ("bare", profile, ""),
+                            ("gpu", {"measurements": {"qwen3-8b": {"profile": profile}, "x": {}}}, ":qwen3-8b")]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        loaded = load_profile(f"{path}{arg}", {})
+        assert loaded.ratio(4, 64) == pytest.approx(2.0)
+    with pytest.raises(UserError, match="name one of its shapes"):
+        load_profile(str(tmp_path / "gpu.json"), {})
+    (tmp_path / "none.json").write_text("{}")
+    with pytest.raises(UserError, match="holds no forward-cost profile"):
+        load_profile(str(tmp_path / "none.json"), {})

@@ -70,8 +70,8 @@ def parse_args(argv):
                    help="default: the recorded run's when it ran this method, else the method's own")
     p.add_argument("--max-tree-nodes", type=int, default=None, help="default: the recorded run's, else 128")
     p.add_argument("--cost-profile", default=None,
-                   help="a forward-cost profile (JSON: a run configuration, or its cost_profile) for the speedup "
-                        "estimate; default: the recorded run's")
+                   help="a forward-cost profile for the speedup estimate: a run configuration, its cost_profile, or "
+                        "scripts/gpu_check.py's --json-out (FILE:SHAPE); default: the recorded run's")
     p.add_argument("--json-out", default=None, help="write the summary as JSON")
     p.add_argument("--steps-out", default=None, help="write the replayed step log (the live format)")
     p.add_argument("--cost-aware", action="store_true", help=argparse.SUPPRESS)
@@ -246,11 +246,20 @@ def load_profile(path: str | None, config: dict):
     from model.engine.cost import ForwardCostProfile
     data = config.get("cost_profile")
     if path is not None:
+        path, _, shape = path.partition(":")   # gpu_check.json:qwen3-8b picks one measured shape
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read --cost-profile {path}: {exc}") from None
+        if isinstance(data, dict) and isinstance(data.get("measurements"), dict):   # scripts/gpu_check.py's report
+            shapes = data["measurements"]
+            if not shape and len(shapes) == 1:
+                shape = next(iter(shapes))
+            if shape not in shapes:
+                raise UserError(f"--cost-profile {path}: name one of its shapes as {path}:SHAPE "
+                                f"({', '.join(shapes) or 'none measured'})")
+            data = shapes[shape].get("profile")
         data = data.get("cost_profile", data) if isinstance(data, dict) else None
         if not isinstance(data, dict) or "seconds" not in data:
             raise UserError(f"--cost-profile {path} holds no forward-cost profile (widths, context_lengths, seconds)")
