@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluation.run.replay import greedy_path  # noqa: E402  (the engine's greedy rule, a known stream)
 from model.engine.drafter import StepFeedback  # noqa: E402
 
 VOCAB = 32_000
@@ -103,18 +104,6 @@ class RestText:
 
 # ---------------------------------------------------------------------------------------------- the decode loop
 
-def accepted_path(tree, truth: list[int]) -> list[int]:
-    """Indices of the draft nodes greedy verification would accept against the true continuation."""
-    children: dict[int, dict[int, int]] = {}
-    for node, (token, parent) in enumerate(zip(tree.tokens, tree.parents)):
-        children.setdefault(parent, {}).setdefault(token, node)
-    path, node = [], -1
-    while len(path) < len(truth) and truth[len(path)] in children.get(node, {}):
-        node = children[node][truth[len(path)]]
-        path.append(node)
-    return path
-
-
 def decode(drafter, stream: list[int], context: int, steps: int, prompt: int | None = None,
            blocks: int = 10) -> dict[str, float]:
     """Prime the drafter with stream[:context] (all of it as the prompt, or a `prompt`-token prompt and the rest
@@ -137,8 +126,10 @@ def decode(drafter, stream: list[int], context: int, steps: int, prompt: int | N
             start = time.perf_counter_ns()
             tree = drafter.propose(tokens, 128)
             proposed = time.perf_counter_ns() - start
+            if tree is not None:
+                tree.validate(128, 1 << 62)   # fills the depths the acceptance reads
             truth = stream[len(tokens): len(tokens) + 64]
-            path = accepted_path(tree, truth) if tree is not None else []
+            path = greedy_path(tree, truth)[0] if tree is not None else []
             fed = [tokens[-1]] + (tree.tokens if tree is not None else [])   # root + draft, as the target saw them
             emitted = truth[: len(path) + 1]
             tokens.extend(emitted)

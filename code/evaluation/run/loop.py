@@ -10,9 +10,9 @@ import uuid
 import torch
 from tqdm import tqdm
 
-from evaluation.run import paradigms
 from evaluation.data.grading import grade_output
 from evaluation.data.questions import load_questions
+from evaluation.run import paradigms
 from evaluation.run.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
 from model.engine.cost import DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile
@@ -31,8 +31,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "max_new_tokens": args.max_new_tokens, "paradigm": args.paradigm,
         "turns_per_question": paradigms.turns_per_question(args), "seed": args.seed, "num_choices": args.num_choices,
         "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup,
-        "save_token_ids": args.save_token_ids,
-        "warmup_tokens": args.warmup_tokens,
+        "warmup_tokens": args.warmup_tokens, "save_token_ids": args.save_token_ids,
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
         "chat_template": bool(getattr(tokenizer, "chat_template", None)), "question_file": args.question_file,

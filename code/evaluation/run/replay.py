@@ -29,6 +29,7 @@ from evaluation.run.args import SCOPES, Parser
 from evaluation.run.cli import run_reporting
 from evaluation.run.records import stem
 from model.engine.drafter import StepFeedback
+from model.engine.sampling import accept_greedy
 from model.engine.tree import DraftTree
 from model.errors import UserError
 
@@ -180,16 +181,11 @@ def pair_turns(lines: list[dict], tokenizer) -> list[Turn]:
 
 # ---------------------------------------------------------------------------------------------- replaying
 
-def accepted_path(tree: DraftTree, truth: list[int]) -> list[int]:
-    """The draft nodes that hold the recorded continuation, in order (what the engine accepts)."""
-    children: dict[int, dict[int, int]] = {}
-    for node, (token, parent) in enumerate(zip(tree.tokens, tree.parents)):
-        children.setdefault(parent, {}).setdefault(token, node)
-    path, node = [], -1
-    while len(path) < len(truth) and truth[len(path)] in children.get(node, {}):
-        node = children[node][truth[len(path)]]
-        path.append(node)
-    return path
+def greedy_path(tree: DraftTree, truth: list[int]) -> tuple[list[int], int]:
+    """The engine's own greedy rule, the recorded continuation standing in for the target's argmax: after the root
+    it is truth[0], after a node at depth d truth[d] (-1 past the trace's end)."""
+    argmax = [truth[0]] + [truth[d] if d < len(truth) else -1 for d in tree.depths]
+    return accept_greedy(tree.tokens, tree.parents, argmax)
 
 
 def replay_turn(drafter, turn: Turn, max_nodes: int) -> list[dict]:
@@ -215,8 +211,8 @@ def replay_turn(drafter, turn: Turn, max_nodes: int) -> list[dict]:
             raise UserError(f"{drafter.name} drafts with probabilities: its acceptance needs the target's law")
         # The engine never steps past the budget's trigger or the end of the trace.
         limit = (turn.forced_at if turn.forced_at is not None and done < turn.forced_at else len(tokens)) - done
-        path = accepted_path(tree, tokens[done: done + limit])
-        emitted = tokens[done: done + min(len(path) + 1, limit)]
+        path, bonus = greedy_path(tree, tokens[done: done + limit])
+        emitted = ([tree.tokens[i] for i in path] + [bonus])[:limit]
         path = path[: len(emitted)]
         context.extend(emitted)
         done += len(emitted)

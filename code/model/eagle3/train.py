@@ -259,7 +259,8 @@ def train(args) -> dict:
                 recent_loss, recent_acc = (recent_loss + [loss.item()])[-50:], (recent_acc + [accuracy])[-50:]
                 bar.update(min(time.time(), deadline) - train_start - bar.n if deadline else 1)
                 bar.set_postfix(seq=f"{log['step']}/{total_steps}",
-                                loss=f"{sum(recent_loss) / len(recent_loss):.3f}", acc0=f"{sum(a[0] for a in recent_acc) / len(recent_acc):.3f}", refresh=False)
+                                loss=f"{sum(recent_loss) / len(recent_loss):.3f}",
+                                acc0=f"{sum(a[0] for a in recent_acc) / len(recent_acc):.3f}", refresh=False)
     except TimeoutError:
         pass
     finally:
