@@ -4,12 +4,12 @@
 # run reuses the REST datastore, the EAGLE-3 head and every finished answer.
 # Run from code/:  bash scripts/demo.sh          (what `make demo` runs)
 #                  bash scripts/demo.sh head     (only train the demo's EAGLE-3 head; `make head`)
-# Variables: QUESTIONS (default 4, at most 8), MAX_NEW_TOKENS (64), HEAD_MINUTES (the head's training budget, 4).
+# Variables: QUESTIONS (default 4, at most 8), MAX_NEW_TOKENS (48), HEAD_MINUTES (the head's training budget, 4).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODEL=${MODEL:-local_model/SmolLM2-135M-Instruct}
 QUESTIONS=${QUESTIONS:-4}
-MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-64}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48}
 HEAD_MINUTES=${HEAD_MINUTES:-4}
 OUT=data/demo/model_answer
 TAG=smollm2-q${QUESTIONS}-n${MAX_NEW_TOKENS}
@@ -30,7 +30,7 @@ fi
 
 # The forward-cost profile is measured at the demo's context lengths only (its answers are short).
 COMMON="--model-path $MODEL --bench-name demo --question-file data/demo/question.jsonl
-        --max-new-tokens $MAX_NEW_TOKENS --dtype float32 --device cpu --warmup 1 --warmup-tokens 32
+        --max-new-tokens $MAX_NEW_TOKENS --dtype float32 --device cpu --warmup 1 --warmup-tokens 16
         --cost-profile-contexts 256"
 
 # REST's datastore: the model's own answers to the OTHER demo questions (never the answers being measured).
