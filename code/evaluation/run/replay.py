@@ -294,8 +294,14 @@ def summarize(steps: list[dict], turns: list[Turn], seconds: float, profile, kin
             split.setdefault(key(s), []).append(s)
         summary[name] = {str(k): {"mat": mat(v), "steps": len(v),
                                   "estimated_speedup": estimated_speedup(v, profile) if profile else None}
-                         for k, v in sorted(split.items(), key=lambda kv: str(kv[0]).zfill(8))}
+                         for k, v in sorted(split.items(), key=lambda kv: order(kv[0]))}
     return summary
+
+
+def order(key) -> tuple:
+    """Turns and context buckets in numeric order, categories by name."""
+    head = str(key).split("-")[0].rstrip("+")
+    return (0, int(head), "") if head.isdigit() else (1, 0, str(key))
 
 
 def bucket(length: int) -> str:
