@@ -207,6 +207,7 @@ def replay_turn(drafter, turn: Turn, max_nodes: int) -> list[dict]:
         if tree is None:
             tree = DraftTree([], [], source="none")
         tree.validate(max_nodes, 1 << 62)
+        proposing = time.perf_counter() - start
         if tree.probs is not None:
             raise UserError(f"{drafter.name} drafts with probabilities: its acceptance needs the target's law")
         # The engine never steps past the budget's trigger or the end of the trace.
@@ -216,9 +217,11 @@ def replay_turn(drafter, turn: Turn, max_nodes: int) -> list[dict]:
         path = path[: len(emitted)]
         context.extend(emitted)
         done += len(emitted)
+        start = time.perf_counter()
         drafter.observe(StepFeedback(emitted, tree, path, [context[-len(emitted) - 1]] + tree.tokens, None))
+        # Drafting time as the live log counts it: propose + observe (the acceptance above is the target's part).
         steps.append({"draft_size": tree.size, "proposed_size": tree.size, "accepted": len(emitted),
-                      "draft_source": tree.source, "draft_seconds": time.perf_counter() - start,
+                      "draft_source": tree.source, "draft_seconds": proposing + time.perf_counter() - start,
                       "context_length": len(context)})
     return steps
 
