@@ -44,9 +44,8 @@ def main(argv=None) -> None:
         rates = []
         for _ in range(args.repeats):
             drafter = module.make_drafter(method_args, None, tokenizer)
-            scope = config.get("draft_state_scope") if config.get("method") == drafter.name else None
             start = time.perf_counter()
-            steps = replay.replay(turns, drafter, scope or drafter.default_scope, config.get("max_tree_nodes", 128))
+            steps = replay.replay(turns, drafter, *replay.recorded_settings(drafter, config))
             seconds = time.perf_counter() - start
             rates.append(tokens / seconds)
         summary = replay.summarize(steps, turns, seconds, profile, "answer file")

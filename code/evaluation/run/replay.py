@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from evaluation.run import paradigms
+from evaluation.run import paradigms, replicas
 from evaluation.run.args import SCOPES, Parser
 from evaluation.run.cli import run_reporting
 from evaluation.run.records import stem
@@ -117,14 +117,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def read_config(answer_file: str) -> dict:
-    path = stem(answer_file) + ".config.json"
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    return replicas.read_config(stem(answer_file) + ".config.json") or {}
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
@@ -149,10 +142,9 @@ def answer_turns(lines: list[dict], config: dict, question_file: str | None, tok
             raise UserError(f"question {line.get('question_id')!r} of the answer file is not in {question_file} "
                             "(give the --question-file it was answered from)") from None
         for choice in choices:
-            previous = None
+            previous, ids = None, choice.get("token_ids")
             for t, text in enumerate(choice["turns"]):
                 prompt = paradigms.encode_prompt(tokenizer, paradigms.turn_messages(question, paradigm, t, previous))
-                ids = choice.get("token_ids")
                 forced = (choice.get("forced_tokens") or [0] * len(choice["turns"]))[t]
                 if forced and "trigger_at" not in budget:
                     raise UserError(f"question {line['question_id']!r}: a turn ends in the thinking budget's phrase, "
@@ -224,6 +216,14 @@ def replay_turn(drafter, turn: Turn, max_nodes: int) -> list[dict]:
                       "draft_source": tree.source, "draft_seconds": proposing + time.perf_counter() - start,
                       "context_length": len(context)})
     return steps
+
+
+def recorded_settings(drafter, config: dict, scope: str | None = None, max_nodes: int | None = None):
+    """(state scope, tree cap) as the recorded run had them: the run's scope when it ran this method, else the
+    method's own; the run's cap, else the CLI default. Explicit values win."""
+    if scope is None:
+        scope = config.get("draft_state_scope") if config.get("method") == drafter.name else None
+    return scope or drafter.default_scope, max_nodes or config.get("max_tree_nodes") or 128
 
 
 def replay(turns: list[Turn], drafter, scope: str, max_nodes: int) -> list[dict]:
@@ -343,9 +343,7 @@ def run(argv) -> None:
         config, kind = {}, "prompt/response pairs"
         turns = pair_turns(lines, tokenizer)
     drafter = module.make_drafter(args, None, tokenizer)
-    scope = args.draft_state_scope or (config.get("draft_state_scope") if config.get("method") == drafter.name
-                                       else None) or drafter.default_scope
-    max_nodes = args.max_tree_nodes or config.get("max_tree_nodes") or 128
+    scope, max_nodes = recorded_settings(drafter, config, args.draft_state_scope, args.max_tree_nodes)
     profile = load_profile(args.cost_profile, config)
     start = time.perf_counter()
     steps = replay(turns, drafter, scope, max_nodes)
