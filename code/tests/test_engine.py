@@ -79,7 +79,7 @@ def test_tree_forward_logits_equal_each_path_decoded_alone():
     engine._append(cache, prefix[:-1])
     inputs = [prefix[-1]] + tree.tokens
     block = torch.from_numpy(tree_attention(tree.parents))
-    logits = engine._forward(cache, inputs, block, torch.tensor([0] + tree.depths))
+    logits = engine._forward(cache, [inputs], [block], [[0] + tree.depths])[0]
     for node in range(len(tree)):
         path, i = [], node
         while i >= 0:
@@ -97,8 +97,7 @@ def test_kv_after_acceptance_equals_sequential_decoding():
     tree.validate(64, VOCAB)
     cache = PositionalKVCache(4)  # small: forces the buffers to grow
     engine._append(cache, prefix[:-1])
-    engine._forward(cache, [prefix[-1]] + tree.tokens, torch.from_numpy(tree_attention(tree.parents)),
-                    torch.tensor([0] + tree.depths))
+    engine._forward(cache, [[prefix[-1]] + tree.tokens], [tree_attention(tree.parents)], [[0] + tree.depths])
     cache.keep(len(prefix) - 1, [0, 2, 3, 4], torch.device("cpu"))
     reference = PositionalKVCache(64)
     engine._append(reference, prefix + [8, 9, 10])

@@ -110,7 +110,7 @@ class ForwardCostProfile:
                     causal = torch.ones(w, w, dtype=torch.bool, device=engine.device).tril()
                     depths = torch.arange(w, device=engine.device)
                     start = engine.clock()
-                    engine._forward(cache, ids, causal, depths)
+                    engine._forward(cache, [ids], [causal], [depths])
                     elapsed = engine.clock() - start
                     cache.crop(length)
                     if rep >= 0:

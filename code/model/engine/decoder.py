@@ -3,6 +3,10 @@
 Each step feeds the root (the last emitted token, not yet in the cache) plus the draft tree in one
 forward, accepts the longest valid path, keeps the KV entries of root + accepted nodes and emits the
 accepted tokens plus one bonus token. With no draft this is exactly autoregressive decoding.
+
+A batch is several such sequences (rows) in the same forwards: each row has its own drafter, tree, KV length,
+position ids, random stream, stop and limits; trees are padded to the step's widest with nodes that see only
+themselves, and a row that finishes leaves the batch. One sequence is the batch of one row.
 """
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ class StepRecord:
     verify_seconds: float
     context_length: int
     proposed_size: int = 0  # nodes the drafter proposed (differs from draft_size under cost-aware verification)
+    batch_step: int = 0     # the batch forward this step was part of (0, 1, ...: the step index at batch 1)
+    batch_rows: int = 1     # rows in that forward
+    batch_width: int = 0    # tokens per row in that forward (the widest row's root + draft)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Generation:
     steps: list[StepRecord] = field(default_factory=list)
     forced_tokens: int = 0
     stopped: bool = False   # ended on a stop token (rather than the token budget)
+    seconds: float = 0.0    # from the start of its batch (prefill included) to this sequence's last token
 
     @property
     def accept_lengths(self) -> list[int]:
@@ -75,115 +83,231 @@ class SpeculativeEngine:
         self.synchronize()
         return time.perf_counter()
 
-    def _forward(self, cache: PositionalKVCache, input_ids: list[int], block: torch.Tensor,
-                 depths: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
-        """One target forward of `input_ids` on top of the cache; `block` is their [n, n] visibility."""
-        past, n = cache.get_seq_length(), len(input_ids)
-        mask = torch.ones(1, 1, n, past + n, dtype=torch.bool, device=self.device)
-        mask[0, 0, :, past:] = block
+    def _forward(self, cache: PositionalKVCache, inputs: list[list[int]], blocks: list, depths: list,
+                 logits_to_keep: int = 0) -> torch.Tensor:
+        """One target forward of every row's `inputs[b]` on top of its own cache entries; `blocks[b]` is their
+        [n, n] visibility, `depths[b]` their positions after the row's last cached token. Rows are padded to the
+        widest with tokens that see only themselves (their entries are dropped by the next keep). [B, W, vocab]."""
+        rows, width = len(inputs), max(len(ids) for ids in inputs)
+        lengths = cache.lengths
+        past = max(lengths)
+        dev = self.device
+        if rows == 1 and len(inputs[0]) == width:   # batch 1: no padding (the common case, kept cheap)
+            mask = torch.ones(1, 1, width, past + width, dtype=torch.bool, device=dev)
+            mask[0, 0, :, past:] = torch.as_tensor(blocks[0], device=dev)
+            ids = torch.tensor(inputs, device=dev)
+            positions = (torch.as_tensor(depths[0], device=dev) + past).unsqueeze(0)
+        else:
+            ids = torch.zeros(rows, width, dtype=torch.long)
+            positions = torch.zeros(rows, width, dtype=torch.long)
+            local = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)   # padding sees only itself
+            for b, (tokens, block, depth) in enumerate(zip(inputs, blocks, depths)):
+                n = len(tokens)
+                ids[b, :n] = torch.tensor(tokens)
+                positions[b, :n] = torch.as_tensor(depth) + lengths[b]
+                positions[b, n:] = torch.arange(n, width) + lengths[b]
+                local[b, :n, :n] = torch.as_tensor(block)
+            starts = torch.tensor(lengths, device=dev)
+            columns = torch.arange(past + width, device=dev)
+            valid = torch.tensor([[j < len(tokens) for j in range(width)] for tokens in inputs], device=dev)
+            mask = (columns[None, None, :] < starts[:, None, None]) & valid[:, :, None]   # [B, W, K]: the past
+            local = local.to(dev)
+            for b in range(rows):
+                mask[b, :, lengths[b]:lengths[b] + width] = local[b]
+            mask = mask.unsqueeze(1)
+            ids, positions = ids.to(dev), positions.to(dev)
         if self.additive_mask:
             dtype = self.model.dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
-        out = self.model(
-            input_ids=torch.tensor([input_ids], device=self.device),
-            attention_mask=mask,
-            position_ids=(depths + past).unsqueeze(0),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-        return out.logits[0]
+            mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill(~mask, torch.finfo(dtype).min)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=logits_to_keep)
+        return out.logits
 
-    def _append(self, cache: PositionalKVCache, tokens: list[int]) -> None:
-        """Add tokens to the cache without looking at their logits (prefill, forced phrases)."""
-        if tokens:
-            n = len(tokens)
-            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-            self._forward(cache, tokens, causal, torch.arange(n, device=self.device), logits_to_keep=1)
+    def _append(self, cache: PositionalKVCache, tokens: list[list[int]] | list[int]) -> None:
+        """Add tokens to the cache without looking at their logits (prefill): one list per row (a flat list: one
+        row). Rows of different lengths are padded, then cut back to their own."""
+        rows = tokens if tokens and isinstance(tokens[0], list) else [tokens]
+        if not any(rows):
+            return
+        starts = cache.lengths
+        causal = [torch.ones(len(r), len(r), dtype=torch.bool).tril() for r in rows]
+        depths = [torch.arange(len(r)) for r in rows]
+        self._forward(cache, rows, causal, depths, logits_to_keep=1)
+        if len({len(r) for r in rows}) > 1:
+            cache.keep_rows(starts, [list(range(len(r))) for r in rows])
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], drafter: Drafter, max_new_tokens: int, sampling: SamplingConfig,
                  generator: torch.Generator | None = None, stop_tokens: set[int] = frozenset(),
                  budget: ThinkingBudget | None = None) -> Generation:
-        if not prompt:
+        return self.generate_batch([prompt], [drafter], max_new_tokens, sampling, [generator], stop_tokens,
+                                   budget)[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, prompts: list[list[int]], drafters: list[Drafter], max_new_tokens: int,
+                       sampling: SamplingConfig, generators: list[torch.Generator | None] | None = None,
+                       stop_tokens: set[int] = frozenset(), budget: ThinkingBudget | None = None) -> list[Generation]:
+        """Decode the prompts together, row b with drafters[b] and generators[b]; one Generation per row. A drafter
+        object may serve several rows only if it keeps no per-sequence state (it is told every row's steps)."""
+        if not prompts or any(not p for p in prompts):
             raise ValueError("empty prompt")
-        capture = HiddenCapture(self.model, drafter.hidden_layers) if drafter.hidden_layers else None
+        if len(drafters) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts need {len(prompts)} drafters, got {len(drafters)}")
+        generators = list(generators) if generators is not None else [None] * len(prompts)
+        layers = {tuple(d.hidden_layers) for d in drafters}
+        if len(layers) > 1:
+            raise ValueError("the drafters of one batch must ask for the same hidden-state layers")
+        wanted = layers.pop()
+        capture = HiddenCapture(self.model, wanted) if wanted else None
         try:
-            return self._generate(prompt, drafter, max_new_tokens, sampling, generator, stop_tokens, budget, capture)
+            return self._generate(prompts, drafters, generators, max_new_tokens, sampling, stop_tokens, budget,
+                                  capture)
         finally:
             if capture is not None:
                 capture.remove()
 
-    def _generate(self, prompt, drafter, max_new_tokens, sampling, generator, stop_tokens, budget, capture):
-        cache = PositionalKVCache(capacity=len(prompt) + min(max_new_tokens, self.cache_capacity) + self.max_tree_nodes + 1)
-        context = list(prompt)
-        result = Generation()
-        drafter.use_sampling(sampling, generator)
-        drafter.begin_sequence(list(prompt))
+    def _generate(self, prompts, drafters, generators, max_new_tokens, sampling, stop_tokens, budget, capture):
+        start = self.clock()
+        rows = [_Row(b, list(p), d, g, budget is None) for b, (p, d, g) in enumerate(zip(prompts, drafters, generators))]
+        for row in rows:
+            row.drafter.use_sampling(sampling, row.generator)
+            row.drafter.begin_sequence(list(row.prompt))
         if self.cost_aware is not None:
             self.cost_aware.begin_sequence()
-        self._append(cache, context[:-1])
-        if capture is not None and len(context) > 1:
-            drafter.observe_prompt(capture.take())
-        thinking_done = budget is None
+        # Prefill each distinct prompt once (Best-of-N: one for all samples), then give every row its copy.
+        unique: dict[tuple, int] = {}
+        for row in rows:
+            unique.setdefault(tuple(row.prompt), len(unique))
+        longest = max(len(p) for p in prompts)
+        cache = PositionalKVCache(capacity=longest + min(max_new_tokens, self.cache_capacity) + self.max_tree_nodes + 1,
+                                  batch_size=len(unique))
+        self._append(cache, [list(p[:-1]) for p in unique])
+        slot = [unique[tuple(row.prompt)] for row in rows]
+        if capture is not None:
+            for row, u in zip(rows, slot):
+                if len(row.prompt) > 1:
+                    row.drafter.observe_prompt(capture.take(list(range(len(row.prompt) - 1)), u))
+        if slot != list(range(len(unique))):
+            cache.select_rows(slot)
 
-        while len(result.tokens) < max_new_tokens and not result.stopped:
-            if not thinking_done and len(result.tokens) >= budget.trigger_at:
-                self._force(cache, context, result, drafter, budget.phrase[: max_new_tokens - len(result.tokens)],
-                            capture)
-                thinking_done = True
-                continue
-
-            t0 = self.clock()
-            drafted = self.cost_aware is None or self.cost_aware.should_draft()
-            tree = drafter.propose(context, self.max_tree_nodes) if drafted else SKIPPED
-            if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
-                tree = NO_DRAFT
-            tree.validate(self.max_tree_nodes, self.vocab_size)
-            proposed = tree.size
-            if self.cost_aware is not None:
-                tree = self._plan(tree, drafter, context)
+        live, step = rows, 0
+        while live:
+            live = [row for row in live if len(row.result.tokens) < max_new_tokens and not row.result.stopped]
+            if not live:
+                break
+            plans = [self._plan_row(row, max_new_tokens, budget) for row in live]
+            width = max(len(plan.inputs) for plan in plans)
             t1 = self.clock()
-
-            input_ids = [context[-1]] + tree.tokens
-            block = torch.from_numpy(draft_attention(tree)).to(self.device)
-            depths = torch.tensor([0] + tree.depths + tree.aux_depths, device=self.device)
-            past = cache.get_seq_length()
-            all_logits = self._forward(cache, input_ids + tree.aux_tokens, block, depths)
-            logits = all_logits[: len(input_ids)]
-            if sampling.greedy:
-                path, bonus = accept_greedy(tree.tokens, tree.parents, logits.argmax(-1).tolist())
-            else:
-                p = target_probs(logits if logits.dtype == torch.float64 else logits.float(), sampling)
-                q = tree.probs.to(p) if tree.probs is not None else None
-                path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, generator)
-            if self.cost_aware is not None:
-                self.cost_aware.update(tree, path)
-            # Never step past the budget's trigger or the token limit: AR would stop there, so must we.
-            limit = max_new_tokens if thinking_done else min(max_new_tokens, budget.trigger_at)
-            emitted = self._truncate([tree.tokens[i] for i in path] + [bonus], result, limit, stop_tokens)
-            path = path[: len(emitted)]
-            # Keep the root and the accepted nodes before the last emitted token (which becomes the next root).
-            kept = [0] + [i + 1 for i in path[: len(emitted) - 1]]
-            cache.keep(past, kept, self.device)
+            starts = cache.lengths
+            logits = self._forward(cache, [p.inputs for p in plans], [p.block for p in plans],
+                                   [p.depths for p in plans])
+            argmax = logits.argmax(-1).tolist() if sampling.greedy else None
+            kept = []
+            for b, (row, plan) in enumerate(zip(live, plans)):
+                kept.append(self._accept(row, plan, logits[b], argmax[b] if argmax else None, sampling,
+                                         max_new_tokens, budget, stop_tokens))
+            cache.keep_rows(starts, kept)
             t2 = self.clock()
+            for b, (row, plan, offsets) in enumerate(zip(live, plans, kept)):
+                t = self.clock()
+                self._observe(row, plan, logits[b], offsets, capture, b)
+                if plan.tree is not None:   # (a forced step drafts nothing: its time is the forward's)
+                    plan.draft_seconds += self.clock() - t
+                row.result.steps.append(StepRecord(
+                    plan.tree.size if plan.tree is not None else 0, len(plan.emitted), plan.source,
+                    plan.draft_seconds, t2 - t1, len(row.context), plan.proposed, step, len(live), width))
+            if self.cost_aware is not None and len(live) == 1:
+                plan, t3 = plans[0], self.clock()
+                self.cost_aware.record_forward(len(plan.inputs), t2 - t1)
+                if plan.tree is not None:
+                    self.cost_aware.record_step(plan.proposed, len(plan.emitted), t3 - plan.started,
+                                                len(live[0].context), len(plan.tree.tokens))
+            now = self.clock()
+            finished = [b for b, row in enumerate(live)
+                        if len(row.result.tokens) >= max_new_tokens or row.result.stopped]
+            for b in finished:
+                live[b].result.seconds = now - start
+            if finished:
+                remaining = [b for b in range(len(live)) if b not in set(finished)]
+                if remaining:
+                    cache.select_rows(remaining)
+                live = [live[b] for b in remaining]
+            step += 1
+        for row in rows:
+            if not row.result.seconds:
+                row.result.seconds = self.clock() - start
+        return [row.result for row in rows]
 
-            if not thinking_done and budget.end_token in emitted:
-                thinking_done = True
-            context.extend(emitted)
-            result.tokens.extend(emitted)
-            topk = logits.topk(drafter.wants_topk, dim=-1).indices if drafter.wants_topk else None
-            aux_argmax = all_logits[len(input_ids):].argmax(-1).tolist() if tree.aux_tokens else None
-            hidden = capture.take(kept) if capture is not None else None
-            drafter.observe(StepFeedback(emitted, tree, path, input_ids, topk, aux_argmax, hidden))
-            t3 = self.clock()
-            if self.cost_aware is not None:
-                self.cost_aware.record_forward(len(input_ids) + len(tree.aux_tokens), t2 - t1)
-                self.cost_aware.record_step(proposed, len(emitted), t3 - t0, len(context),
-                                            len(tree.tokens))
-            result.steps.append(StepRecord(tree.size, len(emitted), tree.source, (t1 - t0) + (t3 - t2), t2 - t1,
-                                           len(context), proposed))
-        return result
+    def _plan_row(self, row: "_Row", max_new_tokens: int, budget: ThinkingBudget | None) -> "_Plan":
+        """What this row feeds the step's forward: the root and its draft, or a forced phrase."""
+        t0 = self.clock()
+        root = row.context[-1]
+        if not row.thinking_done and len(row.result.tokens) >= budget.trigger_at:
+            row.thinking_done = True
+            phrase = budget.phrase[: max_new_tokens - len(row.result.tokens)]
+            if phrase:   # teacher-forced: its entries are kept whole, its logits unused
+                inputs = [root] + phrase[:-1]
+                n = len(inputs)
+                return _Plan(inputs, torch.ones(n, n, dtype=torch.bool).tril(), list(range(n)), None, phrase,
+                             "forced", 0, t0, 0.0)
+        drafter = row.drafter
+        drafted = self.cost_aware is None or self.cost_aware.should_draft()
+        tree = drafter.propose(row.context, self.max_tree_nodes) if drafted else SKIPPED
+        if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
+            tree = NO_DRAFT
+        tree.validate(self.max_tree_nodes, self.vocab_size)
+        proposed = tree.size
+        if self.cost_aware is not None:
+            tree = self._plan(tree, drafter, row.context)
+        inputs = [root] + tree.tokens + tree.aux_tokens
+        return _Plan(inputs, draft_attention(tree), [0] + tree.depths + tree.aux_depths, tree, None, tree.source,
+                     proposed, t0, self.clock() - t0)
+
+    def _accept(self, row: "_Row", plan: "_Plan", logits: torch.Tensor, argmax: list[int] | None,
+                sampling: SamplingConfig, max_new_tokens: int, budget, stop_tokens) -> list[int]:
+        """Accept this row's draft (or take its forced phrase); returns the offsets of the entries its cache keeps."""
+        result = row.result
+        if plan.tree is None:
+            result.tokens.extend(plan.emitted)
+            result.forced_tokens += len(plan.emitted)
+            row.context.extend(plan.emitted)
+            return list(range(len(plan.inputs)))
+        tree = plan.tree
+        n = len(tree.tokens) + 1
+        if argmax is not None:
+            path, bonus = accept_greedy(tree.tokens, tree.parents, argmax[:n])
+        else:
+            rows = logits[:n]
+            p = target_probs(rows if rows.dtype == torch.float64 else rows.float(), sampling)
+            q = tree.probs.to(p) if tree.probs is not None else None
+            path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, row.generator)
+        if self.cost_aware is not None:
+            self.cost_aware.update(tree, path)
+        # Never step past the budget's trigger or the token limit: AR would stop there, so must we.
+        limit = max_new_tokens if row.thinking_done else min(max_new_tokens, budget.trigger_at)
+        emitted = self._truncate([tree.tokens[i] for i in path] + [bonus], result, limit, stop_tokens)
+        plan.path = path[: len(emitted)]
+        plan.emitted = emitted
+        if not row.thinking_done and budget.end_token in emitted:
+            row.thinking_done = True
+        row.context.extend(emitted)
+        result.tokens.extend(emitted)
+        # Keep the root and the accepted nodes before the last emitted token (which becomes the next root).
+        return [0] + [i + 1 for i in plan.path[: len(emitted) - 1]]
+
+    def _observe(self, row: "_Row", plan: "_Plan", logits: torch.Tensor, kept: list[int], capture,
+                 batch_row: int) -> None:
+        tree = plan.tree
+        if tree is None:
+            hidden = capture.take(list(range(len(plan.inputs))), batch_row) if capture is not None else None
+            row.drafter.observe(StepFeedback(list(plan.emitted), None, [], [], None, hidden=hidden))
+            return
+        n = len(tree.tokens) + 1
+        wants = row.drafter.wants_topk
+        topk = logits[:n].topk(wants, dim=-1).indices if wants else None
+        aux_argmax = logits[n:n + len(tree.aux_tokens)].argmax(-1).tolist() if tree.aux_tokens else None
+        hidden = capture.take(kept, batch_row) if capture is not None else None
+        row.drafter.observe(StepFeedback(plan.emitted, tree, plan.path, plan.inputs[:n], topk, aux_argmax, hidden))
 
     def _plan(self, tree: DraftTree, drafter: Drafter, context: list[int]) -> DraftTree:
         """Cost-aware verification: the part of the proposal (or the larger draft) worth its forward cost."""
@@ -210,16 +334,32 @@ class SpeculativeEngine:
                 return emitted[: j + 1]
         return emitted
 
-    def _force(self, cache, context, result, drafter, phrase: list[int], capture) -> None:
-        """Teacher-force the thinking-budget phrase: one forward, no drafting, recorded as a 'forced' step."""
-        if not phrase:
-            return
-        t0 = self.clock()
-        self._append(cache, [context[-1]] + phrase[:-1])
-        context.extend(phrase)
-        result.tokens.extend(phrase)
-        result.forced_tokens += len(phrase)
-        hidden = capture.take() if capture is not None else None
-        drafter.observe(StepFeedback(list(phrase), None, [], [], None, hidden=hidden))
-        t1 = self.clock()
-        result.steps.append(StepRecord(0, len(phrase), "forced", 0.0, t1 - t0, len(context)))
+
+@dataclass
+class _Row:
+    """One sequence of a batch."""
+    index: int
+    prompt: list[int]
+    drafter: Drafter
+    generator: torch.Generator | None
+    thinking_done: bool
+    context: list[int] = field(default_factory=list)
+    result: Generation = field(default_factory=Generation)
+
+    def __post_init__(self):
+        self.context = list(self.prompt)
+
+
+@dataclass
+class _Plan:
+    """What one row feeds one forward, and what came of it."""
+    inputs: list[int]              # root + draft nodes + auxiliary nodes (or root + forced phrase[:-1])
+    block: object                  # their visibility among themselves
+    depths: list[int]
+    tree: DraftTree | None         # None: a forced phrase
+    emitted: list[int] | None      # the forced phrase; after acceptance, the emitted tokens
+    source: str
+    proposed: int
+    started: float
+    draft_seconds: float
+    path: list[int] = field(default_factory=list)

@@ -38,9 +38,9 @@ class HiddenCapture:
             self.states[index] = args[0] if args else kwargs["hidden_states"]
         return keep
 
-    def take(self, rows: list[int] | None = None) -> torch.Tensor:
-        """[len(rows), layers x hidden] from the last forward (batch row 0), the chosen layers side by side."""
-        parts = [self.states[i][0] for i in self.layers]
+    def take(self, rows: list[int] | None = None, batch_row: int = 0) -> torch.Tensor:
+        """[len(rows), layers x hidden] from one batch row of the last forward, the chosen layers side by side."""
+        parts = [self.states[i][batch_row] for i in self.layers]
         if rows is not None:
             parts = [part.index_select(0, torch.tensor(rows, device=part.device)) for part in parts]
         return torch.cat([part.to(self.device) for part in parts], dim=-1)

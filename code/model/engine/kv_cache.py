@@ -1,9 +1,11 @@
 """A KV cache where rollback is just a position (gpt-fast style), plugged into transformers' Cache API.
 
-Keys and values live in preallocated buffers that double when full. `update` writes the new
-entries after the current length and returns views up to it, so attention only touches the
-live prefix. After verification, the engine moves the accepted path's entries into place
-(`keep`) and the rest is dropped by lowering the length: no recomputation, no reallocation.
+Keys and values live in preallocated [batch, heads, capacity, dim] buffers that double when full. Every batch row
+has its own length: `update` writes each row's new entries after that row's length and returns views up to the
+longest row's end, so attention only touches the live prefix (the engine's mask hides what lies beyond each row's
+own entries). After verification the engine moves each row's accepted entries into place (`keep_rows`) and the
+rest is dropped by lowering that row's length: no recomputation, no reallocation. Position ids are given by the
+engine, so a row's slots need not match its positions: rows of different lengths share one buffer.
 """
 from __future__ import annotations
 
@@ -15,45 +17,79 @@ class PositionalLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, lengths: list[int] | None = None):
         super().__init__()
         self.capacity = capacity
-        self.length = 0
+        self.lengths = list(lengths or [0])   # one per batch row
+
+    @property
+    def length(self) -> int:
+        """The longest row's length: the live prefix every row's attention spans."""
+        return max(self.lengths)
 
     def lazy_initialization(self, key_states, value_states):
         b, h, _, _ = key_states.shape
         self.keys = key_states.new_zeros(b, h, self.capacity, key_states.shape[-1])
         self.values = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
+        if len(self.lengths) != b:
+            self.lengths = self.lengths[:1] * b
         self.is_initialized = True
 
     def _grow(self, needed: int) -> None:
         capacity = max(needed, 2 * self.capacity)
+        live = self.length
         for name in ("keys", "values"):
             old = getattr(self, name)
             new = old.new_zeros(*old.shape[:2], capacity, old.shape[-1])
-            new[:, :, : self.length] = old[:, :, : self.length]
+            new[:, :, :live] = old[:, :, :live]
             setattr(self, name, new)
         self.capacity = capacity
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
+        n = key_states.shape[-2]
+        start, end = min(self.lengths), self.length + n
         if end > self.capacity:
             self._grow(end)
-        self.keys[:, :, self.length:end] = key_states
-        self.values[:, :, self.length:end] = value_states
-        self.length = end
+        if start == self.length:   # every row at the same length (batch 1 always): one slice
+            self.keys[:, :, start:end] = key_states
+            self.values[:, :, start:end] = value_states
+        else:
+            slots = _row_slots(self.lengths, n, self.keys.device)
+            rows = torch.arange(len(self.lengths), device=self.keys.device).unsqueeze(1)
+            # Advanced indices on dims 0 and 2 put the [B, n] index dims first: [B, n, heads, dim].
+            self.keys[rows, :, slots] = key_states.transpose(1, 2)
+            self.values[rows, :, slots] = value_states.transpose(1, 2)
+        self.lengths = [length + n for length in self.lengths]
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def keep(self, start: int, offsets: torch.Tensor | None, count: int) -> None:
-        """Keep `count` entries from `start`: those at start+offsets (if given) moved to start.. in order."""
-        if offsets is not None and self.is_initialized:
-            offsets = offsets.to(self.keys.device)  # layers may sit on several GPUs (device_map="auto")
-            end = start + count
-            self.keys[:, :, start:end] = self.keys.index_select(2, offsets + start)
-            self.values[:, :, start:end] = self.values.index_select(2, offsets + start)
-        self.length = start + count
+    def keep_rows(self, starts: list[int], offsets: list[list[int]]) -> None:
+        """Row b keeps its entries before starts[b], then those at starts[b] + offsets[b] moved to starts[b].. in
+        order (the root and the accepted path of the last forward); everything after is dropped."""
+        moving = [b for b, (start, offs) in enumerate(zip(starts, offsets)) if offs != list(range(len(offs)))]
+        if moving and self.is_initialized:
+            # Rows whose kept entries are already in place (a chain's prefix) copy onto themselves.
+            width = max(len(offsets[b]) for b in moving)
+            src = [[starts[b] + o for o in offsets[b]] + [starts[b] + j for j in range(len(offsets[b]), width)]
+                   for b in range(len(starts))]
+            dst = [[starts[b] + j for j in range(width)] for b in range(len(starts))]
+            device = self.keys.device   # layers may sit on several GPUs (device_map="auto")
+            src = torch.tensor(src, device=device)[:, None, :, None]
+            dst = torch.tensor(dst, device=device)[:, None, :, None]
+            for name in ("keys", "values"):
+                buffer = getattr(self, name)
+                shape = (buffer.shape[0], buffer.shape[1], width, buffer.shape[3])
+                buffer.scatter_(2, dst.expand(shape), buffer.gather(2, src.expand(shape)))
+        self.lengths = [start + len(offs) for start, offs in zip(starts, offsets)]
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Keep (or repeat) these batch rows, in this order."""
+        if self.is_initialized:
+            index = torch.tensor(rows, device=self.keys.device)
+            self.keys = self.keys.index_select(0, index)
+            self.values = self.values.index_select(0, index)
+        self.lengths = [self.lengths[r] for r in rows]
 
     def get_mask_sizes(self, query_length: int, *args, **kwargs):
         return self.length + query_length, 0
@@ -65,26 +101,49 @@ class PositionalLayer(CacheLayerMixin):
         return -1
 
 
+def _row_slots(lengths: list[int], n: int, device) -> torch.Tensor:
+    return torch.tensor(lengths, device=device).unsqueeze(1) + torch.arange(n, device=device)
+
+
 class PositionalKVCache(Cache):
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, batch_size: int = 1):
         self._capacity = capacity
+        self._lengths = [0] * batch_size   # before the first layer exists
         super().__init__(layer_class_to_replicate=self._new_layer)
 
     def _new_layer(self) -> PositionalLayer:
-        return PositionalLayer(self._capacity)
+        return PositionalLayer(self._capacity, self._lengths)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Each batch row's length."""
+        return list(self.layers[0].lengths) if self.layers else list(self._lengths)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].length if self.layers else 0
 
     def crop(self, length: int) -> None:
-        """Drop every entry from `length` on (a chain's rejected tail, or everything for a new sequence)."""
+        """Drop every entry from `length` on, in every row (a chain's rejected tail, or all for a new sequence)."""
         for layer in self.layers:
-            layer.keep(0, None, min(length, layer.length))
+            layer.lengths = [min(length, n) for n in layer.lengths]
+        self._lengths = [min(length, n) for n in self._lengths]
 
-    def keep(self, start: int, offsets: list[int], device) -> None:
-        """Rollback to `start` + the entries at the given offsets from `start` (the accepted path)."""
-        count = len(offsets)
-        # A path that is a prefix of the input (a chain, or AR) needs no copy: just truncate.
-        moved = None if offsets == list(range(count)) else torch.tensor(offsets, device=device)
+    def set_lengths(self, lengths: list[int]) -> None:
+        """Cut each row back to its own length (never longer than it is)."""
         for layer in self.layers:
-            layer.keep(start, moved, count)
+            layer.lengths = [min(n, cut) for n, cut in zip(layer.lengths, lengths)]
+        self._lengths = list(lengths)
+
+    def keep(self, start: int, offsets: list[int], device=None) -> None:
+        """Batch 1: rollback to `start` + the entries at the given offsets from `start` (the accepted path)."""
+        self.keep_rows([start], [offsets])
+
+    def keep_rows(self, starts: list[int], offsets: list[list[int]]) -> None:
+        for layer in self.layers:
+            layer.keep_rows(starts, offsets)
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Keep these batch rows in this order (rows that finished leave; a repeated row is copied)."""
+        for layer in self.layers:
+            layer.select_rows(rows)
+        self._lengths = [self._lengths[r] if r < len(self._lengths) else 0 for r in rows]
