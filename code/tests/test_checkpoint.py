@@ -7,7 +7,8 @@ import pytest
 
 from evaluation.run import records
 from evaluation.run.args import build_parser, finalize
-from evaluation.run.loop import Runner, run_eval
+from evaluation.run.loop import run_eval
+from model.engine import SpeculativeEngine
 from methods import METHODS
 from model.errors import UserError
 
@@ -39,17 +40,17 @@ def read(path):
 
 def killed_at(monkeypatch, model_dir, question_file, answer_file, method, flags, call):
     """Run until the `call`-th generation (1-based, over the whole run) starts, and interrupt it there."""
-    real = Runner.generate
+    real = SpeculativeEngine.generate_batch
     calls = []
 
-    def generate(self, prompt, seed, max_new_tokens):
-        calls.append(seed)
+    def generate_batch(self, prompts, *args, **kwargs):
+        calls.append(len(prompts))
         if len(calls) == call:
             raise KeyboardInterrupt
-        return real(self, prompt, seed, max_new_tokens)
+        return real(self, prompts, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(Runner, "generate", generate)
+        m.setattr(SpeculativeEngine, "generate_batch", generate_batch)
         with pytest.raises(KeyboardInterrupt):
             run(model_dir, question_file, answer_file, method, *flags)
 

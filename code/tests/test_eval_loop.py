@@ -114,14 +114,14 @@ def test_thinking_budget_in_a_generation(thinking_model_dir, question_file, tmp_
 def test_resume_after_a_crash_mid_question_loses_nothing(tiny_model_dir, question_file, tmp_path, monkeypatch):
     answer_file = tmp_path / "resume.jsonl"
     args = make_args(tiny_model_dir, question_file, answer_file, "--think-twice")
-    real_answer = Runner.answer
+    real_answer = Runner.answer_group
 
-    def crash_on_third(self, question):
-        if question["question_id"] == 3:
+    def crash_on_third(self, questions):
+        if any(question["question_id"] == 3 for question in questions):
             raise RuntimeError("injected crash")
-        return real_answer(self, question)
+        return real_answer(self, questions)
 
-    monkeypatch.setattr(Runner, "answer", crash_on_third)
+    monkeypatch.setattr(Runner, "answer_group", crash_on_third)
     with pytest.raises(RuntimeError):
         run_eval(args, ar)
     assert [a["question_id"] for a in read_jsonl(answer_file)] == [1, 2]
@@ -131,7 +131,7 @@ def test_resume_after_a_crash_mid_question_loses_nothing(tiny_model_dir, questio
         f.write(json.dumps({"question_id": 3, "turn": 0, "step": 0}) + "\n")
     with open(answer_file, "a") as f:
         f.write('{"question_id": 3, "choi')
-    monkeypatch.setattr(Runner, "answer", real_answer)
+    monkeypatch.setattr(Runner, "answer_group", real_answer)
     run_eval(make_args(tiny_model_dir, question_file, answer_file, "--think-twice"), ar)
     answers = read_jsonl(answer_file)
     assert [a["question_id"] for a in answers] == [1, 2, 3]

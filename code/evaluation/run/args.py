@@ -51,6 +51,12 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--num-rounds", type=int, default=2)
     p.add_argument("--BON", action="store_true", help="Best-of-N sampling of the same prompt")
     p.add_argument("--bon-n", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="decode this many sequences together: with --BON the samples of a question, B at a time; "
+                        "with --think-twice round r of B questions, then round r+1 (default 1: one at a time)")
+    p.add_argument("--no-cross-sample", action="store_true",
+                   help="in a batch, question-scope drafters (SAM) draft only from their own sample's text, not from "
+                        "what concurrent samples of the same question generate")
     p.add_argument("--warmup", type=int, default=3, help="warm-up generations before measuring (not recorded)")
     p.add_argument("--warmup-tokens", type=int, default=256, help="new-token cap of each warm-up generation")
     p.add_argument("--draft-state-scope", choices=SCOPES, default=None,
@@ -75,7 +81,7 @@ def build_parser(method: str) -> Parser:
 
 def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
     """Fill the seed's defaults and reject values no run can use."""
-    for flag in ("max_new_tokens", "num_choices", "num_rounds", "bon_n", "max_tree_nodes",
+    for flag in ("max_new_tokens", "num_choices", "num_rounds", "bon_n", "max_tree_nodes", "batch_size",
                  "num_gpus_per_model", "num_gpus_total", "num_replicas"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")

@@ -24,7 +24,8 @@ from evaluation.run.args import Parser, build_parser, finalize
 from evaluation.run.cli import run_reporting
 from model.errors import UserError
 
-SHARED = ("model_path", "dtype", "device", "num_gpus_per_model", "question_file", "question_begin", "question_end")
+SHARED = ("model_path", "dtype", "device", "num_gpus_per_model", "question_file", "question_begin", "question_end",
+          "batch_size", "paradigm", "num_choices")
 
 
 def parse_method(spec: str, common: list[str], prefix: str):
@@ -89,9 +90,14 @@ def run(specs: list[str], common: list[str], prefix: str) -> None:
     for name, store, runner in opened:
         print(f"== {name}: warming up", file=sys.stderr, flush=True)
         start_session(store, runner, todo[0], profile)
-    for question in tqdm(todo, desc=f"{len(opened)} methods, interleaved", unit="q", dynamic_ncols=True):
+    size = opened[0][2].group_size()   # (every method runs at the same --batch-size and paradigm)
+    bar = tqdm(total=len(todo), desc=f"{len(opened)} methods, interleaved", unit="q", dynamic_ncols=True)
+    for i in range(0, len(todo), size):
+        group = todo[i:i + size]
         for name, store, runner in opened:
-            if question["question_id"] not in store.done:
-                store.write(*runner.answer(question))
+            for answer, steps in runner.answer_group([q for q in group if q["question_id"] not in store.done]):
+                store.write(answer, steps)
+        bar.update(len(group))
+    bar.close()
     for name, store, _ in opened:
         print(f"{name}: {store.answer_file}")

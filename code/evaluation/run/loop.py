@@ -32,6 +32,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "turns_per_question": paradigms.turns_per_question(args), "seed": args.seed, "num_choices": args.num_choices,
         "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup,
         "warmup_tokens": args.warmup_tokens, "save_token_ids": args.save_token_ids,
+        "batch_size": args.batch_size, "cross_sample": not args.no_cross_sample,
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
         "chat_template": bool(getattr(tokenizer, "chat_template", None)), "question_file": args.question_file,
@@ -42,12 +43,15 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
 
 
 class Runner:
-    """Generates the turns of one question with one engine and one drafter."""
+    """Generates the turns of questions with one engine and one drafter per batch row."""
 
     # Answer fields with one entry per turn ("turns", the output text, as well).
     TURN_FIELDS = ("new_tokens", "decoding_steps", "wall_time", "accept_lengths_per_turn", "draft_seconds",
                    "verify_seconds", "forced_tokens", "prompt_tokens", "stopped", "extracted", "reference",
                    "correct", "token_ids_sha1")
+    # ... and with --batch-size > 1: the batch each turn was decoded in, its rows and its wall time (throughput is
+    # the tokens of all its rows over that time); wall_time is then the turn's own latency within the batch.
+    BATCH_FIELDS = ("batch_id", "batch_size", "batch_wall_time")
 
     def __init__(self, args, engine: SpeculativeEngine, drafter: Drafter, tokenizer, stop, budget):
         self.args, self.engine, self.drafter, self.tokenizer = args, engine, drafter, tokenizer
@@ -55,15 +59,17 @@ class Runner:
         self.store: AnswerStore | None = None   # set by open_run: completed turns are checkpointed there
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.top_k)
         self.turns = paradigms.turns_per_question(args)
+        self.batch_size = args.batch_size
+        self.cross_sample = not args.no_cross_sample
+        # One drafter per batch row: row 0's is `drafter`; the others are its forks, sharing its read-only resources
+        # (models, corpora) and, at global scope, what it learns.
+        self.slots = [drafter] + [drafter.fork(share_memory=args.draft_state_scope == "global")
+                                  for _ in range(self.batch_size - 1)]
+        self.owner = [None] * self.batch_size   # the (question, choice) each row's drafter state belongs to
+        self.batches = 0
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.engine.device).manual_seed(seed)
-
-    def generate(self, prompt: list[int], seed: int, max_new_tokens: int):
-        start = self.engine.clock()
-        gen = self.engine.generate(prompt, self.drafter, max_new_tokens, self.sampling, self.generator(seed),
-                                   self.stop, self.budget)
-        return gen, self.engine.clock() - start
 
     def decode(self, tokens: list[int]) -> str:
         if tokens and tokens[-1] in self.stop:
@@ -72,14 +78,33 @@ class Runner:
 
     def warm_up(self, question: dict) -> None:
         prompt = paradigms.encode_prompt(self.tokenizer, paradigms.turn_messages(question, "single", 0, None))
-        for i in range(self.args.warmup):
-            self.generate(prompt, self.args.seed + i, min(self.args.warmup_tokens, self.args.max_new_tokens))
-        self.drafter.reset()  # what the drafter saw during warm-up must not help the measured run
+        tokens = min(self.args.warmup_tokens, self.args.max_new_tokens)
+        for i in range(self.args.warmup):   # at the run's batch size: the kernels of its shapes settle
+            self.engine.generate_batch([prompt] * self.batch_size, self.slots, tokens, self.sampling,
+                                       [self.generator(self.args.seed + i)] * self.batch_size, self.stop, self.budget)
+        for drafter in self.slots:
+            drafter.reset()  # what the drafter saw during warm-up must not help the measured run
+        self.owner = [None] * self.batch_size
         if self.engine.cost_aware is not None:
             self.engine.cost_aware.reset()
 
+    def group_size(self) -> int:
+        """Questions answered together. Best-of-N: one (its samples fill the batches); multi-round and single
+        turns: enough questions that their (question, choice) chains fill a batch, each chain's next round waiting
+        for its answer."""
+        if self.args.paradigm == "best_of_n":
+            return 1
+        return max(1, self.batch_size // self.args.num_choices)
+
     def answer(self, question: dict) -> tuple[dict, list[dict]]:
-        """Every turn of every choice of one question: the answer line and the question's step-log lines.
+        return self.answer_group([question])[0]
+
+    def answer_group(self, questions: list[dict]) -> list[tuple[dict, list[dict]]]:
+        """Every turn of every choice of these questions: per question, its answer line and step-log lines.
+
+        Turns run in batches of up to --batch-size rows (at batch 1, one after another). Best-of-N: a choice's
+        samples, B at a time (row = sample index mod B); multi-round and single: round r of every (question, choice)
+        chain of the group together, each chain keeping its row, then round r + 1.
 
         With a store (`open_run` gives one), each completed turn is checkpointed in `<stem>.partial.jsonl`, and the
         turns a killed run had completed are taken from there instead of being generated again: the next turn gets
@@ -88,94 +113,138 @@ class Runner:
         measured in full, in that earlier session). Each choice records `resumed_turns` (the turn indices taken from
         a checkpoint) and the answer `drafter_restore`: how the drafter got what it keeps across turns, at the turn
         where generation resumed: "replayed" (a question-scope drafter whose state is built from the tokens alone:
-        the turns before were fed to it again, begin_sequence + observe as forced tokens), "cold" (it could not be:
-        global scope, a drafter that learns from the target's outputs or hidden states; it restarted empty for the
-        rest of the question), "not needed" (sequence scope, a resume at the start of a choice, or nothing left to
-        generate); null when no turn was resumed. The cost-aware verifier's acceptance estimate (kept across
-        questions) restarts with every session, as it does when whole questions are resumed.
+        the turns before that ran in its row were fed to it again, begin_sequence + observe as forced tokens),
+        "cold" (it could not be: global scope, a drafter that learns from the target's outputs or hidden states; it
+        restarted empty for the rest of the question), "not needed" (sequence scope, a resume at the start of a
+        choice, or nothing left to generate); null when no turn was resumed. The cost-aware verifier's acceptance
+        estimate (kept across questions) restarts with every session, as it does when whole questions are resumed.
         """
-        scope = self.args.draft_state_scope
-        question_id = question["question_id"]
-        saved = self.store.completed_turns(question_id, self.turns) if self.store is not None else []
-        saved = {(entry["choice"], entry["turn"]): entry for entry in saved}
-        restore = None if not saved else "not needed"
-        restoring = bool(saved)   # until the first turn this session generates
-        choices, steps = [], []
-        for choice_index in range(self.args.num_choices):
-            if scope != "global":
-                self.drafter.reset()
-            record = {key: [] for key in ("turns", "accept_lengths") + self.TURN_FIELDS}
-            if self.args.save_token_ids:
-                record["token_ids"] = []
-            output = None
-            resumed = []   # (turn, prompt, entry) of this choice's turns taken from a checkpoint
-            for turn in range(self.turns):
-                messages = paradigms.turn_messages(question, self.args.paradigm, turn, output)
-                prompt = paradigms.encode_prompt(self.tokenizer, messages)
-                entry = saved.get((choice_index, turn))
-                if entry is not None:
-                    values, turn_steps, tokens = entry["record"], entry["steps"], entry["tokens"]
-                    resumed.append((turn, prompt, entry))
-                else:
-                    if restoring:
-                        restore, restoring = self._restore_drafter(resumed), False
-                    if scope == "sequence" and turn > 0:
-                        self.drafter.reset()
-                    seed = self.args.seed + choice_index * self.turns + turn
-                    gen, seconds = self.generate(prompt, seed, self.args.max_new_tokens)
-                    tokens = gen.tokens
-                    text = self.decode(gen.tokens)
-                    graded = grade_output(text, question)
-                    values = {"turns": text, "new_tokens": len(gen.tokens), "decoding_steps": len(gen.steps),
-                              "wall_time": seconds, "accept_lengths_per_turn": gen.accept_lengths,
-                              "draft_seconds": sum(s.draft_seconds for s in gen.steps),
-                              "verify_seconds": sum(s.verify_seconds for s in gen.steps),
-                              "forced_tokens": gen.forced_tokens, "prompt_tokens": len(prompt),
-                              "stopped": gen.stopped, "extracted": graded["extracted"],
-                              "reference": graded["reference"], "correct": graded["correct"],
-                              "token_ids_sha1": hashlib.sha1(str(gen.tokens).encode()).hexdigest()}
-                    turn_steps = [{"question_id": question_id, "choice": choice_index, "turn": turn, "step": i,
-                                   "draft_size": s.draft_size, "proposed_size": s.proposed_size,
-                                   "accepted": s.accepted, "draft_source": s.source,
-                                   "draft_seconds": s.draft_seconds, "verify_seconds": s.verify_seconds,
-                                   "context_length": s.context_length}
-                                  for i, s in enumerate(gen.steps)]
-                    if self.store is not None:
-                        self.store.checkpoint(question_id, {"choice": choice_index, "turn": turn, "record": values,
-                                                            "tokens": gen.tokens, "steps": turn_steps})
-                output = values["turns"]
-                for key in ("turns",) + self.TURN_FIELDS:
-                    record[key].append(values[key])
-                if self.args.save_token_ids:
-                    record["token_ids"].append(tokens)
-                # One flat list over the choice: what the seed's speed_cot.py and Spec-Bench's speed.py average.
-                record["accept_lengths"].extend(values["accept_lengths_per_turn"])
-                steps.extend(turn_steps)
-            choices.append({"index": choice_index, **record, "resumed_turns": [t for t, _, _ in resumed]})
-        answer = {"question_id": question_id, "category": question["category"],
-                  "answer_id": uuid.uuid4().hex, "model_id": self.args.model_id, "tstamp": time.time(),
-                  "paradigm": self.args.paradigm, "method": self.drafter.name, "drafter_restore": restore,
-                  "choices": choices}
-        return answer, steps
+        chains = [_Chain(question, c, self.turns) for question in questions for c in range(self.args.num_choices)]
+        by_question = {}
+        for chain in chains:
+            by_question.setdefault(chain.question["question_id"], []).append(chain)
+        for question_id, own in by_question.items():
+            saved = self.store.completed_turns(question_id, self.turns) if self.store is not None else []
+            for entry in saved:
+                own[entry["choice"]].saved[entry["turn"]] = entry
+        for batch in self._batches(chains):
+            self._run_batch(batch)
+        results = []
+        for question in questions:
+            own = by_question[question["question_id"]]
+            restores = [chain.restore for chain in own if chain.restore is not None]
+            restore = None if not any(chain.saved for chain in own) else (restores[0] if restores else "not needed")
+            steps = [line for chain in own for turn in range(self.turns) for line in chain.steps[turn]]
+            answer = {"question_id": question["question_id"], "category": question["category"],
+                      "answer_id": uuid.uuid4().hex, "model_id": self.args.model_id, "tstamp": time.time(),
+                      "paradigm": self.args.paradigm, "method": self.drafter.name, "drafter_restore": restore,
+                      "choices": [chain.record(self.TURN_FIELDS + self.batch_fields(), self.args.save_token_ids)
+                                  for chain in own]}
+            results.append((answer, steps))
+        return results
 
-    def _restore_drafter(self, resumed: list) -> str:
-        """Before the first turn generated after a resume: give the drafter what its scope says it keeps from the
-        turns taken from a checkpoint (`resumed`: this choice's, in order). Returns how (see `answer`)."""
+    def batch_fields(self) -> tuple[str, ...]:
+        return self.BATCH_FIELDS if self.batch_size > 1 else ()
+
+    def _batches(self, chains: list["_Chain"]):
+        """The group's turns as batches of (chain, turn, row), in the order they can run."""
+        size = self.batch_size
+        if self.args.paradigm == "best_of_n":
+            for chain in chains:
+                turns = list(range(self.turns))
+                for i in range(0, len(turns), size):
+                    yield [(chain, t, t % size) for t in turns[i:i + size]]
+        else:
+            for turn in range(self.turns):
+                for i in range(0, len(chains), size):
+                    yield [(chain, turn, j) for j, chain in enumerate(chains[i:i + size])]
+
+    def _run_batch(self, batch: list[tuple]) -> None:
+        scope = self.args.draft_state_scope
+        todo = []
+        for chain, turn, row in batch:
+            messages = paradigms.turn_messages(chain.question, self.args.paradigm, turn, chain.previous(turn))
+            prompt = paradigms.encode_prompt(self.tokenizer, messages)
+            entry = chain.saved.get(turn)
+            if entry is not None:
+                chain.take(turn, entry["record"], entry["steps"], entry["tokens"])
+                chain.resumed.append((turn, row, prompt, entry))
+                continue
+            drafter = self.slots[row]
+            key = (chain.question["question_id"], chain.choice)
+            if scope == "sequence" or (scope == "question" and self.owner[row] != key):
+                drafter.reset()
+            self.owner[row] = key
+            if chain.saved and chain.restore is None:
+                chain.restore = self._restore_drafter(drafter, [r for r in chain.resumed if r[1] == row])
+            todo.append((chain, turn, row, prompt))
+        if not todo:
+            return
+        drafters = [self.slots[row] for _, _, row, _ in todo]
+        questions = [chain.question["question_id"] for chain, _, _, _ in todo]
+        for drafter, question_id in zip(drafters, questions):
+            # Cross-sample drafting: a question-scope drafter may draft from what its concurrent siblings generate.
+            share = self.cross_sample and scope == "question"
+            drafter.share_with([d for d, q in zip(drafters, questions) if share and q == question_id and d is not drafter])
+        seeds = [self.args.seed + chain.choice * self.turns + turn for chain, turn, _, _ in todo]
+        start = self.engine.clock()
+        gens = self.engine.generate_batch([prompt for _, _, _, prompt in todo], drafters, self.args.max_new_tokens,
+                                          self.sampling, [self.generator(seed) for seed in seeds], self.stop,
+                                          self.budget)
+        seconds = self.engine.clock() - start
+        batch_id = f"{uuid.uuid4().hex[:12]}" if self.batch_size > 1 else None
+        for (chain, turn, row, prompt), gen in zip(todo, gens):
+            question = chain.question
+            text = self.decode(gen.tokens)
+            graded = grade_output(text, question)
+            values = {"turns": text, "new_tokens": len(gen.tokens), "decoding_steps": len(gen.steps),
+                      "wall_time": seconds if len(todo) == 1 else gen.seconds,
+                      "accept_lengths_per_turn": gen.accept_lengths,
+                      "draft_seconds": sum(s.draft_seconds for s in gen.steps),
+                      "verify_seconds": sum(s.verify_seconds for s in gen.steps),
+                      "forced_tokens": gen.forced_tokens, "prompt_tokens": len(prompt),
+                      "stopped": gen.stopped, "extracted": graded["extracted"],
+                      "reference": graded["reference"], "correct": graded["correct"],
+                      "token_ids_sha1": hashlib.sha1(str(gen.tokens).encode()).hexdigest()}
+            if batch_id is not None:
+                values.update(batch_id=batch_id, batch_size=len(todo), batch_wall_time=seconds)
+            steps = []
+            for i, s in enumerate(gen.steps):
+                line = {"question_id": question["question_id"], "choice": chain.choice, "turn": turn, "step": i,
+                        "draft_size": s.draft_size, "proposed_size": s.proposed_size, "accepted": s.accepted,
+                        "draft_source": s.source, "draft_seconds": s.draft_seconds,
+                        "verify_seconds": s.verify_seconds, "context_length": s.context_length}
+                if batch_id is not None:
+                    line.update(batch_id=batch_id, batch_row=row, batch_step=s.batch_step, batch_rows=s.batch_rows,
+                                batch_width=s.batch_width)
+                steps.append(line)
+            chain.take(turn, values, steps, gen.tokens)
+        if self.store is not None:   # after the batch: every turn of it is complete
+            for (chain, turn, _, _), gen in zip(todo, gens):
+                self.store.checkpoint(chain.question["question_id"],
+                                      {"choice": chain.choice, "turn": turn, "record": chain.values[turn],
+                                       "tokens": gen.tokens, "steps": chain.steps[turn]})
+        self.batches += 1
+
+    def _restore_drafter(self, drafter: Drafter, resumed: list) -> str:
+        """Before the first turn of a chain generated after a resume: give this row's drafter what its scope says it
+        keeps from the turns taken from a checkpoint (`resumed`: (turn, row, prompt, entry) of those that ran in this
+        row, in order). Returns how (see `answer_group`)."""
         scope = self.args.draft_state_scope
         if scope == "sequence" or (scope == "question" and not resumed):
             return "not needed"   # it starts empty here in an uninterrupted run too
-        if scope == "global" or not self.state_from_tokens(self.drafter):
+        if scope == "global" or not self.state_from_tokens(drafter):
             return "cold"
-        for _, prompt, entry in resumed:
-            self.drafter.begin_sequence(list(prompt))
+        for _, _, prompt, entry in resumed:
+            drafter.begin_sequence(list(prompt))
             tokens, start = entry["tokens"], 0
             for step in entry["steps"]:   # the same chunks the drafter was shown when the turn ran
                 chunk = tokens[start:start + step["accepted"]]
                 start += len(chunk)
                 if chunk:
-                    self.drafter.observe(StepFeedback(chunk, None, [], []))
+                    drafter.observe(StepFeedback(chunk, None, [], []))
             if start < len(tokens):
-                self.drafter.observe(StepFeedback(tokens[start:], None, [], []))
+                drafter.observe(StepFeedback(tokens[start:], None, [], []))
         return "replayed"
 
     @staticmethod
@@ -266,13 +335,49 @@ def run_eval(args, make_drafter, only: set | None = None, on_open=None) -> None:
         print(f"all {len(questions)} questions already answered in {args.answer_file}")
         return
     start_session(store, runner, todo[0])
-    tokens = seconds = 0.0
-    bar = tqdm(todo, desc=f"{runner.drafter.name} ({len(store.done)} done before)", unit="q", dynamic_ncols=True)
-    for question in bar:
-        answer, steps = runner.answer(question)
-        store.write(answer, steps)
-        for choice in answer["choices"]:
-            tokens += sum(choice["new_tokens"])
-            seconds += sum(choice["wall_time"])
-        bar.set_postfix(tok_s=f"{tokens / max(seconds, 1e-9):.1f}")
+    tokens, seconds, batches = 0, 0.0, {}
+    bar = tqdm(total=len(todo), desc=f"{runner.drafter.name} ({len(store.done)} done before)", unit="q",
+               dynamic_ncols=True)
+    size = runner.group_size()
+    for i in range(0, len(todo), size):
+        for answer, steps in runner.answer_group(todo[i:i + size]):
+            store.write(answer, steps)
+            for choice in answer["choices"]:
+                tokens += sum(choice["new_tokens"])
+                if "batch_id" in choice:   # throughput: a batch's wall time counts once for all its rows
+                    batches.update(zip(choice["batch_id"], choice["batch_wall_time"]))
+                else:
+                    seconds += sum(choice["wall_time"])
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{tokens / max(seconds + sum(batches.values()), 1e-9):.1f}")
+    bar.close()
     print(f"answers: {args.answer_file}")
+
+
+class _Chain:
+    """One choice of one question: its turns, as they complete (taken from a checkpoint or generated)."""
+
+    def __init__(self, question: dict, choice: int, turns: int):
+        self.question, self.choice = question, choice
+        self.saved: dict[int, dict] = {}   # turn -> checkpoint entry of an earlier session
+        self.resumed: list[tuple] = []     # (turn, row, prompt, entry) of the turns taken from it
+        self.restore: str | None = None    # how this chain's drafter was restored (see Runner.answer_group)
+        self.values: list[dict | None] = [None] * turns
+        self.steps: list[list[dict]] = [[] for _ in range(turns)]
+        self.tokens: list[list[int] | None] = [None] * turns
+
+    def previous(self, turn: int) -> str | None:
+        return self.values[turn - 1]["turns"] if turn > 0 else None
+
+    def take(self, turn: int, values: dict, steps: list[dict], tokens: list[int]) -> None:
+        self.values[turn], self.steps[turn], self.tokens[turn] = values, steps, tokens
+
+    def record(self, fields: tuple[str, ...], token_ids: bool) -> dict:
+        record = {key: [v.get(key) for v in self.values] for key in ("turns",) + fields}
+        # One flat list over the choice: what the seed's speed_cot.py and Spec-Bench's speed.py average.
+        record["accept_lengths"] = [n for v in self.values for n in v["accept_lengths_per_turn"]]
+        if token_ids:
+            record["token_ids"] = list(self.tokens)
+        order = ["turns", "accept_lengths", *fields] + (["token_ids"] if token_ids else [])
+        return {"index": self.choice, **{key: record[key] for key in order},
+                "resumed_turns": [turn for turn, _, _, _ in self.resumed]}

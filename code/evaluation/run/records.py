@@ -28,9 +28,9 @@ from model.errors import UserError
 IDENTITY = ("method", "method_parameters", "draft_state_scope", "model_id", "dtype", "device_type", "device_name",
             "num_gpus_per_model", "question_file", "temperature", "top_p", "top_k", "max_new_tokens", "paradigm",
             "turns_per_question", "seed", "num_choices", "max_tree_nodes", "cost_aware",
-            "thinking_budget")
+            "thinking_budget", "batch_size", "cross_sample")
 # What a key absent from a configuration written before it existed meant.
-ABSENT = {"cost_aware": False}
+ABSENT = {"cost_aware": False, "batch_size": 1, "cross_sample": True}
 
 
 def stem(answer_file: str) -> str:
@@ -186,13 +186,16 @@ class AnswerStore:
         self._checkpoints.setdefault(question_id, []).append((line, full))
 
     def completed_turns(self, question_id, turns_per_choice: int) -> list[dict]:
-        """The checkpointed turns of a question, in order (choice 0's turns, then choice 1's, ...): the longest run of
-        consecutive turns from the first, which is what a resumed run may take as done (a line out of that order,
-        which an interrupted run never writes, is ignored; of two lines for one turn the first counts)."""
-        taken = []
+        """The checkpointed turns of a question a resumed run may take as done: of each choice, the longest run of
+        consecutive turns from the first, in the order written (a batched run interleaves the choices' turns; a line
+        out of that order, which an interrupted run never writes, is ignored; of two lines for one turn the first
+        counts)."""
+        taken, next_turn = [], {}
         for _, entry in self._checkpoints.get(question_id, []):
-            if (entry["choice"], entry["turn"]) == divmod(len(taken), turns_per_choice):
+            choice, turn = entry["choice"], entry["turn"]
+            if turn == next_turn.get(choice, 0) < turns_per_choice:
                 taken.append(entry)
+                next_turn[choice] = turn + 1
         return taken
 
     def add_session(self, info: dict) -> None:

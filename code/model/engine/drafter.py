@@ -6,6 +6,7 @@ The engine asks `propose` for a tree over the current context, verifies it, and 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,32 @@ class Drafter:
     # Target layers whose hidden states (`hidden_states[i]` of output_hidden_states: the input of layer i) the
     # engine hands over at every position the context keeps: the prompt, accepted and forced tokens (EAGLE-3).
     hidden_layers: tuple[int, ...] = ()
+    # Attributes every row of a batch shares by reference: read-only resources (corpora, static indexes; models are
+    # always shared). `memory_attributes`: what a drafter learns across sequences, shared too at global scope.
+    shared_attributes: tuple[str, ...] = ()
+    memory_attributes: tuple[str, ...] = ()
+
+    def fork(self, share_memory: bool = False) -> "Drafter":
+        """A drafter for another row of a batch: its own per-sequence state, the same resources and models (and,
+        with `share_memory`, the same learned memory). A drafter held by this one (a fallback) is forked too."""
+        memo = {}
+        names = self.shared_attributes + (self.memory_attributes if share_memory else ())
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Module) or name in names:
+                memo[id(value)] = value
+            elif isinstance(value, Drafter):
+                memo[id(value)] = value.fork(share_memory)
+        for value in self.shared_objects():
+            memo[id(value)] = value
+        return copy.deepcopy(self, memo)
+
+    def shared_objects(self) -> list:
+        """Objects inside shared attributes that other attributes also point at (kept shared as well)."""
+        return []
+
+    def share_with(self, siblings: list["Drafter"]) -> None:
+        """The drafters of the other rows decoding samples of the same question in this batch (empty: none, or
+        cross-sample drafting is off). A question-scope drafter may draft from what they generate."""
 
     def reset(self) -> None:
         """Forget everything learned (called at the boundaries of the chosen state scope)."""

@@ -48,6 +48,7 @@ def lookahead_layout(level: int, window: int) -> tuple[list[int], np.ndarray]:
 class LookaheadDrafter(Drafter):
     name = "lookahead"
     default_scope = "sequence"
+    memory_attributes = ("pool",)
 
     def __init__(self, level: int = 5, window: int = 7, guess: int = 7, seed: int = 0):
         if level < 3 or window < 1 or guess < 1:
@@ -58,7 +59,8 @@ class LookaheadDrafter(Drafter):
         self.reset()
 
     def reset(self) -> None:
-        self.pool: dict[int, OrderedDict] = {}
+        self.pool: dict[int, OrderedDict] = getattr(self, "pool", {})
+        self.pool.clear()   # in place: at global scope the rows of a batch share it
         self.keys: list[int] = []      # keys of columns 1..W-1
         self.levels: list[list[int]] = []
         self.rng = random.Random(self.seed)

@@ -31,6 +31,7 @@ class TokenRecyclingDrafter(Drafter):
     name = "recycling"
     default_scope = "global"
     wants_topk = TOPK
+    memory_attributes = ("successors", "_flat", "known")
 
     def __init__(self, vocab_size: int, tree_version: str = "2.2.2", draft_unknown_root: bool = False):
         if tree_version not in TEMPLATES:

@@ -82,6 +82,7 @@ def top_nodes_tree(rows: np.ndarray, budget: int, source: str = "rest") -> Draft
 class RestDrafter(Drafter):
     name = "rest"
     default_scope = "sequence"   # the datastore is static: nothing is learned
+    shared_attributes = ("datastore",)
 
     def __init__(self, datastore: Datastore, num_draft: int = 64, max_suffix: int = 16, min_suffix: int = 2,
                  max_continuation: int = 10, max_occurrences: int = 5000):

@@ -86,7 +86,10 @@ class SuffixAutomaton:
 
 
 class Matcher:
-    """Longest suffix of a token stream that is a substring of a fixed automaton's tokens.
+    """Longest suffix of a token stream that is a substring of an automaton's tokens.
+
+    The automaton may keep growing (a concurrent sibling's text): the match stays a real occurrence of the stream's
+    suffix, though possibly not the longest one until the stream moves on.
 
     `advance` is amortized O(1): the match grows by at most one per token and every suffix-link step
     shrinks it.
@@ -113,4 +116,6 @@ class Matcher:
                 self.state, self.length = 0, 0
                 return
             state = link[state]
-            matched = length[state]
+            # (min: when the automaton grows while matched, a state may be split and its link be longer than the
+            # match; the match never grows by falling back)
+            matched = min(matched, length[state])

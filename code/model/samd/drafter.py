@@ -5,6 +5,9 @@ Per step, following SAM-Decoding's `DraftModel.lookup`:
     since the last reset (earlier rounds/samples of the question included);
   * static match: the longest suffix of the current sequence found in the static corpus, minus
     `len_bias` (SAM-Decoding's handicap for the static automaton);
+  * cross-sample match (in a batch, with the drafters of concurrent samples of the same question shared): the
+    longest suffix of the current sequence found in what each sibling has seen so far, its own sample included;
+    it competes with the dynamic match (ties go to the own text);
   * if neither reaches `len_threshold`, the fallback drafter proposes (SAM[EAGLE-3]); with no fallback
     there is no draft. Otherwise the larger match wins (ties go to the dynamic automaton) and the draft
     is a chain: the tokens that followed the first occurrence of the matched suffix.
@@ -29,6 +32,7 @@ from .static_sam import StaticSam
 class SamDrafter(Drafter):
     name = "samd"
     default_scope = "question"
+    shared_attributes = ("static",)
 
     def __init__(self, n_predicts: int = 40, len_threshold: int = 5, len_bias: int = 5,
                  static: StaticSam | None = None, alpha: float = 4.0, fallback: Drafter | None = None):
@@ -50,10 +54,18 @@ class SamDrafter(Drafter):
         self.dynamic = SuffixAutomaton()
         self.sequence_length = 0   # tokens of the current sequence: a match may not reach before it
         self._match = None         # (automaton, state, shortest suffix allowed, source) of the last own draft
+        self.siblings: list[tuple[SamDrafter, Matcher]] = []   # concurrent samples' drafters, our stream in theirs
+
+    def shared_objects(self) -> list:
+        return [self.static.automaton] if self.static is not None else []
+
+    def share_with(self, siblings: list[Drafter]) -> None:
+        self.siblings = [(s, Matcher(s.dynamic)) for s in siblings if isinstance(s, SamDrafter)]
 
     def reset(self) -> None:
         self.dynamic = SuffixAutomaton()
         self.sequence_length = 0
+        self.siblings = []
         if self.static_matcher is not None:
             self.static_matcher.reset()
         if self.fallback is not None:
@@ -66,6 +78,10 @@ class SamDrafter(Drafter):
     def begin_sequence(self, prompt: list[int]) -> None:
         self.dynamic.extend_all(prompt)
         self.sequence_length = len(prompt)
+        for _, matcher in self.siblings:
+            matcher.reset()
+            for token in prompt:
+                matcher.advance(token)
         if self.static_matcher is not None:
             self.static_matcher.reset()
             for token in prompt:
@@ -84,19 +100,25 @@ class SamDrafter(Drafter):
             extend(token)
             if matcher is not None:
                 matcher.advance(token)
+        for _, sibling in self.siblings:
+            for token in feedback.emitted:
+                sibling.advance(token)
         self.sequence_length += len(feedback.emitted)
         if self.fallback is not None:
             self.fallback.observe(feedback)
 
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
         dyn_state, dyn_length = self.dynamic.repeat_match()
-        dyn_length = min(dyn_length, self.sequence_length)
+        # Our own text, or a concurrent sibling's: the longest match wins, the first (our own) on a tie.
+        length, automaton, state, source = max(
+            [(min(dyn_length, self.sequence_length), self.dynamic, dyn_state, "sam_dyn")] +
+            [(m.length, s.dynamic, m.state, "sam_sibling") for s, m in self.siblings], key=lambda match: match[0])
         static_length = self.static_matcher.length - self.len_bias if self.static_matcher is not None else -1
-        if max(dyn_length, static_length) < self.len_threshold:
+        if max(length, static_length) < self.len_threshold:
             return self.fallback.propose(tokens, max_nodes) if self.fallback is not None else None
-        if dyn_length >= static_length:
-            self._match = (self.dynamic, dyn_state, self.len_threshold, "sam_dyn")
-            want = self.draft_length(dyn_length)
+        if length >= static_length:
+            self._match = (automaton, state, self.len_threshold, source)
+            want = self.draft_length(length)
         else:
             self._match = (self.static.automaton, self.static_matcher.state, self.len_threshold + self.len_bias,
                            "sam_static")
@@ -110,7 +132,7 @@ class SamDrafter(Drafter):
 
     def propose_more(self, tokens: list[int], tree: DraftTree, max_nodes: int) -> DraftTree | None:
         """The same match's continuation, further (cost-aware verification asks when a wider forward is no dearer)."""
-        if tree.source in ("sam_dyn", "sam_static"):
+        if tree.source in ("sam_dyn", "sam_sibling", "sam_static"):
             bigger = self._draft(max_nodes)
             # A shorter suffix may hold the longer continuation; it must still begin with the draft.
             return bigger if bigger is not None and bigger.tokens[:len(tree.tokens)] == tree.tokens else None
