@@ -163,7 +163,9 @@ class Runner:
         scope = self.args.draft_state_scope
         todo = []
         for chain, turn, row in batch:
-            messages = paradigms.turn_messages(chain.question, self.args.paradigm, turn, chain.previous(turn))
+            # (only a later round quotes the answer before it; Best-of-N samples in one batch do not wait)
+            previous = chain.previous(turn) if self.args.paradigm == "multi_round" else None
+            messages = paradigms.turn_messages(chain.question, self.args.paradigm, turn, previous)
             prompt = paradigms.encode_prompt(self.tokenizer, messages)
             entry = chain.saved.get(turn)
             if entry is not None:

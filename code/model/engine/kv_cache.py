@@ -70,7 +70,7 @@ class PositionalLayer(CacheLayerMixin):
         moving = [b for b, (start, offs) in enumerate(zip(starts, offsets)) if offs != list(range(len(offs)))]
         if moving and self.is_initialized:
             # Rows whose kept entries are already in place (a chain's prefix) copy onto themselves.
-            width = max(len(offsets[b]) for b in moving)
+            width = max(len(offs) for offs in offsets)
             src = [[starts[b] + o for o in offsets[b]] + [starts[b] + j for j in range(len(offsets[b]), width)]
                    for b in range(len(starts))]
             dst = [[starts[b] + j for j in range(width)] for b in range(len(starts))]

@@ -31,7 +31,7 @@ class TokenRecyclingDrafter(Drafter):
     name = "recycling"
     default_scope = "global"
     wants_topk = TOPK
-    memory_attributes = ("successors", "_flat", "known")
+    memory_attributes = ("successors", "known")
 
     def __init__(self, vocab_size: int, tree_version: str = "2.2.2", draft_unknown_root: bool = False):
         if tree_version not in TEMPLATES:
@@ -52,7 +52,6 @@ class TokenRecyclingDrafter(Drafter):
         self._levels = [(start, end, parent_slots[start:end], ranks[start:end])
                         for start, end in level_spans(paths)]
         self.successors = np.zeros((vocab_size, TOPK), dtype=np.int32)
-        self._flat = self.successors.reshape(-1)   # a view: row t, rank r lives at t * TOPK + r
         self.known = np.zeros(vocab_size, dtype=bool)
 
     def reset(self) -> None:
@@ -66,11 +65,12 @@ class TokenRecyclingDrafter(Drafter):
             return None
         slots = np.empty(size + 1, dtype=np.int64)   # slot 0: root, slot i + 1: template node i
         slots[0] = root
+        flat = self.successors.reshape(-1)   # a view: row t, rank r lives at t * TOPK + r
         for start, end, parent_slots, ranks in self._levels:
             if start >= size:
                 break
             count = min(end, size) - start
-            slots[start + 1: start + 1 + count] = self._flat[slots[parent_slots[:count]] * TOPK + ranks[:count]]
+            slots[start + 1: start + 1 + count] = flat[slots[parent_slots[:count]] * TOPK + ranks[:count]]
         return DraftTree(slots[1:].tolist(), self._parents[:size], source="recycling")
 
     def observe(self, feedback: StepFeedback) -> None:

@@ -1,0 +1,238 @@
+"""Batched decoding is lossless row by row: every row of a batch equals the same sequence decoded alone (batch 1),
+for every method, with rows that end at different steps (a stop token, the thinking budget, the token limit);
+the KV cache after ragged accepts equals each row's sequential decoding; sampled rows follow the target law."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ARCHS, VOCAB, tiny_model, two_questions_file
+from methods import METHODS, SAMPLED_DRAFTS
+from model.engine import Drafter, DraftTree, SamplingConfig, SpeculativeEngine, ThinkingBudget
+from model.engine.kv_cache import PositionalKVCache
+from model.engine.tree import tree_attention
+from model.samd.drafter import SamDrafter
+from stats import chi_square_pvalue
+from test_sampling import ALPHA, PROMPT, SMALL_VOCAB, exact_two_token_law
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 5, 6, 7, 8, 9, 10, 11, 5, 6, 7, 8],
+           [3, 17, 99, 250, 42, 8, 77, 301, 12, 5],
+           [40, 41, 42, 43, 40, 41, 42, 43, 40, 41, 42, 43, 40]]
+NEW_TOKENS = 40
+BUDGET = ThinkingBudget(trigger_at=24, phrase=[1, 2, 3, 4], end_token=VOCAB - 1)
+
+
+def corpus_of(tokens):
+    return [tokens[i:i + 8] for i in range(0, len(tokens), 5)]
+
+
+def ragged_stop(engine, prompts):
+    """A stop token that ends row 0 early and no other row before the budget: rows end at different steps."""
+    alone = [engine.generate(p, Drafter(), NEW_TOKENS, SamplingConfig()).tokens for p in prompts]
+    for position in range(6, 20):
+        token = alone[0][position]
+        if token not in alone[0][:position] and all(token not in other[:BUDGET.trigger_at] for other in alone[1:]):
+            return {token}
+    pytest.skip("no token that ends only the first row")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_row_equals_its_sequence_decoded_alone(arch, method):
+    model = tiny_model(arch)
+    engine = SpeculativeEngine(model, max_tree_nodes=128)
+    stop = ragged_stop(engine, PROMPTS)
+    references = [engine.generate(p, Drafter(), NEW_TOKENS, SamplingConfig(), stop_tokens=stop, budget=BUDGET)
+                  for p in PROMPTS]
+    corpus = corpus_of([t for r in references for t in r.tokens])
+    assert references[0].stopped and not references[1].stopped   # ragged: a stop, the budget and the limit
+    assert len(references[0].tokens) < BUDGET.trigger_at and references[1].forced_tokens
+    accepted = 0
+    for rows in (2, 3):
+        first = METHODS[method](model, corpus)
+        drafters = [first] + [first.fork(share_memory=first.default_scope == "global") for _ in range(rows - 1)]
+        for d in drafters:   # cross-sample drafting (SAM) on: drafts change, outputs must not
+            d.share_with([other for other in drafters if other is not d])
+        batch = engine.generate_batch(PROMPTS[:rows], drafters, NEW_TOKENS, SamplingConfig(), None, stop, BUDGET)
+        for row, (got, want) in enumerate(zip(batch, references)):
+            assert got.tokens == want.tokens, (rows, row)
+            assert got.forced_tokens == want.forced_tokens and got.stopped == want.stopped
+        steps = [s for g in batch for s in g.steps]
+        assert max(s.batch_rows for s in steps) == rows and min(s.batch_rows for s in steps) < rows  # rows left
+        accepted += sum(s.accepted > 1 for s in steps if s.source != "forced")
+    # Where the method gets drafts accepted alone, it does in the batch too (batching must not silence drafting).
+    alone = [engine.generate(p, METHODS[method](model, corpus), NEW_TOKENS, SamplingConfig(), stop_tokens=stop,
+                             budget=BUDGET) for p in PROMPTS]
+    if any(s.accepted > 1 for g in alone for s in g.steps if s.source != "forced"):
+        assert accepted, "the batches drafted nothing that was accepted"
+
+
+def test_identical_prompts_are_prefilled_once_and_give_identical_rows():
+    model = tiny_model("llama")
+    engine = SpeculativeEngine(model)
+    alone = engine.generate(PROMPTS[0], Drafter(), 24, SamplingConfig()).tokens
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        rows = engine.generate_batch([PROMPTS[0]] * 3, [Drafter() for _ in range(3)], 24, SamplingConfig())
+    finally:
+        hook.remove()
+    assert [r.tokens for r in rows] == [alone] * 3
+    assert calls[0] == (1, len(PROMPTS[0]) - 1)   # one prefill row for three samples
+    assert all(shape[0] == 3 for shape in calls[1:])
+
+
+def test_kv_cache_after_ragged_accepts_equals_each_rows_sequential_decoding():
+    model = tiny_model("qwen3")
+    engine = SpeculativeEngine(model)
+    prefixes = [[11, 22, 33, 44, 55, 66], [7, 8, 9]]
+    trees = [DraftTree([7, 8, 9, 10], [-1, -1, 1, 2]), DraftTree([5, 6, 4, 3, 2], [-1, 0, -1, 2, 3])]
+    accepted = [[1, 2, 3], [2, 3]]      # non-prefix paths: entries must move
+    for tree in trees:
+        tree.validate(64, VOCAB)
+    cache = PositionalKVCache(4, batch_size=2)   # small: forces the buffers to grow
+    engine._append(cache, [p[:-1] for p in prefixes])
+    assert cache.lengths == [5, 2]
+    starts = cache.lengths
+    engine._forward(cache, [[p[-1]] + t.tokens for p, t in zip(prefixes, trees)],
+                    [tree_attention(t.parents) for t in trees], [[0] + t.depths for t in trees])
+    cache.keep_rows(starts, [[0] + [i + 1 for i in path] for path in accepted])
+    for row, (prefix, tree, path) in enumerate(zip(prefixes, trees, accepted)):
+        reference = PositionalKVCache(64)
+        engine._append(reference, prefix + [tree.tokens[i] for i in path])
+        n = reference.get_seq_length()
+        assert cache.lengths[row] == n
+        for ours, theirs in zip(cache.layers, reference.layers):
+            torch.testing.assert_close(ours.keys[row, :, :n], theirs.keys[0, :, :n], rtol=0, atol=1e-12)
+            torch.testing.assert_close(ours.values[row, :, :n], theirs.values[0, :, :n], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - SAMPLED_DRAFTS))
+def test_point_mass_sampling_rows_equal_batch_one_with_the_same_seeds(method):
+    model = tiny_model("qwen2")
+    engine = SpeculativeEngine(model)
+    cfg = SamplingConfig(0.8, top_p=0.95)
+    seeds = [3, 4, 5]
+    alone = [engine.generate(PROMPTS[0], METHODS[method](model, corpus_of(PROMPTS[0])), 32, cfg,
+                             torch.Generator().manual_seed(s)).tokens for s in seeds]
+    first = METHODS[method](model, corpus_of(PROMPTS[0]))
+    drafters = [first] + [first.fork(first.default_scope == "global") for _ in seeds[1:]]
+    rows = engine.generate_batch([PROMPTS[0]] * 3, drafters, 32, cfg, [torch.Generator().manual_seed(s) for s in seeds])
+    assert [r.tokens for r in rows] == alone
+
+
+def test_residual_sampling_inside_a_batch_follows_the_target_law():
+    """SpS (drafts with probabilities, residual resampling) in row 1 of a batch whose row 0 decodes another prompt:
+    row 1's first two tokens follow the target's law."""
+    model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
+    engine = SpeculativeEngine(model)
+    cfg = SamplingConfig(1.0)
+    first = METHODS["sps"](model, [])
+    drafters = [first, first.fork()]
+    g0, g1 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(7)
+    n = 1500
+    other = [(t * 5 + 1) % SMALL_VOCAB for t in PROMPT] + [3, 4]
+    counts = Counter(tuple(engine.generate_batch([other, PROMPT], drafters, 2, cfg, [g0, g1])[1].tokens)
+                     for _ in range(n))
+    assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), n) > ALPHA
+
+
+def test_forks_share_models_and_corpora_but_not_sequence_state():
+    model = tiny_model("llama")
+    sps = METHODS["sps"](model, [])
+    twin = sps.fork()
+    assert twin.draft is sps.draft and twin.cache is not sps.cache
+    rest = METHODS["rest"](model, [list(range(5, 40))])
+    assert rest.fork().datastore is rest.datastore
+    recycling = METHODS["recycling"](model, [])
+    assert recycling.fork(share_memory=True).successors is recycling.successors
+    assert recycling.fork(share_memory=False).successors is not recycling.successors
+    sam = METHODS["samd-eagle3"](model, [])
+    fork = sam.fork()
+    assert fork.fallback is not sam.fallback and fork.fallback.head is sam.fallback.head
+
+
+def test_cross_sample_drafting_drafts_from_a_siblings_text():
+    """A row drafts the continuation its sibling already generated after the same text."""
+    sibling, row = SamDrafter(len_threshold=3), SamDrafter(len_threshold=3)
+    row.share_with([sibling])
+    prompt = [1, 2]
+    for d in (sibling, row):
+        d.begin_sequence(prompt)
+    from model.engine import StepFeedback
+    sibling.observe(StepFeedback([10, 11, 12, 13, 14, 15, 16], None, [], []))
+    row.observe(StepFeedback([10, 11, 12], None, [], []))
+    tree = row.propose(prompt + [10, 11, 12], 8)
+    assert tree is not None and tree.source == "sam_sibling" and tree.tokens[:4] == [13, 14, 15, 16]
+    alone = SamDrafter(len_threshold=3)
+    alone.begin_sequence(prompt)
+    alone.observe(StepFeedback([10, 11, 12], None, [], []))
+    assert alone.propose(prompt + [10, 11, 12], 8) is None
+
+
+def run_loop(model_dir, question_file, answer_file, method, *flags):
+    from evaluation.run.args import build_parser, finalize
+    from evaluation.run.loop import run_eval
+    argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
+            "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0", *flags]
+    run_eval(finalize(build_parser(method).parse_args(argv), method),
+             lambda args, model, tokenizer: METHODS[method](model, [list(range(5, 60))]))
+    with open(answer_file) as f:
+        return [json.loads(line) for line in f]
+
+
+def turn_hashes(answers):
+    return [(a["question_id"], c["index"], c["token_ids_sha1"]) for a in answers for c in a["choices"]]
+
+
+@pytest.mark.parametrize("paradigm", [["--think-twice", "--num-choices", "3"],
+                                      ["--BON", "--bon-n", "5", "--temperature", "0.8"]],
+                         ids=["multi-round-T0", "best-of-5-T0.8"])
+@pytest.mark.parametrize("method", ["ar", "samd", "pia", "recycling", "eagle3"])
+def test_batched_runs_reproduce_batch_one_turn_by_turn(tiny_model_dir, tmp_path, paradigm, method):
+    questions = two_questions_file(tmp_path)
+    reference = run_loop(tiny_model_dir, questions, tmp_path / "b1.jsonl", method, *paradigm)
+    batched = run_loop(tiny_model_dir, questions, tmp_path / "b3.jsonl", method, *paradigm, "--batch-size", "3")
+    assert turn_hashes(batched) == turn_hashes(reference)
+    choice = batched[0]["choices"][0]
+    assert max(choice["batch_size"]) > 1 and len(set(choice["batch_id"])) >= 1
+    with open(tmp_path / "b3.steps.jsonl") as f:
+        steps = [json.loads(line) for line in f]
+    assert {"batch_row", "batch_step", "batch_id"} <= set(steps[0])
+    assert max(s["batch_row"] for s in steps) == 2
+    config = json.load(open(tmp_path / "b3.config.json"))
+    assert config["batch_size"] == 3 and config["cross_sample"] is True
+    if "--BON" in paradigm:   # 5 samples, 3 at a time: batches of 3 and 2
+        assert sorted(Counter(choice["batch_id"]).values()) == [2, 3]
+
+
+def test_a_killed_batched_run_resumes_to_the_same_outputs(tiny_model_dir, tmp_path, monkeypatch):
+    questions = two_questions_file(tmp_path)
+    flags = ("--BON", "--bon-n", "5", "--temperature", "0.8", "--batch-size", "2")
+    reference = run_loop(tiny_model_dir, questions, tmp_path / "ref.jsonl", "samd", *flags)
+    real, calls = SpeculativeEngine.generate_batch, []
+
+    def killed_on_third(self, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, prompts, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(SpeculativeEngine, "generate_batch", killed_on_third)
+        with pytest.raises(KeyboardInterrupt):
+            run_loop(tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
+    answers = run_loop(tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
+    assert turn_hashes(answers) == turn_hashes(reference)
+    assert answers[0]["choices"][0]["resumed_turns"] == [0, 1, 2, 3]   # the first two batches of question 0
+
+
+def test_a_batch_size_below_one_is_a_one_line_error(tiny_model_dir, tmp_path):
+    from evaluation.run.args import build_parser, finalize
+    from model.errors import UserError
+    argv = ["--model-path", tiny_model_dir, "--batch-size", "0"]
+    with pytest.raises(UserError, match="--batch-size must be a positive integer, got 0"):
+        finalize(build_parser("pld").parse_args(argv), "pld")
