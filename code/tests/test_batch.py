@@ -236,3 +236,40 @@ def test_a_batch_size_below_one_is_a_one_line_error(tiny_model_dir, tmp_path):
     argv = ["--model-path", tiny_model_dir, "--batch-size", "0"]
     with pytest.raises(UserError, match="--batch-size must be a positive integer, got 0"):
         finalize(build_parser("pld").parse_args(argv), "pld")
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"ar"}))
+def test_cost_aware_batches_keep_every_row_equal_to_batch_one(method):
+    from test_cost_aware import jagged_profile
+    from model.engine.cost import CostAwareVerifier
+    model = tiny_model("qwen3")
+    plain = SpeculativeEngine(model)
+    stop = ragged_stop(plain, PROMPTS)
+    references = [plain.generate(p, Drafter(), NEW_TOKENS, SamplingConfig(), stop_tokens=stop, budget=BUDGET).tokens
+                  for p in PROMPTS]
+    corpus = corpus_of([t for r in references for t in r])
+    engine = SpeculativeEngine(model, cost_aware=CostAwareVerifier(jagged_profile()))
+    first = METHODS[method](model, corpus)
+    drafters = [first] + [first.fork(first.default_scope == "global") for _ in PROMPTS[1:]]
+    rows = engine.generate_batch(PROMPTS, drafters, NEW_TOKENS, SamplingConfig(), None, stop, BUDGET)
+    assert [r.tokens for r in rows] == references
+    widths = {s.batch_step: s.batch_width for r in rows for s in r.steps}
+    for r in rows:   # every row's verified draft fits the step's one width
+        assert all(s.draft_size + 1 <= widths[s.batch_step] for s in r.steps if s.source != "forced")
+
+
+def test_the_batch_chooser_spends_one_budget_on_the_rows_whose_drafts_pay():
+    from model.engine.cost import CostAwareVerifier, ForwardCostProfile, profile_widths
+    widths = profile_widths(16)
+    profile = ForwardCostProfile(widths, [1], [[1.0 + 0.15 * (w - 1) for w in widths]], batch_size=2)
+    verifier = CostAwareVerifier(profile)
+    sure, unsure = DraftTree.chain([1, 2, 3, 4], "sure"), DraftTree.chain([5, 6, 7, 8], "unsure")
+    for _ in range(200):   # the estimate learns: "sure" drafts are accepted whole, "unsure" never
+        verifier.update_row(sure, [0, 1, 2, 3], 4)
+        verifier.update_row(unsure, [], 4)
+    planned = verifier.plan_batch([sure, unsure], 100)
+    # Width 5: about 1 + 4 + 1 tokens for both rows at t(5) = 1.6, i.e. 3.75 per unit, against 2 for a plain step.
+    assert planned[0].tokens == [1, 2, 3, 4]
+    assert len(planned[1].tokens) == 4                  # padded to the same width anyway: verified at no cost
+    both_unsure = verifier.plan_batch([unsure, unsure], 100)
+    assert [t.tokens for t in both_unsure] == [[], []]  # no row's draft pays: a plain step for the batch

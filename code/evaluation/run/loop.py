@@ -272,10 +272,12 @@ def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], arg
     max_width = min(args.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
     limit = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
     lengths = sorted({min(n, limit - max_width - 1) for n in args.cost_profile_contexts})
+    rows = f", {args.batch_size} rows per forward" if args.batch_size > 1 else ""
     print(f"measuring the forward cost t(n)/t(1): widths 1..{max_width} at {', '.join(map(str, lengths))} tokens of "
-          f"context, {args.cost_profile_repeats} repeat(s)", file=sys.stderr, flush=True)
+          f"context{rows}, {args.cost_profile_repeats} repeat(s)", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    profile = ForwardCostProfile.measure(engine, max_width, lengths, args.cost_profile_repeats, args.seed)
+    profile = ForwardCostProfile.measure(engine, max_width, lengths, args.cost_profile_repeats, args.seed,
+                                         args.batch_size)
     ratios = " ".join(f"{w}:{r:.2f}" for w, r in zip(profile.widths, profile.to_dict()["ratio"][-1]))
     print(f"forward cost t(n)/t(1) at {lengths[-1]} tokens of context ({time.perf_counter() - start:.1f} s to "
           f"measure): {ratios}", file=sys.stderr)

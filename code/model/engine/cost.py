@@ -55,6 +55,7 @@ class ForwardCostProfile:
     context_lengths: list[int]
     seconds: list[list[float]]             # [context][width]
     repeats: int = 0
+    batch_size: int = 1                    # rows per forward (each of `width` tokens): t(B, n)
     _ratios: list[list[float]] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -79,19 +80,21 @@ class ForwardCostProfile:
 
     def to_dict(self) -> dict:
         return {"widths": self.widths, "context_lengths": self.context_lengths, "repeats": self.repeats,
+                "batch_size": self.batch_size,
                 "seconds": [[round(t, 6) for t in row] for row in self.seconds],
                 "ratio": [[round(r, 3) for r in row] for row in self._ratios]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ForwardCostProfile":
         return cls(list(data["widths"]), list(data["context_lengths"]), [list(r) for r in data["seconds"]],
-                   data.get("repeats", 0))
+                   data.get("repeats", 0), data.get("batch_size", 1))
 
     @classmethod
     @torch.inference_mode()
     def measure(cls, engine, max_width: int, context_lengths: list[int], repeats: int = 3,
-                seed: int = 0) -> "ForwardCostProfile":
-        """Time forwards of 1..max_width tokens (random ids, causal) on caches of each context length.
+                seed: int = 0, batch_size: int = 1) -> "ForwardCostProfile":
+        """Time forwards of 1..max_width tokens (random ids, causal) on caches of each context length, with
+        `batch_size` rows of that many tokens each (a batched run's cost t(B, n)).
 
         Widths are interleaved within each repeat, so a burst of load hits all of them alike; one untimed pass
         at the first context length lets the kernels of each shape settle."""
@@ -102,6 +105,8 @@ class ForwardCostProfile:
         for length in context_lengths:
             cache = PositionalKVCache(capacity=length + max_width + 1)
             engine._append(cache, torch.randint(vocab, (length,), generator=g).tolist())
+            if batch_size > 1:
+                cache.select_rows([0] * batch_size)
             times: dict[int, list[float]] = {w: [] for w in widths}
             first = 0 if seconds else -1   # rep -1: the untimed pass
             for rep in range(first, repeats):
@@ -110,13 +115,13 @@ class ForwardCostProfile:
                     causal = torch.ones(w, w, dtype=torch.bool, device=engine.device).tril()
                     depths = torch.arange(w, device=engine.device)
                     start = engine.clock()
-                    engine._forward(cache, [ids], [causal], [depths])
+                    engine._forward(cache, [ids] * batch_size, [causal] * batch_size, [depths] * batch_size)
                     elapsed = engine.clock() - start
                     cache.crop(length)
                     if rep >= 0:
                         times[w].append(elapsed)
             seconds.append([statistics.median(times[w]) for w in widths])
-        return cls(widths, list(context_lengths), seconds, repeats)
+        return cls(widths, list(context_lengths), seconds, repeats, batch_size)
 
 
 def sibling_ranks(parents: list[int]) -> list[int]:
@@ -374,6 +379,41 @@ class CostAwareVerifier:
                 # they ride along while (nearly) free, and otherwise on probes only.
                 return DraftTree([], [], source=tree.source)
         return cut(tree, keep)
+
+    def plan_batch(self, trees: list[DraftTree], context_length: int) -> list[DraftTree]:
+        """The parts of a batch's proposals to verify, under one budget for the whole forward. Every row is padded
+        to the step's widest, so the forward costs t(B, W) whatever each row verifies within W: the chooser picks
+        the W that maximises the expected tokens of all rows per unit of that cost, each row verifying its W - 1
+        likeliest nodes (fewer if it has fewer). W = 1 is a plain step for every row; a row with nothing worth
+        verifying adds nothing to W, and where no row's draft pays, the step is plain. (Drafts are not extended
+        at batch: propose_more is asked at batch 1 only.)"""
+        def cost(width):
+            return self.cost(width, context_length)
+
+        fixed = max(len(t.aux_tokens) for t in trees)
+        probs = [self.estimate.path_probs(t) for t in trees]
+        ranked = [sorted(range(len(pi)), key=lambda i: (-pi[i], i)) for pi in probs]
+        best_m, best_rate, expected = 0, len(trees) / cost(1), float(len(trees))
+        for m in range(1, max(map(len, ranked), default=0) + 1):
+            expected += sum(pi[order[m - 1]] for pi, order in zip(probs, ranked) if len(order) >= m)
+            rate = expected / cost(1 + fixed + m)
+            if rate > best_rate:
+                best_m, best_rate = m, rate
+        planned = []
+        for tree, order in zip(trees, ranked):
+            keep = sorted(order[:best_m])
+            if not keep:
+                if self.probing:   # explore: the estimate learns only from what is verified
+                    keep = likeliest_path(tree.parents)
+                elif tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
+                    planned.append(DraftTree([], [], source=tree.source))
+                    continue
+            planned.append(cut(tree, keep))
+        return planned
+
+    def update_row(self, tree: DraftTree, path: list[int], proposed: int) -> None:
+        """After verifying one row's `tree` (a part of a proposal of `proposed` nodes)."""
+        self.estimate.update(tree, path, proposed)
 
     def _wider(self, n: int, fixed: int, cost) -> int:
         """Node count of the widest measured forward, up to twice the draft, that costs no more than this one."""

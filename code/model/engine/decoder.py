@@ -195,7 +195,7 @@ class SpeculativeEngine:
             live = [row for row in live if len(row.result.tokens) < max_new_tokens and not row.result.stopped]
             if not live:
                 break
-            plans = [self._plan_row(row, max_new_tokens, budget) for row in live]
+            plans = self._plan_rows(live, max_new_tokens, budget)
             width = max(len(plan.inputs) for plan in plans)
             t1 = self.clock()
             starts = cache.lengths
@@ -216,12 +216,15 @@ class SpeculativeEngine:
                 row.result.steps.append(StepRecord(
                     plan.tree.size if plan.tree is not None else 0, len(plan.emitted), plan.source,
                     plan.draft_seconds, t2 - t1, len(row.context), plan.proposed, step, len(live), width))
-            if self.cost_aware is not None and len(live) == 1:
-                plan, t3 = plans[0], self.clock()
-                self.cost_aware.record_forward(len(plan.inputs), t2 - t1)
-                if plan.tree is not None:
-                    self.cost_aware.record_step(plan.proposed, len(plan.emitted), t3 - plan.started,
-                                                len(live[0].context), len(plan.tree.tokens))
+            if self.cost_aware is not None:
+                drafts = [plan for plan in plans if plan.tree is not None]
+                if drafts:   # one step of the batch: tokens per row, against a plain step of the batch
+                    self.cost_aware.record_forward(width, t2 - t1)
+                    self.cost_aware.record_step(sum(p.proposed for p in drafts),
+                                                sum(len(p.emitted) for p in drafts) / len(drafts),
+                                                self.clock() - min(p.started for p in plans),
+                                                max(len(row.context) for row in live),
+                                                sum(len(p.tree.tokens) for p in drafts))
             now = self.clock()
             finished = [b for b, row in enumerate(live)
                         if len(row.result.tokens) >= max_new_tokens or row.result.stopped]
@@ -238,30 +241,55 @@ class SpeculativeEngine:
                 row.result.seconds = self.clock() - start
         return [row.result for row in rows]
 
-    def _plan_row(self, row: "_Row", max_new_tokens: int, budget: ThinkingBudget | None) -> "_Plan":
-        """What this row feeds the step's forward: the root and its draft, or a forced phrase."""
-        t0 = self.clock()
-        root = row.context[-1]
-        if not row.thinking_done and len(row.result.tokens) >= budget.trigger_at:
-            row.thinking_done = True
-            phrase = budget.phrase[: max_new_tokens - len(row.result.tokens)]
-            if phrase:   # teacher-forced: its entries are kept whole, its logits unused
-                inputs = [root] + phrase[:-1]
-                n = len(inputs)
-                return _Plan(inputs, torch.ones(n, n, dtype=torch.bool).tril(), list(range(n)), None, phrase,
-                             "forced", 0, t0, 0.0)
-        drafter = row.drafter
+    def _plan_rows(self, live: list["_Row"], max_new_tokens: int, budget: ThinkingBudget | None) -> list["_Plan"]:
+        """What each row feeds the step's forward: a forced phrase, or the root and its draft. With cost-aware
+        verification one decision for the step says whether drafters are asked, and at batch > 1 one budget cuts
+        every row's draft to the step's chosen width."""
+        plans = [self._forced_plan(row, max_new_tokens, budget) for row in live]
+        if all(plans):
+            return plans
         drafted = self.cost_aware is None or self.cost_aware.should_draft()
+        batched = self.cost_aware is not None and len(live) > 1
+        plans = [plan or self._draft_plan(row, drafted, alone=not batched) for row, plan in zip(live, plans)]
+        if batched:
+            t0 = self.clock()
+            drafts = [plan for plan in plans if plan.tree is not None]
+            rows = [row for row, plan in zip(live, plans) if plan.tree is not None]
+            planned = self.cost_aware.plan_batch([p.tree for p in drafts], max(len(r.context) for r in rows))
+            share = (self.clock() - t0) / len(drafts)
+            for row, plan, tree in zip(rows, drafts, planned):
+                tree.validate(self.max_tree_nodes, self.vocab_size)
+                plan.use(row.context[-1], tree)
+                plan.draft_seconds += share
+        return plans
+
+    def _forced_plan(self, row: "_Row", max_new_tokens: int, budget: ThinkingBudget | None) -> "_Plan | None":
+        """Past the thinking budget's trigger: the phrase, teacher-forced (its entries kept whole, logits unused)."""
+        if row.thinking_done or len(row.result.tokens) < budget.trigger_at:
+            return None
+        t0 = self.clock()
+        row.thinking_done = True
+        phrase = budget.phrase[: max_new_tokens - len(row.result.tokens)]
+        if not phrase:
+            return None
+        inputs = [row.context[-1]] + phrase[:-1]
+        n = len(inputs)
+        return _Plan(inputs, torch.ones(n, n, dtype=torch.bool).tril(), list(range(n)), None, phrase, "forced", 0,
+                     t0, 0.0)
+
+    def _draft_plan(self, row: "_Row", drafted: bool, alone: bool) -> "_Plan":
+        t0 = self.clock()
+        drafter = row.drafter
         tree = drafter.propose(row.context, self.max_tree_nodes) if drafted else SKIPPED
         if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
             tree = NO_DRAFT
         tree.validate(self.max_tree_nodes, self.vocab_size)
-        proposed = tree.size
-        if self.cost_aware is not None:
+        plan = _Plan([], None, [], None, None, tree.source, tree.size, t0, 0.0, proposed_nodes=len(tree.tokens))
+        if self.cost_aware is not None and alone:
             tree = self._plan(tree, drafter, row.context)
-        inputs = [root] + tree.tokens + tree.aux_tokens
-        return _Plan(inputs, draft_attention(tree), [0] + tree.depths + tree.aux_depths, tree, None, tree.source,
-                     proposed, t0, self.clock() - t0)
+        plan.use(row.context[-1], tree)
+        plan.draft_seconds = self.clock() - t0
+        return plan
 
     def _accept(self, row: "_Row", plan: "_Plan", logits: torch.Tensor, argmax: list[int] | None,
                 sampling: SamplingConfig, max_new_tokens: int, budget, stop_tokens) -> list[int]:
@@ -282,7 +310,7 @@ class SpeculativeEngine:
             q = tree.probs.to(p) if tree.probs is not None else None
             path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, row.generator)
         if self.cost_aware is not None:
-            self.cost_aware.update(tree, path)
+            self.cost_aware.update_row(tree, path, plan.proposed_nodes)
         # Never step past the budget's trigger or the token limit: AR would stop there, so must we.
         limit = max_new_tokens if row.thinking_done else min(max_new_tokens, budget.trigger_at)
         emitted = self._truncate([tree.tokens[i] for i in path] + [bonus], result, limit, stop_tokens)
@@ -362,4 +390,12 @@ class _Plan:
     proposed: int
     started: float
     draft_seconds: float
+    proposed_nodes: int = 0        # draft nodes (auxiliary excluded) the drafter proposed: the estimate's size class
     path: list[int] = field(default_factory=list)
+
+    def use(self, root: int, tree: DraftTree) -> None:
+        """Feed this (validated) draft after the root."""
+        self.tree = tree
+        self.inputs = [root] + tree.tokens + tree.aux_tokens
+        self.block = draft_attention(tree)
+        self.depths = [0] + tree.depths + tree.aux_depths
