@@ -12,6 +12,8 @@ Prints per method and round: tokens/s, speedup over our AR, MAT (bonus token cou
     cd code && python scripts/benchmark_drafters.py --methods ar samd eagle3 samd-eagle3 \
         --ea-model-path local_model/eagle3-SmolLM2-135M-Instruct
     cd code && python scripts/benchmark_drafters.py --cost-aware both    # each method without and with (+ca)
+    cd code && python scripts/benchmark_drafters.py --batch-sizes 1 2 4 8 --paradigm bon --bon-n 8 \
+        --temperature 0.6 --cost-aware both    # the batch-size sweep (scripts/batch_sweep.py)
 """
 from __future__ import annotations
 
@@ -98,7 +100,23 @@ def main():
                              "or both side by side")
     parser.add_argument("--cost-profile-contexts", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--json-out", default=None)
+    sweep = parser.add_argument_group("batch-size sweep (scripts/batch_sweep.py): every method at each batch size, "
+                                      "through the harness's loop, answer files under --out-dir")
+    sweep.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B")
+    sweep.add_argument("--paradigm", choices=["bon", "multi-round"], default="bon")
+    sweep.add_argument("--bon-n", type=int, default=8)
+    sweep.add_argument("--temperature", type=float, default=0.0)
+    sweep.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    sweep.add_argument("--out-dir", default="bench_out/batch-sweep")
+    sweep.add_argument("--prefix", default="sweep", help="answer files are <out-dir>/b<B>/<prefix>-<method>.jsonl")
     args = parser.parse_args()
+    if args.batch_sizes:
+        if min(args.batch_sizes) < 1:
+            parser.error("--batch-sizes must be positive")
+        import batch_sweep
+        from evaluation.run.cli import run_reporting
+        run_reporting(lambda: batch_sweep.run(args))
+        return
 
     model, tokenizer, device = load_model(args.model_path, args.dtype, "auto")
     engine = SpeculativeEngine(model)

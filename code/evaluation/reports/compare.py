@@ -3,6 +3,10 @@ drafting share.
 
     python evaluation/compare.py --base-path AR.jsonl --file-path PLD.jsonl SAM.jsonl ... [--markdown-out F]
         [--json-out F]
+
+Runs at --batch-size B > 1 (every file at the same B, else one `error: compare at the same --batch-size: ...` line):
+tok/s is batch throughput (each batch's wall time counted once), the speedup is the ratio of batch throughputs with its
+interval over units of questions that shared a batch (reports/batch.py), and a column gives the per-sequence latency.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import json
 import os
 import sys
 
-from evaluation.reports import speed
+from evaluation.reports import batch, speed
 
 
 def method_name(path: str) -> str:
@@ -22,13 +26,19 @@ def method_name(path: str) -> str:
 
 
 def summaries(base_path: str, paths: list[str]) -> list[dict]:
-    """One speed.summarize per method file, against the same baseline; SpeedError on bad input."""
+    """One speed.summarize per method file, against the same baseline; SpeedError on bad input or when the files were
+    run at different batch sizes."""
     base = speed.load_answers(base_path)
+    base_size = (base_path, batch.run_batch_size(base_path, base, speed._config(base_path)))
     out = []
     for path in paths:
-        summary = speed.summarize(speed.load_answers(path), base)
+        rows = speed.load_answers(path)
+        size = batch.check_same_batch_size((path, batch.run_batch_size(path, rows, speed._config(path))), base_size)
+        summary = speed.summarize(rows, base)
         out.append({"name": method_name(path), "path": path, "overall": summary["overall"],
                     "per_turn": summary["per_turn"], "warnings": summary["warnings"]})
+        if summary.get("batched"):
+            out[-1]["batch_size"] = size
     return out
 
 
@@ -50,6 +60,8 @@ def render(base_path: str, paths: list[str]) -> str:
 
 
 def table(base_path: str, rows: list[dict]) -> str:
+    if any("batch_size" in r for r in rows):
+        return batched_table(base_path, rows)
     turns = max((len(r["per_turn"]) for r in rows), default=0)
     header = ["Method", "tok/s", "Speedup [95% CI]"] + [f"Speedup turn {t + 1}" for t in range(turns)] + \
              ["MAT"] + [f"MAT turn {t + 1}" for t in range(turns)] + \
@@ -74,6 +86,36 @@ def table(base_path: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def batched_table(base_path: str, rows: list[dict]) -> str:
+    """table() for runs at --batch-size > 1: batch throughput, its speedup (interval over units), per-sequence
+    latency."""
+    turns = max((len(r["per_turn"]) for r in rows), default=0)
+    header = ["Method", "tok/s (batch)", "Throughput speedup [95% CI]"] + \
+             [f"Speedup turn {t + 1}" for t in range(turns)] + ["Latency s/turn", "Seq. tok/s", "MAT"] + \
+             [f"MAT turn {t + 1}" for t in range(turns)] + ["Drafting share", "Accuracy", "Identical turns"]
+    base = rows[0]["overall"]
+    size = rows[0]["batch_size"]
+    lines = [f"Baseline: {base_path} ({speed._num(base['base_tokens_per_s'])} tok/s batch throughput, "
+             f"{speed._num(base['base_latency'])} s/turn latency, {speed._num(base['base_sequence_tokens_per_s'])} "
+             "seq. tok/s)", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        o, per_turn = r["overall"], r["per_turn"]
+        cells = [r["name"], speed._num(o["tokens_per_s"]), speed.speedup_cell(o)]
+        cells += [speed.speedup_cell(per_turn[t]) if t < len(per_turn) else "" for t in range(turns)]
+        cells += [speed._num(o.get("latency")), speed._num(o.get("sequence_tokens_per_s")), speed._num(o["mat"])]
+        cells += [speed._num(per_turn[t]["mat"]) if t < len(per_turn) else "" for t in range(turns)]
+        cells += [speed._pct(o["drafting_share"]), speed._pct(o["accuracy"]), f"{o['identical_turns']}/{o['n_turns']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", speed.batch_note({"batch_size": size}),
+              "MAT = mean accepted tokens per target decoding step, bonus token counted (AR = 1.00). "
+              f"Speedup intervals: {batch.INTERVAL}."]
+    noisy = speed.noisy_baseline(base)
+    if noisy:
+        lines.append(f"Warning: {noisy}.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-path", required=True)
@@ -90,10 +132,12 @@ def main(argv=None) -> int:
         if args.markdown_out:
             speed._write(args.markdown_out, text)
         if args.json_out:
-            speed._write(args.json_out, json.dumps({"baseline": args.base_path, "methods": rows,
-                                                    "mat_counts_bonus_token": True,
-                                                    "speedup_interval": "95% paired bootstrap over questions"},
-                                                   indent=2) + "\n")
+            data = {"baseline": args.base_path, "methods": rows, "mat_counts_bonus_token": True,
+                    "speedup_interval": "95% paired bootstrap over questions"}
+            if any("batch_size" in r for r in rows):
+                data.update(batch_size=rows[0]["batch_size"], throughput=batch.THROUGHPUT,
+                            speedup_interval=batch.INTERVAL)
+            speed._write(args.json_out, json.dumps(data, indent=2) + "\n")
     except speed.SpeedError as exc:
         print("error: " + " ".join(str(exc).split("\n")), file=sys.stderr)
         return 2

@@ -3,6 +3,8 @@
 
 Run from code/:
     python evaluation/plot.py --base-path AR.jsonl --file-path A.jsonl B.jsonl ... --out-dir DIR [--prefix P]
+    python evaluation/plot.py --base-path OUT/b*/P-ar.jsonl --file-path OUT/b*/P-pld.jsonl OUT/b*/P-samd.jsonl \
+        --out-dir DIR [--prefix P] [--batch-sweep]
 
 Writes, each as PNG and SVG, into DIR (names start with P, default none):
     category_radar      speedup and MAT per category, one line per method (radar; bars when < 3 categories)
@@ -10,6 +12,20 @@ Writes, each as PNG and SVG, into DIR (names start with P, default none):
     speedup_vs_mat      one point per method under the bound speedup <= MAT / (t(n)/t(1)) of the target's
                         measured forward cost (the run's `cost_profile`; speedup = MAT when none was measured)
     time_and_acceptance where the time goes (drafting / verifying / other) and the step-CDF of accepted lengths
+
+Batch-size sweep: when the files span more than one --batch-size (config "batch_size"; absent: 1), or with
+--batch-sweep, --base-path takes one baseline file per batch size and only this figure is written (the four above
+compare runs at one batch size: plot each b<B>/ folder on its own for them):
+    batch_sweep         left: throughput (tokens / wall time of each batch counted once) against B, log2 axis, one
+                        line per method and the baseline's own curve (its batching gain over the smallest B, marked);
+                        right: speedup over the baseline at the same B, with its 95% interval (paired bootstrap over
+                        units of questions that shared a batch, reports/batch.py)
+Files of different batch sizes of one method (config "method", as labelled below) form one line; files that share a
+method name at one batch size (e.g. SAM with and without cross-sample drafting) are told apart by file name, which
+the benchmark keeps the same in every b<B>/ folder (<prefix>-<method>.jsonl).
+
+At --batch-size > 1 the speedups of the four figures are ratios of batch throughputs (each batch's time counted
+once); at batch size 1 that is the definition below.
 
 Throughput is sum(new_tokens) / sum(wall_time) over the turns both files have; speedup = method throughput /
 baseline throughput over the same questions and turns. MAT = mean accepted tokens per target decoding step,
@@ -24,10 +40,11 @@ import os
 import statistics
 import sys
 
-from evaluation.reports import speed
+from evaluation.reports import batch, speed
 from evaluation.reports.compare import method_name
 
 FIGURES = ("category_radar", "progressive", "speedup_vs_mat", "time_and_acceptance")
+SWEEP_FIGURE = "batch_sweep"
 DPI = 100
 SINGLE = (8.0, 5.0)      # inches: 800 x 500 px at DPI
 DOUBLE = (10.0, 5.0)     # two panels side by side
@@ -41,7 +58,9 @@ TURN_WORD = {"multi_round": "round", "best_of_n": "sample"}
 # Reading
 # ---------------------------------------------------------------------------
 
-def _questions(rows: list[dict]) -> dict:
+def _questions(rows: list[dict], charged: dict | None = None) -> dict:
+    """charged: (question_id, turn) -> the seconds choices[0]'s turn is charged (batch.turns: its wall_time at batch
+    size 1, its share of its batch's wall time in a batch); wall_time when not given."""
     out = {}
     for row in rows:
         choice = row["choices"][0]
@@ -58,6 +77,7 @@ def _questions(rows: list[dict]) -> dict:
             "paradigm": row.get("paradigm"),
             "flat": speed.flat_accept_lengths(choice),
             "turns": [{"new_tokens": choice["new_tokens"][i], "wall_time": choice["wall_time"][i],
+                       "seconds": (charged or {}).get((row["question_id"], i), choice["wall_time"][i]),
                        "accepts": accepts[i], "draft": draft[i], "verify": verify[i]} for i in range(n)],
         }
     return out
@@ -66,8 +86,12 @@ def _questions(rows: list[dict]) -> dict:
 class Run:
     def __init__(self, path: str, label: str | None = None):
         self.path = path
-        self.questions = _questions(speed.load_answers(path))
+        rows = speed.load_answers(path)
         self.config = speed.load_config(path) or {}
+        self.batch = batch.from_rows(rows, path, self.config)   # the batch arithmetic's view (every choice)
+        self.batch_size = self.batch.batch_size
+        charged = {(t["question_id"], t["turn"]): t["seconds"] for t in self.batch.turns if t["choice"] == 0}
+        self.questions = _questions(rows, charged)
         self.name = label or method_name(path)
 
 
@@ -94,9 +118,9 @@ def _paired(run: Run, base: Run, category=None, turn=None):
 
 
 def _speedup(paired) -> float | None:
-    def tps(side):
+    def tps(side):   # seconds: wall_time at batch size 1; in a batch, the turn's share of the batch's wall time
         turns = [p[side]["turns"][k] for p in paired for k in p[2]]
-        return _ratio(sum(t["new_tokens"] for t in turns), sum(t["wall_time"] for t in turns))
+        return _ratio(sum(t["new_tokens"] for t in turns), sum(t["seconds"] for t in turns))
     method, base = tps(0), tps(1)
     return _ratio(method, base) if method is not None and base else None
 
@@ -469,6 +493,113 @@ def figure_time_and_acceptance(plt, runs, base, out_dir, prefix):
     return _save(plt, fig, out_dir, prefix + "time_and_acceptance")
 
 
+def _stem(path: str) -> str:
+    return os.path.basename(speed.config_path(path))[: -len(".config.json")]
+
+
+def sweep_groups(bases: list[Run], runs: list[Run], warn) -> tuple[dict, dict]:
+    """({batch size: baseline Run}, {method name: {batch size: Run}}) of a sweep. A method whose name (config
+    "method") two files share at one batch size (SAM with and without cross-sample drafting, a method with and
+    without --cost-aware) is told apart by file name, as <prefix>-<method> stays the same across the b<B>/ folders:
+    "samd (p-samd-solo)". SpeedError on two baseline files, or two files of one name, at one batch size."""
+    by_size, methods = {}, {}
+    for run in bases:
+        if run.batch_size in by_size:
+            raise speed.SpeedError(f"two baseline files at batch size {run.batch_size}: "
+                                   f"{by_size[run.batch_size].path} and {run.path}")
+        by_size[run.batch_size] = run
+    by_name = {}
+    for run in runs:
+        by_name.setdefault(run.name, []).append(run)
+    for name, same in by_name.items():
+        if len({run.batch_size for run in same}) < len(same):
+            for run in same:
+                run.name = f"{name} ({_stem(run.path)})"
+    for run in runs:
+        same = methods.setdefault(run.name, {})
+        if run.batch_size in same:
+            raise speed.SpeedError(f"two files of method {run.name} at batch size {run.batch_size}: "
+                                   f"{same[run.batch_size].path} and {run.path}")
+        same[run.batch_size] = run
+    for name, same in methods.items():
+        missing = sorted(set(same) - set(by_size))
+        if missing:
+            warn(f"{name}: no baseline file at batch size {', '.join(map(str, missing))}; "
+                 "its speedup is left out there")
+    return by_size, methods
+
+
+def figure_batch_sweep(plt, bases: dict, methods: dict, out_dir, prefix, warn):
+    """5. Batch-size sweep: throughput against B (each method, and the baseline's own batching gain), and the speedup
+    over the baseline at the same B with its 95% interval."""
+    import numpy as np
+    from matplotlib.ticker import FixedLocator, NullLocator
+    sizes = sorted(set(bases) | {b for same in methods.values() for b in same})
+    base = bases[min(bases)] if bases else None
+    base_name = base.name if base else "baseline"
+    cycle = plt.get_cmap("tab10").colors
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=DOUBLE)
+    if bases:
+        xs = sorted(bases)
+        ys = [batch.throughput(bases[b].batch) for b in xs]
+        ax_t.plot(xs, [_nan(y) for y in ys], color="black", linestyle="--", marker="s", markersize=4,
+                  label=f"{base_name} (baseline)")
+        first = ys[0]
+        for x, y in zip(xs[1:], ys[1:]):
+            if first and y is not None:
+                ax_t.annotate(f"{y / first:.2f}x", (x, y), textcoords="offset points", xytext=(0, -12), ha="center",
+                              fontsize=7)
+    top = 0.0
+    spread = 0.06 * (len(methods) - 1) / 2
+    for i, (name, same) in enumerate(methods.items()):
+        color = cycle[i % len(cycle)]
+        xs = sorted(same)
+        ax_t.plot(xs, [_nan(batch.throughput(same[b].batch)) for b in xs], color=color, marker="o", markersize=4,
+                  label=name)
+        points = []
+        for b in xs:
+            if b not in bases:
+                continue
+            figures = batch.compare(same[b].batch, bases[b].batch)
+            if figures["speedup"] is None:
+                warn(f"{same[b].path}: no question and turn in common with {bases[b].path}; left out of {SWEEP_FIGURE}")
+                continue
+            points.append((b, figures["speedup"], figures["speedup_ci"] or [figures["speedup"]] * 2))
+        if not points:
+            continue
+        offset = 2 ** (0.06 * i - spread)     # side by side, so the interval bars do not hide each other
+        x = [b * offset for b, _, _ in points]
+        y = np.array([p[1] for p in points])
+        low, high = np.array([p[2][0] for p in points]), np.array([p[2][1] for p in points])
+        ax_s.errorbar(x, y, yerr=[np.maximum(y - low, 0), np.maximum(high - y, 0)], color=color, marker="o",
+                      markersize=4, capsize=3, label=name)
+        top = max(top, float(high.max()), float(y.max()))
+    ax_s.axhline(1.0, color="black", linestyle="--", linewidth=1, label=f"{base_name} = 1.00x")
+    for ax in (ax_t, ax_s):
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(sizes))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(b) for b in sizes])
+        if sizes:
+            ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)
+        ax.set_xlabel("batch size B (rows decoded together, log2 scale)")
+        ax.grid(alpha=0.3)
+    ax_t.set_ylim(bottom=0)
+    ax_s.set_ylim(0, max(top, 1.5) * 1.1)
+    ax_t.set_ylabel("throughput (tok/s; each batch's wall time counted once)")
+    ax_s.set_ylabel(f"speedup over {base_name} at the same B (x)")
+    gain = f"{base_name}: its batching gain over B={min(bases)} marked" if len(bases) > 1 else base_name
+    ax_t.set_title(f"Throughput against batch size ({gain})")
+    ax_s.set_title("Speedup at the same batch size [95% CI]")
+    ax_t.legend(loc="best", fontsize=7)
+    ax_s.legend(loc="best", fontsize=7)
+    fig.suptitle(f"Batch-size sweep  ({_subtitle(base) if base else 'no baseline'})", fontsize=10)
+    fig.text(0.5, 0.01, "speedup = method throughput / baseline throughput at the same B; bars: " + batch.INTERVAL,
+             fontsize=7, color="dimgray", ha="center")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(plt, fig, out_dir, prefix + SWEEP_FIGURE)
+
+
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
@@ -479,38 +610,60 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _labelled(paths: list[str]) -> list[Run]:
-    runs = [Run(p) for p in paths]
+    return _label([Run(p) for p in paths])
+
+
+def _label(runs: list[Run]) -> list[Run]:
     names = [r.name for r in runs]
     for run in runs:                      # the same method twice: tell the files apart
         if names.count(run.name) > 1:
-            run.name = f"{run.name} ({os.path.basename(speed.config_path(run.path))[: -len('.config.json')]})"
+            run.name = f"{run.name} ({_stem(run.path)})"
     return runs
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise speed.SpeedError(f"{path}: cannot create directory ({exc.strerror or exc})") from None
 
 
 def main(argv=None) -> int:
     parser = _Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-path", required=True, help="baseline (autoregressive) answer file")
+    parser.add_argument("--base-path", required=True, nargs="+",
+                        help="baseline (autoregressive) answer file; in a batch-size sweep, one per batch size")
     parser.add_argument("--file-path", nargs="+", required=True, help="method answer files")
     parser.add_argument("--out-dir", required=True, help="folder for the PNG and SVG files (created)")
     parser.add_argument("--prefix", default="", help="prefix of every file name")
+    parser.add_argument("--batch-sweep", action="store_true",
+                        help=f"write only the {SWEEP_FIGURE} figure (throughput and speedup at the same batch size "
+                             "against --batch-size; files of one method at several batch sizes form one line); "
+                             "implied when the files span more than one batch size")
 
     def warn(msg):
         print(f"warning: {msg}", file=sys.stderr)
 
     try:
         args = parser.parse_args(argv)
-        base = Run(args.base_path, label=None)
-        runs = _labelled(args.file_path)
+        bases = [Run(path, label=None) for path in args.base_path]
+        runs = [Run(path) for path in args.file_path]
+        if args.batch_sweep or len({run.batch_size for run in bases + runs}) > 1:
+            by_size, methods = sweep_groups(bases, runs, warn)
+            _make_dir(args.out_dir)
+            written = figure_batch_sweep(_pyplot(), by_size, methods, args.out_dir, args.prefix, warn)
+            for path in written:
+                print(path)
+            return 0
+        if len(bases) > 1:
+            raise speed.SpeedError("give one --base-path (several only for a batch-size sweep: one per batch size)")
+        base, runs = bases[0], _label(runs)
         for run in runs:
             if not _paired(run, base):
                 raise speed.SpeedError(f"{run.path}: no question_id is present in both it and {base.path}")
             missing = len(run.questions.keys() - base.questions.keys())
             if missing:
                 warn(f"{run.path}: {missing} question_id(s) not in the baseline file, ignored")
-        try:
-            os.makedirs(args.out_dir, exist_ok=True)
-        except OSError as exc:
-            raise speed.SpeedError(f"{args.out_dir}: cannot create directory ({exc.strerror or exc})") from None
+        _make_dir(args.out_dir)
         plt = _pyplot()
         written = []
         written += figure_category_radar(plt, runs, base, args.out_dir, args.prefix)

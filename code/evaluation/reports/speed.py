@@ -12,6 +12,11 @@ by the engine, for both sides, so the two are counted the same way; text is
 never re-tokenized. Each speedup comes with its 95% interval (paired bootstrap
 over questions, uncertainty.py beside this file).
 
+Runs at --batch-size B > 1 (config "batch_size"; both files must have the same B, else one `error: compare at the
+same --batch-size: ...` line): tok/s is batch throughput (tokens of all rows / wall time of each batch counted once),
+the speedup is the ratio of batch throughputs with its interval over units of questions that shared a batch, and the
+table adds per-sequence latency and tokens/s (reports/batch.py). At B = 1 nothing changes.
+
 accept_lengths is read in both layouts: one flat list per choice plus
 accept_lengths_per_turn (files written now; what the seed's and Spec-Bench's
 report scripts read), or one list per turn (older files).
@@ -29,11 +34,13 @@ from evaluation.reports import uncertainty
 
 # Per-turn lists every answer line must carry.
 REQUIRED_TURN_FIELDS = ("new_tokens", "wall_time")
+# Per-turn lists of runs at --batch-size > 1 (all three or none; reports/batch.py).
+BATCH_FIELDS = ("batch_id", "batch_size", "batch_wall_time")
 # Per-turn lists that may be absent (older files, or the baseline).
 OPTIONAL_TURN_FIELDS = (
     "decoding_steps", "accept_lengths_per_turn", "draft_seconds", "verify_seconds",
     "extracted", "correct", "token_ids_sha1",
-)
+) + BATCH_FIELDS
 
 
 class SpeedError(Exception):
@@ -114,6 +121,9 @@ _ENTRY_CHECKS = {
     "correct": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "token_ids_sha1": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "extracted": (lambda v: True, "anything"),
+    "batch_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "batch_size": (lambda v: _is_number(v) and v == int(v) and v >= 1, "a positive integer"),
+    "batch_wall_time": (_non_negative, "a non-negative number"),
 }
 
 
@@ -152,6 +162,10 @@ def _check_record(rec):
         for i, v in enumerate(values):
             if not check(v):
                 return f"'choices[0].{name}[{i}]' must be {expected}"
+    present = [name for name in BATCH_FIELDS if choice.get(name) is not None]
+    if present and len(present) < len(BATCH_FIELDS):
+        missing = next(name for name in BATCH_FIELDS if name not in present)
+        return f"'choices[0].{present[0]}' without 'choices[0].{missing}' (a batched run writes all three)"
     return _check_accept_lengths(choice, len(turns))
 
 
@@ -418,16 +432,21 @@ def summarize(method_rows, base_rows):
                         f"in the two files: {_preview(paradigm_diff)}")
 
     overall = _group_stats(questions)
+    categories = sorted({q["category"] for q in questions})
+    per_category = {c: _group_stats([q for q in questions if q["category"] == c]) for c in categories}
+    per_turn = _per_turn(questions)
+    from evaluation.reports import batch   # here: batch.py imports this module
+    batched = batch.has_batch_fields(method_rows) or batch.has_batch_fields(base_rows)
+    if batched:
+        _batch_figures(method_rows, base_rows, overall, per_category, per_turn)
     noisy = noisy_baseline(overall)
     if noisy:
         warnings.append(noisy)
-    categories = sorted({q["category"] for q in questions})
-    return {
+    summary = {
         "n_questions": len(questions),
         "overall": overall,
-        "per_category": {c: _group_stats([q for q in questions if q["category"] == c])
-                         for c in categories},
-        "per_turn": _per_turn(questions),
+        "per_category": per_category,
+        "per_turn": per_turn,
         "identical_turns": {
             "identical": overall["identical_turns"],
             "total": overall["n_turns"],
@@ -441,6 +460,38 @@ def summarize(method_rows, base_rows):
         "turn_count_mismatch": mismatched,
         "warnings": warnings,
     }
+    if batched:   # (main puts the configs' batch size here; this is the most rows a batch had)
+        summary.update(batched=True, throughput=batch.THROUGHPUT, speedup_interval=batch.INTERVAL,
+                       batch_size=max(batch.run_batch_size(rows=method_rows), batch.run_batch_size(rows=base_rows)))
+    return summary
+
+
+# Figures that batch.compare gives in place of (or beside) _pair_stats' at --batch-size > 1: summary key -> its key.
+# wall_time / base_wall_time then hold the seconds charged (each batch's wall time once), not summed latencies.
+BATCH_STATS = {"new_tokens": "new_tokens", "wall_time": "seconds", "base_new_tokens": "base_new_tokens",
+               "base_wall_time": "base_seconds", "tokens_per_s": "tokens_per_s",
+               "base_tokens_per_s": "base_tokens_per_s", "speedup": "speedup", "speedup_ci": "speedup_ci",
+               "base_cv": "base_cv", "latency": "latency", "base_latency": "base_latency",
+               "sequence_tokens_per_s": "sequence_tokens_per_s",
+               "base_sequence_tokens_per_s": "base_sequence_tokens_per_s", "n_units": "n_units"}
+
+
+def _batch_figures(method_rows, base_rows, overall, per_category, per_turn):
+    """Batched runs: throughput, speedup and its interval from reports/batch.py (each batch's wall time counted once,
+    every choice's rows, bootstrap over units of questions that shared a batch), per-sequence latency beside them.
+    MAT, accuracy, drafting share and identical turns stay those of choices[0] (as at batch size 1)."""
+    from evaluation.reports import batch
+    method, base = batch.from_rows(method_rows), batch.from_rows(base_rows)
+
+    def put(stats, **where):
+        figures = batch.compare(method, base, **where)
+        stats.update({key: figures[name] for key, name in BATCH_STATS.items()})
+
+    put(overall)
+    for category, stats in per_category.items():
+        put(stats, category=category)
+    for stats in per_turn:
+        put(stats, turn=stats["turn"] - 1)
 
 
 # ---------------------------------------------------------------------------
@@ -481,8 +532,7 @@ def _source_line(label, source):
     return " | ".join(parts)
 
 
-def render_markdown(summary):
-    """Main table (categories, overall last), MAT note and, if turns > 1, the per-turn table."""
+def _source_lines(summary):
     lines = []
     sources = summary.get("sources") or {}
     for key, label in (("method", "Method"), ("baseline", "Baseline")):
@@ -490,6 +540,15 @@ def render_markdown(summary):
             lines.append(_source_line(label, sources[key]))
     if lines:
         lines.append("")
+    return lines
+
+
+def render_markdown(summary):
+    """Main table (categories, overall last), MAT note and, if turns > 1, the per-turn table. Batched runs
+    (--batch-size > 1): render_batched."""
+    if summary.get("batched"):
+        return render_batched(summary)
+    lines = _source_lines(summary)
 
     def row(name, s):
         return [name, str(s["n_questions"]), str(s["n_turns"]),
@@ -528,6 +587,65 @@ def render_markdown(summary):
     return "\n".join(lines) + "\n"
 
 
+def pair_cell(stats, key, digits=2):
+    """'method / base' of a figure and its base_ counterpart."""
+    return f"{_num(stats.get(key), digits)} / {_num(stats.get('base_' + key), digits)}"
+
+
+def batch_note(summary):
+    """The sentence saying what a batched table's figures are."""
+    return (f"Batch size {summary.get('batch_size', '?')}: tok/s is batch throughput (tokens of all rows / wall time "
+            "of each batch, counted once); speedup = method batch throughput / baseline batch throughput at the same "
+            "batch size; latency = mean wall time of one sequence's turn (batch start to its last token); seq. "
+            "tok/s = tokens / latency of a sequence.")
+
+
+def render_batched(summary):
+    """render_markdown for runs at --batch-size > 1: batch throughput, its speedup with the interval over units,
+    per-sequence latency and tokens/s; MAT, accuracy, drafting share and identical turns as at batch size 1."""
+    lines = _source_lines(summary)
+    lines += [batch_note(summary), ""]
+
+    def row(name, s):
+        return [name, str(s["n_questions"]), str(s["n_turns"]),
+                _num(s["tokens_per_s"]), _num(s["base_tokens_per_s"]), speedup_cell(s),
+                pair_cell(s, "latency"), pair_cell(s, "sequence_tokens_per_s"),
+                _num(s["mat"]),
+                f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
+                f"{_pct(s['final_accuracy'])} / {_pct(s['base_final_accuracy'])}",
+                _pct(s["drafting_share"]),
+                f"{s['identical_turns']}/{s['n_turns']}"]
+
+    header = ["Category", "Questions", "Turns", "Method tok/s (batch)", "Baseline tok/s (batch)",
+              "Throughput speedup [95% CI]", "Latency s/turn (method / base)", "Seq. tok/s (method / base)",
+              "MAT", "Accuracy (method / base)", "Final-turn acc. (method / base)", "Drafting share",
+              "Identical turns"]
+    rows = [row(c, s) for c, s in summary["per_category"].items()]
+    rows.append(row("**overall**", summary["overall"]))
+    lines += _table(header, rows)
+    lines.append("")
+    lines.append("Note: MAT = mean accepted tokens per target decoding step, counting the "
+                 "bonus token (autoregressive decoding gives 1.00). Speedup intervals: "
+                 f"{summary.get('speedup_interval', 'bootstrap')}.")
+    noisy = noisy_baseline(summary["overall"])
+    if noisy:
+        lines.append(f"Warning: {noisy}.")
+
+    per_turn = summary.get("per_turn") or []
+    if len(per_turn) > 1:
+        lines += ["", "Per turn (round / sample index):", ""]
+        header = ["Turn", "Questions", "Method tok/s (batch)", "Baseline tok/s (batch)",
+                  "Throughput speedup [95% CI]", "Latency s/turn (method / base)", "MAT",
+                  "Accuracy (method / base)", "Identical turns"]
+        lines += _table(header, [
+            [str(s["turn"]), str(s["n_questions"]), _num(s["tokens_per_s"]),
+             _num(s["base_tokens_per_s"]), speedup_cell(s), pair_cell(s, "latency"), _num(s["mat"]),
+             f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
+             f"{s['identical_turns']}/{s['n_turns']}"]
+            for s in per_turn])
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
@@ -551,6 +669,14 @@ def _source(path, warn):
     return source
 
 
+def _config(path):
+    """The sidecar config, {} when absent or unreadable (_source warns about the latter)."""
+    try:
+        return load_config(path) or {}
+    except SpeedError:
+        return {}
+
+
 def _write(path, text):
     try:
         with open(path, "w", encoding="utf-8") as f:
@@ -572,7 +698,14 @@ def main(argv=None):
 
     try:
         args = parser.parse_args(argv)
-        summary = summarize(load_answers(args.file_path), load_answers(args.base_path))
+        method_rows, base_rows = load_answers(args.file_path), load_answers(args.base_path)
+        from evaluation.reports import batch   # here: batch.py imports this module
+        size = batch.check_same_batch_size(
+            (args.file_path, batch.run_batch_size(args.file_path, method_rows, _config(args.file_path))),
+            (args.base_path, batch.run_batch_size(args.base_path, base_rows, _config(args.base_path))))
+        summary = summarize(method_rows, base_rows)
+        if summary.get("batched"):
+            summary["batch_size"] = size
         for msg in summary["warnings"]:
             warn(msg)
         summary["sources"] = {"method": _source(args.file_path, warn),

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import shlex
 import sys
 
@@ -25,7 +27,7 @@ from evaluation.run.cli import run_reporting
 from model.errors import UserError
 
 SHARED = ("model_path", "dtype", "device", "num_gpus_per_model", "question_file", "question_begin", "question_end",
-          "batch_size", "paradigm", "num_choices")
+          "paradigm", "num_choices")
 
 
 def parse_method(spec: str, common: list[str], prefix: str):
@@ -57,8 +59,20 @@ def main(argv=None) -> None:
     run_reporting(lambda: run(known.method, common, known.model_id_prefix))
 
 
-def run(specs: list[str], common: list[str], prefix: str) -> None:
+def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int] | None = None,
+        out_dir: str | None = None) -> list[tuple[int, str, str]]:
+    """Answer the questions with every method, interleaved per question group; with `batch_sizes`, every method at
+    every batch size (answer files `<out_dir>/b<B>/<prefix>-<NAME>.jsonl`), interleaved as well. Returns
+    (batch size, name, answer file) per run."""
+    if batch_sizes:
+        specs = [f"{spec} --batch-size {b} --answer-file "
+                 + shlex.quote(os.path.join(out_dir, f"b{b}", f"{prefix}-{spec_name(spec)}.jsonl"))
+                 for b in batch_sizes for spec in specs]
+        for b in batch_sizes:
+            os.makedirs(os.path.join(out_dir, f"b{b}"), exist_ok=True)
     runs = [parse_method(spec, common, prefix) for spec in specs]
+    if batch_sizes:   # names repeat across batch sizes: one run per (B, name)
+        runs = [(f"{name}@b{args.batch_size}", module, args) for name, module, args in runs]
     names = [name for name, _, _ in runs]
     if len(set(names)) < len(names):
         raise UserError(f"two --method entries share a name: {names}; name them NAME=MODULE")
@@ -82,22 +96,39 @@ def run(specs: list[str], common: list[str], prefix: str) -> None:
     model, tokenizer, device = load_model(first.model_path, first.dtype, first.device, first.num_gpus_per_model)
     opened = [(name, *open_run(args, module.make_drafter, model, tokenizer, device)) for name, module, args in runs]
     todo = [q for q in questions if any(q["question_id"] not in store.done for _, store, _ in opened)]
+    done = [(runner.batch_size, name, store.answer_file) for name, store, runner in opened]
     if not todo:
         print(f"all {len(questions)} questions already answered by every method")
-        return
-    # One forward-cost profile for all (same model, dtype and device), up to the widest method's need.
-    profile = measure_cost_profile(opened[0][2].engine, [runner.drafter for _, _, runner in opened], first)
+        return done
+    # One forward-cost profile per batch size for all (same model, dtype and device), up to the widest method's need.
+    profiles = {}
     for name, store, runner in opened:
+        size = runner.batch_size
+        if size not in profiles:
+            profiles[size] = measure_cost_profile(runner.engine, [r.drafter for _, _, r in opened
+                                                                  if r.batch_size == size], runner.args)
         print(f"== {name}: warming up", file=sys.stderr, flush=True)
-        start_session(store, runner, todo[0], profile)
-    size = opened[0][2].group_size()   # (every method runs at the same --batch-size and paradigm)
-    bar = tqdm(total=len(todo), desc=f"{len(opened)} methods, interleaved", unit="q", dynamic_ncols=True)
-    for i in range(0, len(todo), size):
-        group = todo[i:i + size]
-        for name, store, runner in opened:
-            for answer, steps in runner.answer_group([q for q in group if q["question_id"] not in store.done]):
-                store.write(answer, steps)
-        bar.update(len(group))
+        start_session(store, runner, todo[0], profiles[size])
+    # Questions go in chunks every run can answer in whole groups (a multi-round group at batch B is B questions).
+    sizes = [runner.group_size() for _, _, runner in opened]
+    chunk = math.lcm(*sizes)
+    bar = tqdm(total=len(todo), desc=f"{len(opened)} runs, interleaved", unit="q", dynamic_ncols=True)
+    for i in range(0, len(todo), chunk):
+        part = todo[i:i + chunk]
+        for (name, store, runner), size in zip(opened, sizes):
+            left = [q for q in part if q["question_id"] not in store.done]
+            for j in range(0, len(left), size):
+                for answer, steps in runner.answer_group(left[j:j + size]):
+                    store.write(answer, steps)
+        bar.update(len(part))
     bar.close()
     for name, store, _ in opened:
         print(f"{name}: {store.answer_file}")
+    return done
+
+
+def spec_name(spec: str) -> str:
+    """The NAME of a "[NAME=]MODULE [FLAGS]" method spec."""
+    words = shlex.split(spec)
+    name, _, module = words[0].rpartition("=") if words else ("", "", "")
+    return name or module

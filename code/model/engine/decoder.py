@@ -17,6 +17,7 @@ import torch
 
 from .cost import CostAwareVerifier
 from .drafter import Drafter, StepFeedback
+from .forward import padded_forward, uses_additive_mask
 from .hidden import HiddenCapture
 from .kv_cache import PositionalKVCache
 from .sampling import SamplingConfig, accept_greedy, accept_sampled, target_probs
@@ -73,8 +74,7 @@ class SpeculativeEngine:
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_tree_nodes = max_tree_nodes
         self.cache_capacity = cache_capacity
-        # SDPA takes a boolean mask; eager attention adds the mask to the scores, so it needs 0 / -inf.
-        self.additive_mask = getattr(model.config, "_attn_implementation", "sdpa") != "sdpa"
+        self.additive_mask = uses_additive_mask(model)
         devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
         self.synchronize = (lambda: [torch.cuda.synchronize(d) for d in devices]) if devices else (lambda: None)
 
@@ -85,43 +85,7 @@ class SpeculativeEngine:
 
     def _forward(self, cache: PositionalKVCache, inputs: list[list[int]], blocks: list, depths: list,
                  logits_to_keep: int = 0) -> torch.Tensor:
-        """One target forward of every row's `inputs[b]` on top of its own cache entries; `blocks[b]` is their
-        [n, n] visibility, `depths[b]` their positions after the row's last cached token. Rows are padded to the
-        widest with tokens that see only themselves (their entries are dropped by the next keep). [B, W, vocab]."""
-        rows, width = len(inputs), max(len(ids) for ids in inputs)
-        lengths = cache.lengths
-        past = max(lengths)
-        dev = self.device
-        if rows == 1 and len(inputs[0]) == width:   # batch 1: no padding (the common case, kept cheap)
-            mask = torch.ones(1, 1, width, past + width, dtype=torch.bool, device=dev)
-            mask[0, 0, :, past:] = torch.as_tensor(blocks[0], device=dev)
-            ids = torch.tensor(inputs, device=dev)
-            positions = (torch.as_tensor(depths[0], device=dev) + past).unsqueeze(0)
-        else:
-            ids = torch.zeros(rows, width, dtype=torch.long)
-            positions = torch.zeros(rows, width, dtype=torch.long)
-            local = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)   # padding sees only itself
-            for b, (tokens, block, depth) in enumerate(zip(inputs, blocks, depths)):
-                n = len(tokens)
-                ids[b, :n] = torch.tensor(tokens)
-                positions[b, :n] = torch.as_tensor(depth) + lengths[b]
-                positions[b, n:] = torch.arange(n, width) + lengths[b]
-                local[b, :n, :n] = torch.as_tensor(block)
-            starts = torch.tensor(lengths, device=dev)
-            columns = torch.arange(past + width, device=dev)
-            valid = torch.tensor([[j < len(tokens) for j in range(width)] for tokens in inputs], device=dev)
-            mask = (columns[None, None, :] < starts[:, None, None]) & valid[:, :, None]   # [B, W, K]: the past
-            local = local.to(dev)
-            for b in range(rows):
-                mask[b, :, lengths[b]:lengths[b] + width] = local[b]
-            mask = mask.unsqueeze(1)
-            ids, positions = ids.to(dev), positions.to(dev)
-        if self.additive_mask:
-            dtype = self.model.dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill(~mask, torch.finfo(dtype).min)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=logits_to_keep)
-        return out.logits
+        return padded_forward(self.model, cache, inputs, blocks, depths, self.additive_mask, logits_to_keep)
 
     def _append(self, cache: PositionalKVCache, tokens: list[list[int]] | list[int]) -> None:
         """Add tokens to the cache without looking at their logits (prefill): one list per row (a flat list: one
@@ -250,7 +214,10 @@ class SpeculativeEngine:
             return plans
         drafted = self.cost_aware is None or self.cost_aware.should_draft()
         batched = self.cost_aware is not None and len(live) > 1
-        plans = [plan or self._draft_plan(row, drafted, alone=not batched) for row, plan in zip(live, plans)]
+        rows = [row for row, plan in zip(live, plans) if plan is None]
+        proposals, seconds = self._propose(rows) if drafted else ([SKIPPED] * len(rows), [0.0] * len(rows))
+        proposed = iter(zip(rows, proposals, seconds))
+        plans = [plan or self._draft_plan(*next(proposed), alone=not batched) for plan in plans]
         if batched:
             t0 = self.clock()
             drafts = [plan for plan in plans if plan.tree is not None]
@@ -277,18 +244,33 @@ class SpeculativeEngine:
         return _Plan(inputs, torch.ones(n, n, dtype=torch.bool).tril(), list(range(n)), None, phrase, "forced", 0,
                      t0, 0.0)
 
-    def _draft_plan(self, row: "_Row", drafted: bool, alone: bool) -> "_Plan":
+    def _propose(self, rows: list["_Row"]) -> tuple[list[DraftTree | None], list[float]]:
+        """Every drafting row's proposal and its drafting seconds. Rows whose drafters are distinct objects of one
+        class are asked together (`propose_rows`: a draft model runs once per drafting step for all of them), their
+        time shared equally."""
+        drafters = [row.drafter for row in rows]
+        if len(rows) > 1 and len({type(d) for d in drafters}) == 1 and len({id(d) for d in drafters}) == len(rows):
+            t0 = self.clock()
+            trees = drafters[0].propose_rows(drafters, [row.context for row in rows], self.max_tree_nodes)
+            return trees, [(self.clock() - t0) / len(rows)] * len(rows)
+        trees, seconds = [], []
+        for row in rows:
+            t0 = self.clock()
+            trees.append(row.drafter.propose(row.context, self.max_tree_nodes))
+            seconds.append(self.clock() - t0)
+        return trees, seconds
+
+    def _draft_plan(self, row: "_Row", tree: DraftTree | None, seconds: float, alone: bool) -> "_Plan":
         t0 = self.clock()
-        drafter = row.drafter
-        tree = drafter.propose(row.context, self.max_tree_nodes) if drafted else SKIPPED
         if tree is None:  # (not `or`: an empty tree may still carry auxiliary nodes)
             tree = NO_DRAFT
         tree.validate(self.max_tree_nodes, self.vocab_size)
-        plan = _Plan([], None, [], None, None, tree.source, tree.size, t0, 0.0, proposed_nodes=len(tree.tokens))
+        plan = _Plan([], None, [], None, None, tree.source, tree.size, t0 - seconds, 0.0,
+                     proposed_nodes=len(tree.tokens))
         if self.cost_aware is not None and alone:
-            tree = self._plan(tree, drafter, row.context)
+            tree = self._plan(tree, row.drafter, row.context)
         plan.use(row.context[-1], tree)
-        plan.draft_seconds = self.clock() - t0
+        plan.draft_seconds = seconds + self.clock() - t0
         return plan
 
     def _accept(self, row: "_Row", plan: "_Plan", logits: torch.Tensor, argmax: list[int] | None,

@@ -83,6 +83,11 @@ class Drafter:
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
         return None
 
+    def propose_rows(self, rows: list["Drafter"], contexts: list[list[int]], max_nodes: int) -> list[DraftTree | None]:
+        """The proposals of several batch rows at once (`self` is rows[0]; every row's drafter is of this class and
+        its own object). A drafter with a draft model overrides this to run it once per drafting step for all rows."""
+        return [drafter.propose(tokens, max_nodes) for drafter, tokens in zip(rows, contexts)]
+
     def propose_more(self, tokens: list[int], tree: DraftTree, max_nodes: int) -> DraftTree | None:
         """Cost-aware verification found a wider forward no dearer than this draft's: a larger draft of at most
         `max_nodes` nodes whose first len(tree) nodes are `tree`'s, or None when this drafter cannot give more."""

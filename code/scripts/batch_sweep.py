@@ -1,0 +1,73 @@
+"""The batch-size sweep of scripts/benchmark_drafters.py (`--batch-sizes`): every method at every batch size, in one
+process, interleaved per question group through the harness's own loop (evaluation.interleaved), so each run writes
+a normal answer file (`<out-dir>/b<B>/<prefix>-<method>.jsonl`) that speed.py, compare.py and plot.py read. Prints,
+per batch size: AR's throughput and its batching gain over B = 1, and per method its batch throughput, its speedup
+over AR at the same B (95% paired-bootstrap interval), MAT and per-sequence latency."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# name -> "[NAME=]MODULE [FLAGS]" of evaluation.interleaved; {datastore}, {drafter}, {head}: the paths given
+METHOD_SPECS = {
+    "ar": "ar=baseline",
+    "pld": "pld",
+    "samd": "samd",
+    "samd-solo": "samd-solo=samd --no-cross-sample",   # SAM without cross-sample drafting
+    "pia": "pia",
+    "recycling": "recycling",
+    "lookahead": "lookahead",
+    "rest": "rest --datastore-path {datastore}",
+    "sps": "sps --drafter-path {drafter}",
+    "eagle3": "eagle3 --ea-model-path {head}",
+    "samd-eagle3": "samd-eagle3=samd --tree_method eagle3 --tree_model_path {head}",
+}
+NEEDS = {"rest": "datastore", "sps": "drafter", "eagle3": "head", "samd-eagle3": "head"}
+
+
+def specs(names: list[str], paths: dict, cost_aware: str) -> list[str]:
+    out = []
+    for name in names:
+        need = NEEDS.get(name)
+        if need and not paths.get(need):
+            print(f"skipping {name}: no --{ {'datastore': 'datastore-path', 'drafter': 'drafter-path', 'head': 'ea-model-path'}[need]}",
+                  file=sys.stderr)
+            continue
+        spec = METHOD_SPECS[name].format(**paths)
+        if cost_aware in ("off", "both") or name == "ar":
+            out.append(spec)
+        if cost_aware in ("on", "both") and name != "ar":   # AR verifies no draft: cost-aware AR is AR
+            label, _, rest = spec.partition(" ")
+            base, _, module = label.rpartition("=")
+            out.append(f"{base or module}+ca={module} {rest} --cost-aware".strip())
+    return out
+
+
+def common_flags(args) -> list[str]:
+    flags = ["--model-path", args.model_path, "--question-file", args.question_file,
+             "--question-begin", str(args.question_begin), "--question-end", str(args.question_begin + args.questions),
+             "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "--device", args.device,
+             "--warmup", "1", "--warmup-tokens", "16", "--cost-profile-contexts", *map(str, args.cost_profile_contexts),
+             "--temperature", str(args.temperature)]
+    if args.paradigm == "bon":
+        flags += ["--BON", "--bon-n", str(args.bon_n)]
+    else:
+        flags += ["--think-twice", "--num-rounds", str(args.rounds)]
+    return flags
+
+
+def run(args) -> None:
+    from evaluation.run.interleaved import run as interleaved
+    paths = {"datastore": args.datastore_path, "drafter": args.drafter_path, "head": args.ea_model_path}
+    names = args.methods or ["ar", "pld", "samd", "samd-solo", "pia", "recycling", "lookahead"]
+    if "ar" not in names:
+        names = ["ar"] + names
+    runs = interleaved(specs(names, paths, args.cost_aware), common_flags(args), args.prefix, args.batch_sizes,
+                       args.out_dir)
+    files = {(size, name.rsplit("@b", 1)[0]): path for size, name, path in runs}
+    from evaluation.reports import batch
+    summary = batch.sweep_table(files, print_table=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(summary, f, indent=2)
