@@ -273,3 +273,29 @@ def test_the_batch_chooser_spends_one_budget_on_the_rows_whose_drafts_pay():
     assert len(planned[1].tokens) == 4                  # padded to the same width anyway: verified at no cost
     both_unsure = verifier.plan_batch([unsure, unsure], 100)
     assert [t.tokens for t in both_unsure] == [[], []]  # no row's draft pays: a plain step for the batch
+
+
+def test_sps_drafts_every_row_with_one_draft_forward_per_drafting_step():
+    from model.sps import DraftModelDrafter
+    from methods import noisy_draft, vocab_of
+    model = tiny_model("llama")
+    draft = noisy_draft(model)
+    first = DraftModelDrafter(draft, vocab_of(model), num_tokens=6, confidence_threshold=0.0)
+    rows = [first, first.fork(), first.fork()]
+    for d, prompt in zip(rows, PROMPTS):
+        d.begin_sequence(prompt)
+    shapes = []
+    hook = draft.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        trees = first.propose_rows(rows, [list(p) for p in PROMPTS], 64)
+    finally:
+        hook.remove()
+    assert [len(t.tokens) for t in trees] == [6, 6, 6]
+    # One forward of every row's context, then one per further token: 6 in all, each with the 3 rows.
+    assert len(shapes) == 6 and all(shape[0] == 3 for shape in shapes)
+    assert shapes[0][1] == max(map(len, PROMPTS)) and all(shape[1] == 1 for shape in shapes[1:])
+    for d, prompt, tree in zip(rows, PROMPTS, trees):   # the same chains as each row drafting alone
+        alone = DraftModelDrafter(draft, vocab_of(model), num_tokens=6, confidence_threshold=0.0)
+        alone.begin_sequence(prompt)
+        assert alone.propose(list(prompt), 64).tokens == tree.tokens

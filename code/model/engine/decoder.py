@@ -194,6 +194,7 @@ class SpeculativeEngine:
                         if len(row.result.tokens) >= max_new_tokens or row.result.stopped]
             for b in finished:
                 live[b].result.seconds = now - start
+                live[b].drafter.end_sequence()
             if finished:
                 remaining = [b for b in range(len(live)) if b not in set(finished)]
                 if remaining:

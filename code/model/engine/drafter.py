@@ -93,6 +93,9 @@ class Drafter:
         `max_nodes` nodes whose first len(tree) nodes are `tree`'s, or None when this drafter cannot give more."""
         return None
 
+    def end_sequence(self) -> None:
+        """This row's sequence ended (a stop token or the token limit): it has left its batch."""
+
     def max_draft_nodes(self) -> int | None:
         """The most nodes (auxiliary included) one proposal can hold; None: up to the engine's cap. The target's
         forward cost is profiled up to twice this."""

@@ -12,12 +12,17 @@ Drafting stops after `num_tokens` tokens, or right after a token whose draft pro
 `confidence_threshold` (that token is kept: transformers' assisted-generation stopping rule). The
 "heuristic" schedule is transformers' too: +2 tokens after a fully accepted chain, -1 (down to 1) otherwise.
 After verification the draft's cache is cut back to the accepted prefix: nothing is recomputed.
+
+In a batch the rows' drafters share one batched draft cache (`_DraftBatch`, one row each) and `propose_rows` runs the
+draft model once per drafting step for all rows: first each row's unseen context (rows padded to the longest), then
+one token per row still drafting, until every row's chain has ended.
 """
 from __future__ import annotations
 
 import torch
 
 from ..engine.drafter import Drafter, StepFeedback
+from ..engine.forward import padded_forward, uses_additive_mask
 from ..engine.kv_cache import PositionalKVCache
 from ..engine.sampling import SamplingConfig, draw, target_probs
 from ..engine.tree import DraftTree
@@ -53,6 +58,7 @@ class DraftModelDrafter(Drafter):
         self.cached = 0                         # context tokens whose entries the draft cache holds
         self.pending: tuple[int, int] | None = None   # (context length, chain length) of the unverified draft
         self.length = float(num_tokens)         # the heuristic schedule's current chain length
+        self.batch: _DraftBatch | None = None
 
     def reset(self) -> None:
         self.length = float(self.num_tokens)
@@ -63,50 +69,98 @@ class DraftModelDrafter(Drafter):
     def begin_sequence(self, prompt: list[int]) -> None:
         self.cache.crop(0)   # buffers are kept: a new sequence reuses them
         self.cached, self.pending = 0, None
+        self.end_sequence()
+
+    def end_sequence(self) -> None:
+        if self.batch is not None:   # its row of the batched draft cache is freed
+            self.batch.leave(self)
 
     @torch.inference_mode()
     def _feed(self, tokens: list[int]) -> torch.Tensor:
         """Append tokens to the draft's cache; the draft's logits after the last one, over the target's ids."""
         out = self.draft(input_ids=torch.tensor([tokens], device=self.device), past_key_values=self.cache,
                          use_cache=True, logits_to_keep=1)
-        logits = out.logits[0, -1]
+        return self._fit(out.logits[0, -1])
+
+    def _fit(self, logits: torch.Tensor) -> torch.Tensor:
+        """The draft's logits over the target's ids."""
         if logits.shape[0] > self.vocab_size:      # padded rows: ids the target never emits
             return logits[: self.vocab_size]
         if logits.shape[0] < self.vocab_size:
             return torch.nn.functional.pad(logits, (0, self.vocab_size - logits.shape[0]), value=float("-inf"))
         return logits
 
-    def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
-        want = min(int(self.length), max_nodes)
-        if want < 1:
-            return None
-        start = len(tokens)
-        logits = self._feed(tokens[self.cached:])
-        self.cached = start
-        greedy = self.sampling.greedy
-        chain, probs = [], []
-        while True:
-            if greedy and self.confidence_threshold == 0:
-                token, confidence = int(logits.argmax()), 1.0
-            elif greedy:
-                top = logits.float().softmax(-1).max(-1)
-                token, confidence = int(top.indices), float(top.values)
-            else:
-                q = target_probs(logits if logits.dtype == torch.float64 else logits.float(), self.sampling)
-                if self.generator is not None:
-                    q = q.to(self.generator.device)
-                token = draw(q, self.generator)
-                confidence = q[token].item()
-                probs.append(q)
-            chain.append(token)
-            if len(chain) == want or confidence < self.confidence_threshold:
-                break
-            logits = self._feed([token])
+    def _pick(self, logits: torch.Tensor) -> tuple[int, float, torch.Tensor | None]:
+        """The next draft token from the draft's logits: (token, its draft probability, q when sampling)."""
+        if self.sampling.greedy and self.confidence_threshold == 0:
+            return int(logits.argmax()), 1.0, None
+        if self.sampling.greedy:
+            top = logits.float().softmax(-1).max(-1)
+            return int(top.indices), float(top.values), None
+        q = target_probs(logits if logits.dtype == torch.float64 else logits.float(), self.sampling)
+        if self.generator is not None:
+            q = q.to(self.generator.device)
+        token = draw(q, self.generator)
+        return token, q[token].item(), q
+
+    def _tree(self, start: int, chain: list[int], probs: list[torch.Tensor]) -> DraftTree:
         self.pending = (start, len(chain))
         tree = DraftTree.chain(chain, "sps")
         if probs:
             tree.probs = torch.stack(probs)
         return tree
+
+    def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
+        want = min(int(self.length), max_nodes)
+        if want < 1:
+            return None
+        if self.batch is not None:   # drafted in a batch before: its cache row is the one that is up to date
+            return self.propose_rows([self], [tokens], max_nodes)[0]
+        start = len(tokens)
+        logits = self._feed(tokens[self.cached:])
+        self.cached = start
+        chain, probs = [], []
+        while True:
+            token, confidence, q = self._pick(logits)
+            chain.append(token)
+            if q is not None:
+                probs.append(q)
+            if len(chain) == want or confidence < self.confidence_threshold:
+                break
+            logits = self._feed([token])
+        return self._tree(start, chain, probs)
+
+    @torch.inference_mode()
+    def propose_rows(self, rows: list["DraftModelDrafter"], contexts: list[list[int]],
+                     max_nodes: int) -> list[DraftTree | None]:
+        """Every row's chain, with one draft forward per drafting step for all rows (see the module docstring)."""
+        batch = _DraftBatch.of(rows, self.draft)
+        wants = [min(int(d.length), max_nodes) for d in rows]
+        feeds = [tokens[d.cached:] if want >= 1 else [] for d, tokens, want in zip(rows, contexts, wants)]
+        chains = [[] for _ in rows]
+        probs = [[] for _ in rows]
+        starts = [len(tokens) for tokens in contexts]
+        for d, feed in zip(rows, feeds):
+            d.cached += len(feed)
+        drafting = [want >= 1 for want in wants]
+        while any(drafting):
+            logits = batch.feed({d: feed for d, feed in zip(rows, feeds) if feed})
+            feeds = [[] for _ in rows]
+            for b, d in enumerate(rows):
+                if not drafting[b]:
+                    continue
+                token, confidence, q = d._pick(logits[d])
+                chains[b].append(token)
+                if q is not None:
+                    probs[b].append(q)
+                if len(chains[b]) == wants[b] or confidence < d.confidence_threshold:
+                    drafting[b] = False   # its last token is not fed: the next proposal feeds the emitted tokens
+                else:
+                    feeds[b] = [token]
+            if not any(feeds):
+                break
+        return [d._tree(start, chain, p) if chain else None
+                for d, start, chain, p in zip(rows, starts, chains, probs)]
 
     def observe(self, feedback: StepFeedback) -> None:
         if self.pending is None:
@@ -116,7 +170,10 @@ class DraftModelDrafter(Drafter):
         # The cache holds context + chain[:-1]; keep the context and the accepted draft tokens it holds, short of
         # the last emitted token (fed by the next proposal; a step cut at a limit may emit no bonus token).
         self.cached = start + min(accepted, drafted - 1, len(feedback.emitted) - 1)
-        self.cache.crop(self.cached)
+        if self.batch is not None:
+            self.batch.cut(self, self.cached)
+        else:
+            self.cache.crop(self.cached)
         self.pending = None
         if self.schedule == "heuristic":   # judged on what was verified (cost-aware verification may cut the chain)
             verified = len(feedback.tree.tokens) if feedback.tree is not None else drafted
@@ -132,3 +189,52 @@ class DraftModelDrafter(Drafter):
                 "drafter_parameters": sum(p.numel() for p in self.draft.parameters()),
                 "num_assistant_tokens": self.num_tokens, "num_assistant_tokens_schedule": self.schedule,
                 "assistant_confidence_threshold": self.confidence_threshold}
+
+
+class _DraftBatch:
+    """The draft model's KV cache for the rows of a batch, one cache row per row's drafter. A row leaves when its
+    sequence ends; rows not drafting at a step stay (and are padded in its forwards). Drafters that were not drafted
+    together start a new one (each feeds its whole context once)."""
+
+    def __init__(self, rows: list[DraftModelDrafter], draft):
+        self.draft, self.rows = draft, list(rows)
+        self.additive_mask = uses_additive_mask(draft)
+        self.cache = PositionalKVCache(capacity=1024, batch_size=len(rows))
+        for d in rows:
+            d.batch, d.cached, d.pending = self, 0, None
+
+    @classmethod
+    def of(cls, rows: list[DraftModelDrafter], draft) -> "_DraftBatch":
+        batch = rows[0].batch
+        if batch is None or any(d.batch is not batch for d in rows):
+            for d in rows:
+                if d.batch is not None:
+                    d.batch.leave(d)
+            return cls(rows, draft)
+        return batch
+
+    def leave(self, drafter: DraftModelDrafter) -> None:
+        i = self.rows.index(drafter)
+        del self.rows[i]
+        if self.rows:
+            self.cache.select_rows([j for j in range(len(self.rows) + 1) if j != i])
+        drafter.batch = None
+
+    def feed(self, feeds: dict) -> dict:
+        """Append each given drafter's tokens in its row (other rows are padded and cut back); the draft's logits
+        after each one's last token, over the target's ids."""
+        starts = self.cache.lengths
+        own = [feeds.get(d) or [] for d in self.rows]
+        inputs = [tokens or [0] for tokens in own]
+        last = sorted({len(x) - 1 for x in inputs})
+        blocks = [torch.ones(len(x), len(x), dtype=torch.bool).tril() for x in inputs]
+        logits = padded_forward(self.draft, self.cache, inputs, blocks, [list(range(len(x))) for x in inputs],
+                                self.additive_mask, logits_to_keep=torch.tensor(last))
+        self.cache.keep_rows(starts, [list(range(len(tokens))) for tokens in own])
+        return {d: d._fit(logits[b, last.index(len(inputs[b]) - 1)])
+                for b, (d, tokens) in enumerate(zip(self.rows, own)) if tokens}
+
+    def cut(self, drafter: DraftModelDrafter, length: int) -> None:
+        lengths = self.cache.lengths
+        lengths[self.rows.index(drafter)] = length
+        self.cache.set_lengths(lengths)
