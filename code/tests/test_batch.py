@@ -299,3 +299,41 @@ def test_sps_drafts_every_row_with_one_draft_forward_per_drafting_step():
         alone = DraftModelDrafter(draft, vocab_of(model), num_tokens=6, confidence_threshold=0.0)
         alone.begin_sequence(prompt)
         assert alone.propose(list(prompt), 64).tokens == tree.tokens
+
+
+def test_eagle3_grows_every_rows_tree_with_one_head_forward_per_level():
+    from methods import eagle3
+    from model.engine.hidden import HiddenCapture
+    model = tiny_model("qwen3")
+    first = eagle3(model, [])
+    rows = [first, first.fork(), first.fork()]
+    assert rows[1].head is first.head
+    capture = HiddenCapture(model, first.hidden_layers)
+    with torch.inference_mode():
+        states = []
+        for prompt in PROMPTS:
+            model(input_ids=torch.tensor([prompt[:-1]]))
+            states.append(capture.take())
+    capture.remove()
+    for d, prompt, hidden in zip(rows, PROMPTS, states):
+        d.begin_sequence(prompt)
+        d.observe_prompt(hidden)
+    calls = []
+    step = first.head.step
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0] if args[0].dim() == 3 else 1)
+        return step(*args, **kwargs)
+
+    first.head.step = counted
+    try:
+        trees = first.propose_rows(rows, [list(p) for p in PROMPTS], 128)
+    finally:
+        del first.head.step
+    assert calls == [3] * (1 + first.depth)   # the context feed, then one forward per level, each with 3 rows
+    for prompt, hidden, tree in zip(PROMPTS, states, trees):   # the same trees as each row drafting alone
+        alone = eagle3(model, [])
+        alone.begin_sequence(prompt)
+        alone.observe_prompt(hidden)
+        got = alone.propose(list(prompt), 128)
+        assert (got.tokens, got.parents) == (tree.tokens, tree.parents)

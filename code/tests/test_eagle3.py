@@ -132,7 +132,7 @@ def test_draft_cache_holds_exactly_the_accepted_context():
     fresh.observe_prompt(states[:-1])
     fresh.propose(context, 128)
     assert drafter.rows == fresh.rows == len(context) - 1
-    for a, b in zip(drafter.cache.layers, fresh.cache.layers):
+    for a, b in zip(drafter.batch.cache.layers, fresh.batch.cache.layers):
         assert torch.allclose(a.keys[:, :, :a.length], b.keys[:, :, :b.length], atol=1e-10)
         assert torch.allclose(a.values[:, :, :a.length], b.values[:, :, :b.length], atol=1e-10)
 
@@ -156,7 +156,7 @@ def test_tree_keeps_the_best_nodes_with_their_ancestors():
     tree = drafter.propose(prompt, 128)
     tree.validate(128, VOCAB)
     assert len(tree) == 59 and 2 <= max(tree.depths) <= 6 and tree.depths.count(1) <= 10
-    assert drafter.cache.get_seq_length() == len(prompt) - 1   # the speculative rows were cut off
+    assert drafter.batch.cache.get_seq_length() == len(prompt) - 1   # the speculative rows were cut off
     capped = prompt_drafter(target, prompt, total_tokens=60, depth=5, top_k=10).propose(prompt, 7)
     assert len(capped) == 7 and set(capped.tokens) <= set(tree.tokens)   # the 7 best are among the 59 best
 

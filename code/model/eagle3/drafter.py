@@ -11,6 +11,9 @@ seeing the context, its ancestors and itself, and each gets k children scored by
 k best of those k*k children become the next beam. Of every scored node, the `total_tokens - 1` best are kept
 (a child never outscores its parent, so the kept set contains every kept node's ancestors).
 
+In a batch the rows' drafters share one batched draft cache (model/engine/draft_batch.py), so each level is one head
+forward for all rows; one sequence is a batch of one.
+
 Sampling: the tree's tokens are deterministic choices, so the engine applies its point-mass rule (draw x ~ p at
 a node, follow the child holding x): lossless at any temperature, no draft probabilities needed.
 """
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from ..engine.drafter import Drafter, StepFeedback
-from ..engine.kv_cache import PositionalKVCache
+from ..engine.draft_batch import DraftBatch
 from ..engine.tree import DraftTree
 from .head import Eagle3Head
 
@@ -45,14 +48,15 @@ class Eagle3Drafter(Drafter):
         self.hidden_layers = tuple(layers)
         self.total_tokens, self.depth, self.top_k = total_tokens, depth, top_k
         self.device = head.lm_head.weight.device
-        self.cache = PositionalKVCache(capacity=1024)
-        self.rows = 0                      # context rows in the draft cache (row t: states at t, token t+1)
+        self.rows = 0                      # context rows in its draft cache row (row t: states at t, token t+1)
         self.pending_ids: list[int] = []   # tokens whose (states, token) rows are not fed yet
         self.pending_hidden: list[torch.Tensor] = []
+        self.batch: DraftBatch | None = None   # the batched draft cache, once drafted together with other rows
 
     def begin_sequence(self, prompt: list[int]) -> None:
-        self.cache.crop(0)
         self.rows = 0
+        if self.batch is not None:
+            self.batch.leave(self)
         # The prefill's states (positions 0..n-2) pair with prompt tokens 1..n-1; later states pair with the tokens
         # they predicted (StepFeedback.hidden is aligned with `emitted`).
         self.pending_ids, self.pending_hidden = list(prompt[1:]), []
@@ -65,54 +69,119 @@ class Eagle3Drafter(Drafter):
             self.pending_ids.extend(feedback.emitted)
             self.pending_hidden.append(feedback.hidden)
 
-    @torch.inference_mode()
+    def end_sequence(self) -> None:
+        if self.batch is not None:
+            self.batch.finish(self)
+
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
+        return self.propose_rows([self], [tokens], max_nodes)[0]
+
+    @torch.inference_mode()
+    def propose_rows(self, rows: list["Eagle3Drafter"], contexts: list[list[int]],
+                     max_nodes: int) -> list[DraftTree | None]:
+        """The rows' trees with one head forward per level for all of them, over a batched draft cache (one row:
+        a batch of one). What a row fed is gone once fed (the target's states), so rows join a batch before their
+        first feed; rows that fed in different batches draft each in its own."""
+        batch = self.batch
+        if batch is None or not batch.joined(rows):
+            if all(d.batch is None and d.rows == 0 for d in rows):
+                batch = DraftBatch(rows)
+            elif len(rows) > 1:
+                return [d.propose_rows([d], [tokens], max_nodes)[0] for d, tokens in zip(rows, contexts)]
+            else:
+                return [None]   # what it fed lives in a batch it has left: nothing to draft from
         keep = min(self.total_tokens - 1, max_nodes)
-        if not self.pending_ids or keep < 1:
-            return None   # a one-token prompt: nothing to condition on until the first step's states arrive
-        return self._grow_tree(self._feed_context(), keep)
+        # A one-token prompt: nothing to condition on until the first step's states arrive.
+        active = [d for d in rows if d.pending_ids] if keep >= 1 else []
+        if not active:
+            return [None] * len(rows)
+        trees = self._grow_trees(batch, active, self._feed_rows(batch, active), keep)
+        return [trees.get(d) for d in rows]
 
-    def _feed_context(self) -> torch.Tensor:
-        """Feed the waiting (states, token) rows in one forward; the head's output at the last one."""
-        hidden = self.head.fc(torch.cat(self.pending_hidden).to(self.head.fc.weight.dtype))
-        ids = torch.tensor(self.pending_ids, device=self.device)
-        n, past = len(ids), self.rows
-        mask = torch.ones(n, past + n, dtype=torch.bool, device=self.device)
-        mask[:, past:] = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-        positions = torch.arange(past, past + n, device=self.device)
-        out = self.head.step(self.embedding(ids), hidden, positions, self.cache, mask)
-        self.rows += n
-        self.pending_ids, self.pending_hidden = [], []
-        return out[-1]
+    def _feed_rows(self, batch: DraftBatch, active: list["Eagle3Drafter"]) -> torch.Tensor:
+        """Feed the waiting (states, token) rows of the active drafters, each in its cache row, in one forward
+        (rows padded to the longest; idle rows padded too and cut back). The head's output after each row's last
+        fed token: [rows of the batch, H] (zeros for idle rows)."""
+        head, device, members = self.head, self.device, batch.rows
+        counts = [len(d.pending_ids) if d in active else 0 for d in members]
+        n, lengths = max(counts), batch.cache.lengths
+        width = head.fc.weight.shape[1]
+        hidden = torch.zeros(len(members), n, width, dtype=head.fc.weight.dtype, device=device)
+        ids = torch.zeros(len(members), n, dtype=torch.long, device=device)
+        for b, (d, count) in enumerate(zip(members, counts)):
+            if count:
+                hidden[b, :count] = torch.cat(d.pending_hidden).to(hidden)
+                ids[b, :count] = torch.tensor(d.pending_ids, device=device)
+        positions = torch.tensor(lengths, device=device)[:, None] + torch.arange(n, device=device)
+        mask = self._row_masks(lengths, [torch.ones(n, n, dtype=torch.bool, device=device).tril()] * len(members),
+                               counts)
+        out = head.step(self.embedding(ids), head.fc(hidden), positions, batch.cache, mask)
+        batch.cache.keep_rows(lengths, [list(range(count)) for count in counts])
+        last = torch.zeros(len(members), out.shape[-1], dtype=out.dtype, device=device)
+        for b, (d, count) in enumerate(zip(members, counts)):
+            if count:
+                last[b] = out[b, count - 1]
+                d.rows += count
+                d.pending_ids, d.pending_hidden = [], []
+        return last
 
-    def _grow_tree(self, last: torch.Tensor, keep: int) -> DraftTree:
+    def _row_masks(self, lengths: list[int], blocks: list[torch.Tensor], valid: list[int]) -> torch.Tensor:
+        """[rows, n, max length + n]: each row's queries see its cached entries and, among the new ones, its block;
+        queries past `valid[b]` (padding) see only themselves."""
+        n = blocks[0].shape[0]
+        width = blocks[0].shape[1]
+        columns = torch.arange(max(lengths) + width, device=self.device)
+        mask = columns[None, None, :] < torch.tensor(lengths, device=self.device)[:, None, None]
+        mask = mask.expand(len(lengths), n, -1).clone()
+        for b, (length, block, count) in enumerate(zip(lengths, blocks, valid)):
+            mask[b, count:] = False
+            mask[b, :, length:length + width] = block
+            mask[b, count:, length:length + width] = False
+            for j in range(count, n):   # padding sees only itself
+                mask[b, j, length + width - n + j] = True
+        return mask
+
+    def _grow_trees(self, batch: DraftBatch, active: list["Eagle3Drafter"], last: torch.Tensor,
+                    keep: int) -> dict:
+        """Every row's tree, level by level (EAGLE-2's dynamic tree): the top-k children of the k best-scored beam
+        nodes per level, scores summed log-probabilities; the `keep` best candidates of all levels form the tree.
+        Idle rows of the batch grow from zeros and are dropped."""
         k, head, device = self.top_k, self.head, self.device
+        members = batch.rows
+        m = len(members)
+        contexts = [d.rows for d in members]
         top = torch.log_softmax(head.logits(last).float(), -1).topk(k)
-        scores, beam_ids = top.values, top.indices                # level 1: the root's children
-        all_scores, all_ids, all_parents = [scores], [beam_ids], [torch.full((k,), -1, device=device)]
-        beam = torch.arange(k, device=device)                     # candidate index of each beam node
-        beam_hidden = last.expand(k, -1)
+        scores, beam_ids = top.values, top.indices                              # [m, k]
+        all_scores, all_ids = [scores], [beam_ids]
+        all_parents = [torch.full((m, k), -1, device=device)]
+        beam = torch.arange(k, device=device).expand(m, k)
+        beam_hidden = last[:, None].expand(m, k, -1)
         eye = torch.eye(k, dtype=torch.bool, device=device)
-        ancestry = eye                                            # beam x speculative rows, itself included
-        context = torch.ones(k, self.rows, dtype=torch.bool, device=device)
+        ancestry = eye.expand(m, k, k)                                          # beam x speculative rows
         offset = k
         for level in range(self.depth):
-            positions = torch.full((k,), self.rows + level, device=device)
-            out = head.step(self.embedding(head.to_target_ids(beam_ids)), beam_hidden, positions, self.cache,
-                            torch.cat([context, ancestry], dim=1))
-            top = torch.log_softmax(head.logits(out).float(), -1).topk(k)
-            child_scores, child_ids = (scores[:, None] + top.values).flatten(), top.indices.flatten()  # beam-major
+            positions = torch.tensor(contexts, device=device)[:, None] + level
+            mask = self._row_masks(contexts, list(ancestry), [k] * m)
+            out = head.step(self.embedding(head.to_target_ids(beam_ids)), beam_hidden, positions.expand(m, k),
+                            batch.cache, mask)                                   # [m, k, H]
+            top = torch.log_softmax(head.logits(out).float(), -1).topk(k)       # [m, k, k]
+            child_scores = (scores[:, :, None] + top.values).reshape(m, k * k)   # beam-major
+            child_ids = top.indices.reshape(m, k * k)
             all_scores.append(child_scores)
             all_ids.append(child_ids)
-            all_parents.append(beam.repeat_interleave(k))
-            best = child_scores.topk(k).indices
-            beam, scores, beam_ids = offset + best, child_scores[best], child_ids[best]
-            beam_hidden = out[best // k]
-            ancestry = torch.cat([ancestry[best // k], eye], dim=1)
+            all_parents.append(beam.repeat_interleave(k, dim=1))
+            best = child_scores.topk(k, dim=-1).indices
+            parent_beam = best // k
+            beam = offset + best
+            scores, beam_ids = child_scores.gather(1, best), child_ids.gather(1, best)
+            beam_hidden = out.gather(1, parent_beam[:, :, None].expand(-1, -1, out.shape[-1]))
+            ancestry = torch.cat([ancestry.gather(1, parent_beam[:, :, None].expand(-1, -1, ancestry.shape[2])),
+                                  eye.expand(m, k, k)], dim=2)
             offset += k * k
-        self.cache.crop(self.rows)   # drop the speculative rows: accepted tokens come back with the target's states
-        return self._select(torch.cat(all_scores), head.to_target_ids(torch.cat(all_ids)), torch.cat(all_parents),
-                            keep)
+        batch.cache.set_lengths(contexts)   # drop the speculative rows: accepted tokens come back with the states
+        scores, ids, parents = torch.cat(all_scores, 1), head.to_target_ids(torch.cat(all_ids, 1)), \
+            torch.cat(all_parents, 1)
+        return {d: self._select(scores[b], ids[b], parents[b], keep) for b, d in enumerate(members) if d in active}
 
     @staticmethod
     def _select(scores, tokens, parents, keep: int) -> DraftTree:

@@ -88,13 +88,18 @@ class Eagle3Head(nn.Module):
         return self.rotary(x, positions)
 
     def step(self, embeddings, hidden, positions, cache, mask) -> torch.Tensor:
-        """Inference: rows [n] appended to the draft's KV cache; mask [n, cached + n] bool. Returns h [n, H]."""
-        x = self.midlayer.attention_input(embeddings, hidden)[None]
-        cos, sin = self.rope(x, positions[None])
+        """Inference: rows [n] appended to the draft's KV cache; mask [n, cached + n] bool. Returns h [n, H].
+        Batched: embeddings and hidden [b, n, .], positions [b, n], mask [b, n, keys], each batch row appended at
+        its own cache length. Returns h [b, n, H]."""
+        single = embeddings.dim() == 2
+        if single:
+            embeddings, hidden, positions, mask = embeddings[None], hidden[None], positions[None], mask[None]
+        x = self.midlayer.attention_input(embeddings, hidden)
+        cos, sin = self.rope(x, positions)
         q, k, v = self.midlayer.self_attn.project(x, cos, sin)
         keys, values = cache.update(k, v, 0)
-        attended = self.midlayer.self_attn.attend(q, keys, values, mask[None, None])
-        return self.midlayer.finish(hidden, attended[0])
+        h = self.midlayer.finish(hidden, self.midlayer.self_attn.attend(q, keys, values, mask[:, None]))
+        return h[0] if single else h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(h))

@@ -28,6 +28,8 @@ from ..errors import UserError
 from .automaton import Matcher, SuffixAutomaton
 from .static_sam import StaticSam
 
+FALLBACK = object()   # `_own`: no match; the fallback drafter proposes
+
 
 class SamDrafter(Drafter):
     name = "samd"
@@ -89,6 +91,10 @@ class SamDrafter(Drafter):
         if self.fallback is not None:
             self.fallback.begin_sequence(prompt)
 
+    def end_sequence(self) -> None:
+        if self.fallback is not None:
+            self.fallback.end_sequence()
+
     def observe_prompt(self, hidden) -> None:
         if self.fallback is not None:
             self.fallback.observe_prompt(hidden)
@@ -108,6 +114,11 @@ class SamDrafter(Drafter):
             self.fallback.observe(feedback)
 
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
+        tree = self._own(max_nodes)
+        return self.fallback.propose(tokens, max_nodes) if tree is FALLBACK else tree
+
+    def _own(self, max_nodes: int):
+        """The automata's draft, or FALLBACK when no match reaches the threshold (None: no draft at all)."""
         dyn_state, dyn_length = self.dynamic.repeat_match()
         # Our own text, or a concurrent sibling's: the longest match wins, the first (our own) on a tie.
         length, automaton, state, source = max(
@@ -115,7 +126,7 @@ class SamDrafter(Drafter):
             [(m.length, s.dynamic, m.state, "sam_sibling") for s, m in self.siblings], key=lambda match: match[0])
         static_length = self.static_matcher.length - self.len_bias if self.static_matcher is not None else -1
         if max(length, static_length) < self.len_threshold:
-            return self.fallback.propose(tokens, max_nodes) if self.fallback is not None else None
+            return FALLBACK if self.fallback is not None else None
         if length >= static_length:
             self._match = (automaton, state, self.len_threshold, source)
             want = self.draft_length(length)
@@ -124,6 +135,24 @@ class SamDrafter(Drafter):
                            "sam_static")
             want = self.draft_length(self.static_matcher.length)
         return self._draft(min(want, max_nodes))
+
+    def propose_rows(self, rows: list["SamDrafter"], contexts: list[list[int]], max_nodes: int) -> list:
+        """Each row's own match; the rows without one ask their fallback drafters together (EAGLE-3's head runs
+        once per level for all of them)."""
+        if self.fallback is None:
+            return [d.propose(tokens, max_nodes) for d, tokens in zip(rows, contexts)]
+        trees, missing = [], []
+        for i, (d, tokens) in enumerate(zip(rows, contexts)):
+            tree = d._own(max_nodes)
+            trees.append(tree)
+            if tree is FALLBACK:
+                missing.append(i)
+        if missing:
+            asked = self.fallback.propose_rows([rows[i].fallback for i in missing], [contexts[i] for i in missing],
+                                               max_nodes)
+            for i, tree in zip(missing, asked):
+                trees[i] = tree
+        return trees
 
     def _draft(self, want: int) -> DraftTree | None:
         automaton, state, min_length, source = self._match

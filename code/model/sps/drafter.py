@@ -13,7 +13,7 @@ Drafting stops after `num_tokens` tokens, or right after a token whose draft pro
 "heuristic" schedule is transformers' too: +2 tokens after a fully accepted chain, -1 (down to 1) otherwise.
 After verification the draft's cache is cut back to the accepted prefix: nothing is recomputed.
 
-In a batch the rows' drafters share one batched draft cache (`_DraftBatch`, one row each) and `propose_rows` runs the
+In a batch the rows' drafters share one batched draft cache (`DraftBatch`, one row each) and `propose_rows` runs the
 draft model once per drafting step for all rows: first each row's unseen context (rows padded to the longest), then
 one token per row still drafting, until every row's chain has ended.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..engine.draft_batch import DraftBatch
 from ..engine.drafter import Drafter, StepFeedback
 from ..engine.forward import padded_forward, uses_additive_mask
 from ..engine.kv_cache import PositionalKVCache
@@ -69,11 +70,12 @@ class DraftModelDrafter(Drafter):
     def begin_sequence(self, prompt: list[int]) -> None:
         self.cache.crop(0)   # buffers are kept: a new sequence reuses them
         self.cached, self.pending = 0, None
-        self.end_sequence()
+        if self.batch is not None:
+            self.batch.leave(self)
 
     def end_sequence(self) -> None:
         if self.batch is not None:   # its row of the batched draft cache is freed
-            self.batch.leave(self)
+            self.batch.finish(self)
 
     @torch.inference_mode()
     def _feed(self, tokens: list[int]) -> torch.Tensor:
@@ -191,34 +193,22 @@ class DraftModelDrafter(Drafter):
                 "assistant_confidence_threshold": self.confidence_threshold}
 
 
-class _DraftBatch:
-    """The draft model's KV cache for the rows of a batch, one cache row per row's drafter. A row leaves when its
-    sequence ends; rows not drafting at a step stay (and are padded in its forwards). Drafters that were not drafted
-    together start a new one (each feeds its whole context once)."""
+class _DraftBatch(DraftBatch):
+    """SpS's: a new set of rows starts a new batch, each row feeding its whole context again."""
 
     def __init__(self, rows: list[DraftModelDrafter], draft):
-        self.draft, self.rows = draft, list(rows)
-        self.additive_mask = uses_additive_mask(draft)
-        self.cache = PositionalKVCache(capacity=1024, batch_size=len(rows))
         for d in rows:
-            d.batch, d.cached, d.pending = self, 0, None
+            if d.batch is not None:
+                d.batch.leave(d)
+            d.cached, d.pending = 0, None
+        super().__init__(rows)
+        self.draft = draft
+        self.additive_mask = uses_additive_mask(draft)
 
     @classmethod
     def of(cls, rows: list[DraftModelDrafter], draft) -> "_DraftBatch":
         batch = rows[0].batch
-        if batch is None or any(d.batch is not batch for d in rows):
-            for d in rows:
-                if d.batch is not None:
-                    d.batch.leave(d)
-            return cls(rows, draft)
-        return batch
-
-    def leave(self, drafter: DraftModelDrafter) -> None:
-        i = self.rows.index(drafter)
-        del self.rows[i]
-        if self.rows:
-            self.cache.select_rows([j for j in range(len(self.rows) + 1) if j != i])
-        drafter.batch = None
+        return batch if batch is not None and batch.joined(rows) else cls(rows, draft)
 
     def feed(self, feeds: dict) -> dict:
         """Append each given drafter's tokens in its row (other rows are padded and cut back); the draft's logits
@@ -233,8 +223,3 @@ class _DraftBatch:
         self.cache.keep_rows(starts, [list(range(len(tokens))) for tokens in own])
         return {d: d._fit(logits[b, last.index(len(inputs[b]) - 1)])
                 for b, (d, tokens) in enumerate(zip(self.rows, own)) if tokens}
-
-    def cut(self, drafter: DraftModelDrafter, length: int) -> None:
-        lengths = self.cache.lengths
-        lengths[self.rows.index(drafter)] = length
-        self.cache.set_lengths(lengths)

@@ -1,0 +1,36 @@
+"""A draft model's KV cache shared by the drafters of a batch's rows, one cache row each (SpS, EAGLE-3), so the draft
+model runs once per drafting step for all rows. A row leaves when its sequence ends (`Drafter.end_sequence`) or a new
+one begins; rows not drafting at a step stay and are padded in that step's forwards."""
+from __future__ import annotations
+
+from .kv_cache import PositionalKVCache
+
+
+class DraftBatch:
+    def __init__(self, rows: list):
+        self.rows = list(rows)
+        self.cache = PositionalKVCache(capacity=1024, batch_size=len(rows))
+        for drafter in rows:
+            drafter.batch = self
+
+    def joined(self, rows: list) -> bool:
+        """Whether every one of these drafters has its row here."""
+        return all(drafter.batch is self for drafter in rows)
+
+    def finish(self, drafter) -> None:
+        """Its sequence ended: its row is freed, unless it is the last (what it fed stays readable)."""
+        if len(self.rows) > 1:
+            self.leave(drafter)
+
+    def leave(self, drafter) -> None:
+        i = self.rows.index(drafter)
+        del self.rows[i]
+        if self.rows:
+            self.cache.select_rows([j for j in range(len(self.rows) + 1) if j != i])
+        drafter.batch = None
+
+    def cut(self, drafter, length: int) -> None:
+        """Cut this drafter's row back to `length` entries."""
+        lengths = self.cache.lengths
+        lengths[self.rows.index(drafter)] = length
+        self.cache.set_lengths(lengths)
