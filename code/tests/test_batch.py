@@ -337,3 +337,24 @@ def test_eagle3_grows_every_rows_tree_with_one_head_forward_per_level():
         alone.observe_prompt(hidden)
         got = alone.propose(list(prompt), 128)
         assert (got.tokens, got.parents) == (tree.tokens, tree.parents)
+
+
+def test_pia_rows_of_a_question_share_one_trie_and_draft_from_each_other():
+    from model.engine import StepFeedback
+    from model.pia.drafter import PiaDrafter
+    first = PiaDrafter()
+    rows = [first, first.fork(), first.fork()]
+    for d in rows:
+        d.share_with([other for other in rows if other is not d])
+    assert rows[1].trie is rows[2].trie is first.trie
+    prompt = [1, 2]
+    for d in rows:
+        d.begin_sequence(prompt)
+    rows[0].observe(StepFeedback([10, 11, 12, 13, 14], None, [], []))
+    rows[1].observe(StepFeedback([20, 21], None, [], []))   # interleaved streams do not mix
+    tree = rows[2].propose(prompt + [10, 11], 8)
+    assert tree is not None and tree.tokens[:3] == [12, 13, 14]
+    assert first.trie.counts(21, [12]) is None   # no branch crosses from one stream into another
+    alone = PiaDrafter()
+    alone.begin_sequence(prompt)
+    assert alone.propose(prompt + [10, 11], 8) is None

@@ -44,6 +44,8 @@ class Drafter:
     # always shared). `memory_attributes`: what a drafter learns across sequences, shared too at global scope.
     shared_attributes: tuple[str, ...] = ()
     memory_attributes: tuple[str, ...] = ()
+    fork_index = 0   # 0: the method's drafter; its forks count up, in the order they were made (rows 1, 2, ...)
+    _forks = 0
 
     def fork(self, share_memory: bool = False) -> "Drafter":
         """A drafter for another row of a batch: its own per-sequence state, the same resources and models (and,
@@ -57,7 +59,10 @@ class Drafter:
                 memo[id(value)] = value.fork(share_memory)
         for value in self.shared_objects():
             memo[id(value)] = value
-        return copy.deepcopy(self, memo)
+        twin = copy.deepcopy(self, memo)
+        Drafter._forks += 1
+        twin.fork_index = Drafter._forks
+        return twin
 
     def shared_objects(self) -> list:
         """Objects inside shared attributes that other attributes also point at (kept shared as well)."""

@@ -11,6 +11,8 @@ the decoding length reserved for nodes ranked by output count; output_weight 1e-
 """
 from __future__ import annotations
 
+from collections import deque
+
 from ..engine.drafter import Drafter, StepFeedback
 from ..engine.tree import DraftTree
 from .trie import OUTPUT_WEIGHT, TREE_CAPACITY, PiaTrie
@@ -35,15 +37,28 @@ class PiaDrafter(Drafter):
 
     def reset(self) -> None:
         self.trie = PiaTrie(self.branch_length, self.tree_capacity)
+        self.stream = self.trie.growing   # this drafter's output stream in the trie
         self._seen = 0   # context tokens already in the trie
 
+    def share_with(self, siblings: list[Drafter]) -> None:
+        """Cross-sample drafting: the rows of a question's concurrent samples share one trie (the first row's in
+        the order they were forked), each adding its output as its own stream, so each drafts from all of them."""
+        group = [self] + [s for s in siblings if isinstance(s, PiaDrafter)]
+        if len(group) == 1:
+            return
+        leader = min(group, key=lambda d: d.fork_index)
+        if self.trie is not leader.trie:
+            self.trie = leader.trie
+            self.stream = deque()
+        self.trie.attach(self.stream)
+
     def begin_sequence(self, prompt: list[int]) -> None:
-        self.trie.start_sequence(prompt)
+        self.trie.start_sequence(prompt, self.stream)
         self._seen = len(prompt)
 
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
         if len(tokens) > self._seen:   # callers that only hand over the growing list
-            self.trie.extend_output(tokens[self._seen:])
+            self.trie.extend_output(tokens[self._seen:], self.stream)
             self._seen = len(tokens)
         budget = min(self.decoding_length - 1, max_nodes)
         if budget <= 0:
@@ -54,7 +69,7 @@ class PiaDrafter(Drafter):
         return DraftTree(draft, parents, source="pia")
 
     def observe(self, feedback: StepFeedback) -> None:
-        self.trie.extend_output(feedback.emitted)
+        self.trie.extend_output(feedback.emitted, self.stream)
         self._seen += len(feedback.emitted)
 
     def parameters(self) -> dict:

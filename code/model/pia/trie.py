@@ -80,8 +80,10 @@ class PiaTrie:
         # node with many children -> (sequence, its output count, best (token, child) pairs) when ranked
         self.best_children: dict[int, tuple[int, float, list[tuple[int, int]]]] = {}
         self.sequence = 0
-        # Output branches still growing, oldest first: [root, node, ..., current end].
+        # Output branches still growing, oldest first: [root, node, ..., current end]; one deque per output stream
+        # (several when the concurrent samples of a question share this trie), the first the default.
         self.growing: deque[list[int]] = deque()
+        self.streams: list[deque] = [self.growing]
 
     # -- counts ------------------------------------------------------------------------------
     def input_count(self, node: int) -> float:
@@ -104,18 +106,25 @@ class PiaTrie:
         return sum(self.trie_size.values())
 
     # -- insertion ---------------------------------------------------------------------------
-    def start_sequence(self, prompt: list[int]) -> None:
+    def attach(self, stream: deque) -> None:
+        """Add an output stream (a concurrent sample's): its growing branches are pinned like the default's."""
+        if not any(stream is s for s in self.streams):
+            self.streams.append(stream)
+
+    def start_sequence(self, prompt: list[int], stream: deque | None = None) -> None:
         """Replace the prompt counts by this prompt's; its last token starts the output stream."""
+        stream = self.growing if stream is None else stream
         self.sequence += 1
-        self.growing.clear()
+        stream.clear()
         for i in range(len(prompt) - 1):
             self._add_input_branch(prompt[i], prompt[i + 1: i + 1 + self.depth])
         if prompt:
-            self._open_branch(prompt[-1])
+            self._open_branch(prompt[-1], stream)
 
-    def extend_output(self, tokens: list[int]) -> None:
+    def extend_output(self, tokens: list[int], stream: deque | None = None) -> None:
+        stream = self.growing if stream is None else stream
         for token in tokens:
-            self._add_output_token(token)
+            self._add_output_token(token, stream)
 
     def _new_node(self) -> int:
         if self.free:
@@ -134,10 +143,10 @@ class PiaTrie:
             self.evict_above[root] = self.tree_capacity
         return root
 
-    def _open_branch(self, key: int) -> None:
+    def _open_branch(self, key: int, stream: deque) -> None:
         root = self._root(key)
         self.out[root] += 1.0   # the key's own count: tells when its ranked children are stale
-        self.growing.append([root])
+        stream.append([root])
 
     def _add_input_branch(self, key: int, branch: list[int]) -> None:
         root = self._root(key)
@@ -155,10 +164,10 @@ class PiaTrie:
         if self.trie_size[root] > self.evict_above[root]:
             self._evict(root)
 
-    def _add_output_token(self, token: int) -> None:
+    def _add_output_token(self, token: int, stream: deque) -> None:
         children, out, trie_size = self.children, self.out, self.trie_size
         crowded = []
-        for path in self.growing:
+        for path in stream:
             end = path[-1]
             child = children[end].get(token)
             if child is None:
@@ -169,9 +178,9 @@ class PiaTrie:
                     crowded.append(root)
             out[child] += 1.0
             path.append(child)
-        if self.growing and len(self.growing[0]) > self.depth:
-            self.growing.popleft()   # its depth tokens are in: complete
-        self._open_branch(token)
+        if stream and len(stream[0]) > self.depth:
+            stream.popleft()   # its depth tokens are in: complete
+        self._open_branch(token, stream)
         for root in crowded:
             if trie_size[root] > self.evict_above[root]:   # not already evicted for an earlier branch
                 self._evict(root)
@@ -180,7 +189,7 @@ class PiaTrie:
     def _evict(self, root: int) -> None:
         self.best_children.clear()   # rankings may name nodes about to be freed
         # Branches still growing keep their nodes: `growing` continues from them.
-        pinned = {node for path in self.growing if path[0] == root for node in path}
+        pinned = {node for stream in self.streams for path in stream if path[0] == root for node in path}
         while True:
             self.trie_size[root], halved = self._squeeze(root, pinned)
             if self.trie_size[root] <= self.tree_capacity // 2 or not halved:
