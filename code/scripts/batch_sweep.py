@@ -6,7 +6,6 @@ over AR at the same B (95% paired-bootstrap interval), MAT and per-sequence late
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 # name -> "[NAME=]MODULE [FLAGS]" of evaluation.interleaved; {datastore}, {drafter}, {head}: the paths given
@@ -16,6 +15,7 @@ METHOD_SPECS = {
     "samd": "samd",
     "samd-solo": "samd-solo=samd --no-cross-sample",   # SAM without cross-sample drafting
     "pia": "pia",
+    "pia-solo": "pia-solo=pia --no-cross-sample",     # PIA without cross-sample drafting
     "recycling": "recycling",
     "lookahead": "lookahead",
     "rest": "rest --datastore-path {datastore}",
@@ -24,6 +24,7 @@ METHOD_SPECS = {
     "samd-eagle3": "samd-eagle3=samd --tree_method eagle3 --tree_model_path {head}",
 }
 NEEDS = {"rest": "datastore", "sps": "drafter", "eagle3": "head", "samd-eagle3": "head"}
+FLAGS = {"datastore": "datastore-path", "drafter": "drafter-path", "head": "ea-model-path"}
 
 
 def specs(names: list[str], paths: dict, cost_aware: str) -> list[str]:
@@ -31,8 +32,7 @@ def specs(names: list[str], paths: dict, cost_aware: str) -> list[str]:
     for name in names:
         need = NEEDS.get(name)
         if need and not paths.get(need):
-            print(f"skipping {name}: no --{ {'datastore': 'datastore-path', 'drafter': 'drafter-path', 'head': 'ea-model-path'}[need]}",
-                  file=sys.stderr)
+            print(f"skipping {name}: no --{FLAGS[need]}", file=sys.stderr)
             continue
         spec = METHOD_SPECS[name].format(**paths)
         if cost_aware in ("off", "both") or name == "ar":
@@ -60,7 +60,11 @@ def common_flags(args) -> list[str]:
 def run(args) -> None:
     from evaluation.run.interleaved import run as interleaved
     paths = {"datastore": args.datastore_path, "drafter": args.drafter_path, "head": args.ea_model_path}
-    names = args.methods or ["ar", "pld", "samd", "samd-solo", "pia", "recycling", "lookahead"]
+    names = args.methods or ["ar", "pld", "samd", "samd-solo", "pia", "pia-solo", "recycling", "lookahead"]
+    unknown = sorted(set(names) - set(METHOD_SPECS))
+    if unknown:
+        from model.errors import UserError
+        raise UserError(f"unknown --methods {unknown}; known: {' '.join(METHOD_SPECS)}")
     if "ar" not in names:
         names = ["ar"] + names
     runs = interleaved(specs(names, paths, args.cost_aware), common_flags(args), args.prefix, args.batch_sizes,

@@ -12,8 +12,10 @@ token repeated gets its embeddings raised against the layers' sum until it does 
  (b) measurements on each real shape in bfloat16 (with --tiny: tiny shapes of the same families): our AR tokens/s
      against transformers `generate` (greedy, eos disabled) on the same random prompt; the forward cost t(n)/t(1),
      n = 1..--max-width, at each --contexts length (model.engine.cost.ForwardCostProfile); each method's MAT and
-     drafting share (draft seconds / (draft + verify seconds)) on one random-prompt generation. Random weights:
-     MAT and speedups there say little about a trained model; costs, shares and the AR/HF ratio are what count.
+     drafting share (draft seconds / (draft + verify seconds)) on one random-prompt generation; a batch-size sweep
+     (--batch-sizes): AR's batch throughput against B, each method's throughput over AR's at the same B. Random
+     weights: MAT and speedups there say little about a trained model; costs, shares, the AR/HF ratio and AR's
+     batching gain are what count.
 MAT counts the bonus token (AR = 1.00). Exit status 1 when any method is not identical to AR in (a), or AR differs
 from transformers `generate` other than at a near-tie; 2 when --device cuda has no CUDA device.
 
@@ -406,11 +408,45 @@ def measure_shape(shape: str, args, device) -> dict:
         log(f"{shape}: {name} MAT {methods[name]['mat']:.2f}, drafting share "
             f"{100 * methods[name]['drafting_share']:.1f}%")
     result["methods"] = methods
+    result["batch_sweep"] = batch_sweep(engine, prompt, ar.tokens, drafters, args.batch_sizes, args.new_tokens)
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     del model, draft, head, engine, drafters
     free(device)
     return result
+
+
+def batch_sweep(engine, prompt, reference, drafters: dict, sizes: list[int], new_tokens: int) -> dict:
+    """Best-of-N-like batches of the same prompt: AR's throughput at each B (its batching gain) and each method's
+    throughput over AR's at the same B, with its drafter forked per row (cross-sample drafting on at question scope);
+    and how many rows equal AR's batch-1 output (bfloat16: a near-tie may flip between batch shapes)."""
+    out = {}
+    for size in sizes:
+        entry = {}
+        for name, drafter in {"ar": Drafter(), **drafters}.items():
+            rows = [drafter] + [drafter.fork(share_memory=drafter.default_scope == "global") for _ in range(size - 1)]
+            for row in rows:
+                row.reset()
+                row.share_with([other for other in rows if other is not row] if drafter.default_scope == "question"
+                               else [])
+            engine.generate_batch([prompt] * size, rows, 16, SamplingConfig())   # warm-up: this B's kernels
+            for row in rows:
+                row.reset()
+            start = engine.clock()
+            gens = engine.generate_batch([prompt] * size, rows, new_tokens, SamplingConfig())
+            seconds = engine.clock() - start
+            tokens = sum(len(g.tokens) for g in gens)
+            steps = sum(len(g.steps) for g in gens)
+            entry[name] = {"tokens_per_s": tokens / seconds, "mat": tokens / steps,
+                           "rows_identical_to_ar": sum(g.tokens == reference for g in gens), "rows": size}
+            log(f"batch {size}: {name} {entry[name]['tokens_per_s']:.1f} tok/s, MAT {entry[name]['mat']:.2f}")
+        for name, row in entry.items():
+            row["speedup"] = row["tokens_per_s"] / entry["ar"]["tokens_per_s"]
+        out[size] = entry
+    first = out[sizes[0]]["ar"]["tokens_per_s"]
+    for size in sizes:
+        out[size]["ar"]["batching_gain"] = out[size]["ar"]["tokens_per_s"] / first
+    return out
 
 
 def free(device) -> None:
@@ -489,6 +525,20 @@ def print_measurement(shape: str, m: dict, device_name: str) -> None:
             for name, r in m["methods"].items()]
     print(table(["Method", "MAT", "nodes/step", "drafting share", "draft ms/step", "verify ms/step", "tok/s",
                  "vs our AR", "= AR (bf16)"], rows))
+    sweep = m.get("batch_sweep")
+    if sweep:
+        sizes = list(sweep)
+        names = list(sweep[sizes[0]])
+        print(f"\nBatch sweep: {', '.join(map(str, sizes))} rows of the same prompt, greedy; AR: batch throughput "
+              f"(tok/s of all rows) and its gain over B = {sizes[0]}; methods: throughput over AR's at the same B "
+              f"(rows equal to AR's batch-1 output)\n")
+        rows = []
+        for size in sizes:
+            ar = sweep[size]["ar"]
+            rows.append([str(size), f"{ar['tokens_per_s']:.1f}", f"{ar['batching_gain']:.2f}x"] +
+                        [f"{sweep[size][n]['speedup']:.2f}x ({sweep[size][n]['rows_identical_to_ar']}/{size})"
+                         for n in names if n != "ar"])
+        print(table(["B", "AR tok/s", "AR gain"] + [n for n in names if n != "ar"], rows))
     if "peak_gpu_memory_gib" in m:
         print(f"\npeak GPU memory {m['peak_gpu_memory_gib']:.1f} GiB")
 
@@ -520,6 +570,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per profiled forward")
     parser.add_argument("--num-layers", type=int, default=None,
                         help="override the real shapes' layer count (a quicker smoke run on a small GPU)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64],
+                        help="rows per batch in (b)'s batch sweep")
     parser.add_argument("--skip-measure", action="store_true", help="run (a) only")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)

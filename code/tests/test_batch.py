@@ -4,7 +4,6 @@ the KV cache after ragged accepts equals each row's sequential decoding; sampled
 import json
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 

@@ -20,6 +20,7 @@ def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, c
     out = tmp_path / "check.json"
     rc = gpu_check.main(["--device", "cpu", "--tiny", "--check-tokens", "32", "--prompt-len", "24",
                          "--new-tokens", "32", "--max-width", "20", "--contexts", "16", "48", "--repeats", "1",
+                         "--batch-sizes", "1", "2",
                          "--json-out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
@@ -52,6 +53,12 @@ def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, c
         for row in m["methods"].values():
             assert row["mat"] >= 1.0 and row["tokens"] == 32
             assert 0 < row["drafting_share"] < 1 and row["tokens_per_s"] > 0
+        sweep = m["batch_sweep"]
+        assert list(sweep) == ["1", "2"] and set(sweep["2"]) == {"ar", *gpu_check.METHODS}
+        for size, entry in sweep.items():
+            assert entry["ar"]["tokens_per_s"] > 0 and entry["ar"]["batching_gain"] > 0
+            assert all(0 <= row["rows_identical_to_ar"] <= int(size) and row["mat"] >= 1.0 for row in entry.values())
+        assert sweep["1"]["ar"]["rows_identical_to_ar"] == 1   # (b) runs in bfloat16: batch shapes may flip a tie
 
     # The markdown tables: one row per method saying "yes" for both families, profile rows, tok/s rows.
     for method in gpu_check.METHODS:
@@ -59,6 +66,7 @@ def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, c
     assert printed.count("| ours, AR (base Drafter) |") == len(shapes)
     assert printed.count("| transformers generate |") == len(shapes)
     assert "| 20 |" in printed
+    assert printed.count("Batch sweep:") == len(shapes)
     assert "Every method is token-identical to AR." in printed
 
 

@@ -27,7 +27,6 @@ users run; it puts code/ on sys.path and calls main here).
 import argparse
 import json
 import math
-import os
 import sys
 
 from evaluation.reports import uncertainty

@@ -55,8 +55,8 @@ def build_parser(method: str) -> Parser:
                    help="decode this many sequences together: with --BON the samples of a question, B at a time; "
                         "with --think-twice round r of B questions, then round r+1 (default 1: one at a time)")
     p.add_argument("--no-cross-sample", action="store_true",
-                   help="in a batch, question-scope drafters (SAM, PIA) draft only from their own sample's text, not from "
-                        "what concurrent samples of the same question generate")
+                   help="in a batch, question-scope drafters (SAM, PIA) draft only from their own sample's text, "
+                        "not from what concurrent samples of the same question generate")
     p.add_argument("--warmup", type=int, default=3, help="warm-up generations before measuring (not recorded)")
     p.add_argument("--warmup-tokens", type=int, default=256, help="new-token cap of each warm-up generation")
     p.add_argument("--draft-state-scope", choices=SCOPES, default=None,

@@ -15,7 +15,6 @@ answer file `<prefix>-<NAME>.jsonl`; FLAGS are that method's own. Every other fl
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import os

@@ -184,10 +184,11 @@ class Runner:
             return
         drafters = [self.slots[row] for _, _, row, _ in todo]
         questions = [chain.question["question_id"] for chain, _, _, _ in todo]
+        share = self.cross_sample and scope == "question"
         for drafter, question_id in zip(drafters, questions):
             # Cross-sample drafting: a question-scope drafter may draft from what its concurrent siblings generate.
-            share = self.cross_sample and scope == "question"
-            drafter.share_with([d for d, q in zip(drafters, questions) if share and q == question_id and d is not drafter])
+            drafter.share_with([d for d, q in zip(drafters, questions)
+                                if share and q == question_id and d is not drafter])
         seeds = [self.args.seed + chain.choice * self.turns + turn for chain, turn, _, _ in todo]
         start = self.engine.clock()
         gens = self.engine.generate_batch([prompt for _, _, _, prompt in todo], drafters, self.args.max_new_tokens,

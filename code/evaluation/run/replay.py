@@ -338,6 +338,10 @@ def run(argv) -> None:
         if config.get("temperature", 0) > 0 and config.get("method") == "sps":
             raise UserError("this trace was sampled at temperature > 0 with residual resampling (SpS): its tokens are "
                             "not the ones a point-mass drafter's live run would draw, so replay would not be exact")
+        if config.get("batch_size", 1) > 1:
+            print(f"note: the run decoded {config['batch_size']} sequences per batch; replay drafts each alone, as at "
+                  "batch 1 (the tokens are the same: batching is lossless; drafts from concurrent samples are not "
+                  "replayed)", file=sys.stderr)
         turns = answer_turns(lines, config, args.question_file, tokenizer)
     else:
         config, kind = {}, "prompt/response pairs"

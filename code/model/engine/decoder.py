@@ -132,7 +132,7 @@ class SpeculativeEngine:
 
     def _generate(self, prompts, drafters, generators, max_new_tokens, sampling, stop_tokens, budget, capture):
         start = self.clock()
-        rows = [_Row(b, list(p), d, g, budget is None) for b, (p, d, g) in enumerate(zip(prompts, drafters, generators))]
+        rows = [_Row(list(p), d, g, budget is None) for p, d, g in zip(prompts, drafters, generators)]
         for row in rows:
             row.drafter.use_sampling(sampling, row.generator)
             row.drafter.begin_sequence(list(row.prompt))
@@ -349,7 +349,6 @@ class SpeculativeEngine:
 @dataclass
 class _Row:
     """One sequence of a batch."""
-    index: int
     prompt: list[int]
     drafter: Drafter
     generator: torch.Generator | None

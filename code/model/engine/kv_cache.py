@@ -84,11 +84,15 @@ class PositionalLayer(CacheLayerMixin):
         self.lengths = [start + len(offs) for start, offs in zip(starts, offsets)]
 
     def select_rows(self, rows: list[int]) -> None:
-        """Keep (or repeat) these batch rows, in this order."""
+        """Keep (or repeat) these batch rows, in this order. Only the live prefix is copied."""
         if self.is_initialized:
             index = torch.tensor(rows, device=self.keys.device)
-            self.keys = self.keys.index_select(0, index)
-            self.values = self.values.index_select(0, index)
+            live = self.length
+            for name in ("keys", "values"):
+                old = getattr(self, name)
+                new = old.new_zeros(len(rows), *old.shape[1:])   # (never garbage: masked entries still meet a matmul)
+                new[:, :, :live] = old[:, :, :live].index_select(0, index)
+                setattr(self, name, new)
         self.lengths = [self.lengths[r] for r in rows]
 
     def get_mask_sizes(self, query_length: int, *args, **kwargs):

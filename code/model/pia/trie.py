@@ -250,7 +250,7 @@ class PiaTrie:
 
     def _grow_draft(self, top: int, budget: int, output_quota: int) -> tuple[list[int], list[int]]:
         """The draft below node `top`: greedy over the frontier, by output count, then by mix score."""
-        children, out, inp, inp_seq = self.children, self.out, self.inp, self.inp_seq
+        out, inp, inp_seq = self.out, self.inp, self.inp_seq
         sequence, weight = self.sequence, self.output_weight
         tokens, parents, taken = [], [], set()
         # Ties: deeper node first, then the branch seen first (see the module docstring).
