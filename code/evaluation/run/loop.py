@@ -66,7 +66,6 @@ class Runner:
         self.slots = [drafter] + [drafter.fork(share_memory=args.draft_state_scope == "global")
                                   for _ in range(self.batch_size - 1)]
         self.owner = [None] * self.batch_size   # the (question, choice) each row's drafter state belongs to
-        self.batches = 0
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.engine.device).manual_seed(seed)
@@ -227,7 +226,6 @@ class Runner:
                 self.store.checkpoint(chain.question["question_id"],
                                       {"choice": chain.choice, "turn": turn, "record": chain.values[turn],
                                        "tokens": gen.tokens, "steps": chain.steps[turn]})
-        self.batches += 1
 
     def _restore_drafter(self, drafter: Drafter, resumed: list) -> str:
         """Before the first turn of a chain generated after a resume: give this row's drafter what its scope says it
