@@ -335,7 +335,7 @@ def test_the_profile_covers_twice_the_largest_draft_and_the_baseline_only_the_de
     from evaluation.run.loop import measure_cost_profile
 
     class Args:
-        max_tree_nodes, cost_profile_contexts, cost_profile_repeats, seed = 128, [8], 1, 0
+        max_tree_nodes, cost_profile_contexts, cost_profile_repeats, seed, batch_size = 128, [8], 1, 0, 1
 
     engine = SpeculativeEngine(tiny_model("llama"))
     assert measure_cost_profile(engine, [Drafter()], Args).widths[-1] == 16

@@ -544,30 +544,39 @@ def _source_lines(summary):
 
 def render_markdown(summary):
     """Main table (categories, overall last), MAT note and, if turns > 1, the per-turn table. Batched runs
-    (--batch-size > 1): render_batched."""
-    if summary.get("batched"):
-        return render_batched(summary)
+    (--batch-size > 1): tok/s is batch throughput, the speedup its ratio at the same batch size, and per-sequence
+    latency and tokens/s are added."""
+    batched = bool(summary.get("batched"))
+    tag = " (batch)" if batched else ""
+    speedup_label = "Throughput speedup [95% CI]" if batched else "Speedup [95% CI]"
     lines = _source_lines(summary)
+    if batched:
+        lines += [batch_note(summary), ""]
+
+    def rates(s):
+        cells = [_num(s["tokens_per_s"]), _num(s["base_tokens_per_s"]), speedup_cell(s)]
+        return cells + ([pair_cell(s, "latency")] if batched else [])
 
     def row(name, s):
-        return [name, str(s["n_questions"]), str(s["n_turns"]),
-                _num(s["tokens_per_s"]), _num(s["base_tokens_per_s"]), speedup_cell(s),
-                _num(s["mat"]),
-                f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
-                f"{_pct(s['final_accuracy'])} / {_pct(s['base_final_accuracy'])}",
-                _pct(s["drafting_share"]),
-                f"{s['identical_turns']}/{s['n_turns']}"]
+        return [name, str(s["n_questions"]), str(s["n_turns"]), *rates(s)] + \
+            ([pair_cell(s, "sequence_tokens_per_s")] if batched else []) + \
+            [_num(s["mat"]),
+             f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
+             f"{_pct(s['final_accuracy'])} / {_pct(s['base_final_accuracy'])}",
+             _pct(s["drafting_share"]),
+             f"{s['identical_turns']}/{s['n_turns']}"]
 
-    header = ["Category", "Questions", "Turns", "Method tok/s", "Baseline tok/s", "Speedup [95% CI]",
-              "MAT", "Accuracy (method / base)", "Final-turn acc. (method / base)",
-              "Drafting share", "Identical turns"]
+    latency = ["Latency s/turn (method / base)"] if batched else []
+    header = ["Category", "Questions", "Turns", f"Method tok/s{tag}", f"Baseline tok/s{tag}", speedup_label,
+              *latency] + (["Seq. tok/s (method / base)"] if batched else []) + \
+        ["MAT", "Accuracy (method / base)", "Final-turn acc. (method / base)", "Drafting share", "Identical turns"]
     rows = [row(c, s) for c, s in summary["per_category"].items()]
     rows.append(row("**overall**", summary["overall"]))
     lines += _table(header, rows)
     lines.append("")
+    interval = f"{summary.get('speedup_interval', 'bootstrap')}." if batched else "95% paired bootstrap over questions."
     lines.append("Note: MAT = mean accepted tokens per target decoding step, counting the "
-                 "bonus token (autoregressive decoding gives 1.00). Speedup intervals: 95% paired "
-                 "bootstrap over questions.")
+                 f"bonus token (autoregressive decoding gives 1.00). Speedup intervals: {interval}")
     noisy = noisy_baseline(summary["overall"])
     if noisy:
         lines.append(f"Warning: {noisy}.")
@@ -575,11 +584,10 @@ def render_markdown(summary):
     per_turn = summary.get("per_turn") or []
     if len(per_turn) > 1:
         lines += ["", "Per turn (round / sample index):", ""]
-        header = ["Turn", "Questions", "Method tok/s", "Baseline tok/s", "Speedup [95% CI]", "MAT",
-                  "Accuracy (method / base)", "Identical turns"]
+        header = ["Turn", "Questions", f"Method tok/s{tag}", f"Baseline tok/s{tag}", speedup_label, *latency,
+                  "MAT", "Accuracy (method / base)", "Identical turns"]
         lines += _table(header, [
-            [str(s["turn"]), str(s["n_questions"]), _num(s["tokens_per_s"]),
-             _num(s["base_tokens_per_s"]), speedup_cell(s), _num(s["mat"]),
+            [str(s["turn"]), str(s["n_questions"]), *rates(s), _num(s["mat"]),
              f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
              f"{s['identical_turns']}/{s['n_turns']}"]
             for s in per_turn])
@@ -597,52 +605,6 @@ def batch_note(summary):
             "of each batch, counted once); speedup = method batch throughput / baseline batch throughput at the same "
             "batch size; latency = mean wall time of one sequence's turn (batch start to its last token); seq. "
             "tok/s = tokens / latency of a sequence.")
-
-
-def render_batched(summary):
-    """render_markdown for runs at --batch-size > 1: batch throughput, its speedup with the interval over units,
-    per-sequence latency and tokens/s; MAT, accuracy, drafting share and identical turns as at batch size 1."""
-    lines = _source_lines(summary)
-    lines += [batch_note(summary), ""]
-
-    def row(name, s):
-        return [name, str(s["n_questions"]), str(s["n_turns"]),
-                _num(s["tokens_per_s"]), _num(s["base_tokens_per_s"]), speedup_cell(s),
-                pair_cell(s, "latency"), pair_cell(s, "sequence_tokens_per_s"),
-                _num(s["mat"]),
-                f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
-                f"{_pct(s['final_accuracy'])} / {_pct(s['base_final_accuracy'])}",
-                _pct(s["drafting_share"]),
-                f"{s['identical_turns']}/{s['n_turns']}"]
-
-    header = ["Category", "Questions", "Turns", "Method tok/s (batch)", "Baseline tok/s (batch)",
-              "Throughput speedup [95% CI]", "Latency s/turn (method / base)", "Seq. tok/s (method / base)",
-              "MAT", "Accuracy (method / base)", "Final-turn acc. (method / base)", "Drafting share",
-              "Identical turns"]
-    rows = [row(c, s) for c, s in summary["per_category"].items()]
-    rows.append(row("**overall**", summary["overall"]))
-    lines += _table(header, rows)
-    lines.append("")
-    lines.append("Note: MAT = mean accepted tokens per target decoding step, counting the "
-                 "bonus token (autoregressive decoding gives 1.00). Speedup intervals: "
-                 f"{summary.get('speedup_interval', 'bootstrap')}.")
-    noisy = noisy_baseline(summary["overall"])
-    if noisy:
-        lines.append(f"Warning: {noisy}.")
-
-    per_turn = summary.get("per_turn") or []
-    if len(per_turn) > 1:
-        lines += ["", "Per turn (round / sample index):", ""]
-        header = ["Turn", "Questions", "Method tok/s (batch)", "Baseline tok/s (batch)",
-                  "Throughput speedup [95% CI]", "Latency s/turn (method / base)", "MAT",
-                  "Accuracy (method / base)", "Identical turns"]
-        lines += _table(header, [
-            [str(s["turn"]), str(s["n_questions"]), _num(s["tokens_per_s"]),
-             _num(s["base_tokens_per_s"]), speedup_cell(s), pair_cell(s, "latency"), _num(s["mat"]),
-             f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
-             f"{s['identical_turns']}/{s['n_turns']}"]
-            for s in per_turn])
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
