@@ -9,6 +9,8 @@ engine, so a row's slots need not match its positions: rows of different lengths
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -56,32 +58,24 @@ class PositionalLayer(CacheLayerMixin):
             self.keys[:, :, start:end] = key_states
             self.values[:, :, start:end] = value_states
         else:
-            slots = _row_slots(self.lengths, n, self.keys.device)
-            rows = torch.arange(len(self.lengths), device=self.keys.device).unsqueeze(1)
+            rows, slots = _row_slots(tuple(self.lengths), n, self.keys.device)
             # Advanced indices on dims 0 and 2 put the [B, n] index dims first: [B, n, heads, dim].
             self.keys[rows, :, slots] = key_states.transpose(1, 2)
             self.values[rows, :, slots] = value_states.transpose(1, 2)
         self.lengths = [length + n for length in self.lengths]
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def keep_rows(self, starts: list[int], offsets: list[list[int]]) -> None:
+    def keep_rows(self, plan: "KeepPlan") -> None:
         """Row b keeps its entries before starts[b], then those at starts[b] + offsets[b] moved to starts[b].. in
         order (the root and the accepted path of the last forward); everything after is dropped."""
-        moving = [b for b, (start, offs) in enumerate(zip(starts, offsets)) if offs != list(range(len(offs)))]
-        if moving and self.is_initialized:
+        if plan.moving and self.is_initialized:
             # Rows whose kept entries are already in place (a chain's prefix) copy onto themselves.
-            width = max(len(offs) for offs in offsets)
-            src = [[starts[b] + o for o in offsets[b]] + [starts[b] + j for j in range(len(offsets[b]), width)]
-                   for b in range(len(starts))]
-            dst = [[starts[b] + j for j in range(width)] for b in range(len(starts))]
-            device = self.keys.device   # layers may sit on several GPUs (device_map="auto")
-            src = torch.tensor(src, device=device)[:, None, :, None]
-            dst = torch.tensor(dst, device=device)[:, None, :, None]
+            src, dst = plan.indices(self.keys.device)   # layers may sit on several GPUs (device_map="auto")
             for name in ("keys", "values"):
                 buffer = getattr(self, name)
-                shape = (buffer.shape[0], buffer.shape[1], width, buffer.shape[3])
+                shape = (buffer.shape[0], buffer.shape[1], plan.width, buffer.shape[3])
                 buffer.scatter_(2, dst.expand(shape), buffer.gather(2, src.expand(shape)))
-        self.lengths = [start + len(offs) for start, offs in zip(starts, offsets)]
+        self.lengths = list(plan.lengths)
 
     def select_rows(self, rows: list[int]) -> None:
         """Keep (or repeat) these batch rows, in this order. Only the live prefix is copied."""
@@ -105,8 +99,33 @@ class PositionalLayer(CacheLayerMixin):
         return -1
 
 
-def _row_slots(lengths: list[int], n: int, device) -> torch.Tensor:
-    return torch.tensor(lengths, device=device).unsqueeze(1) + torch.arange(n, device=device)
+@functools.lru_cache(maxsize=4)
+def _row_slots(lengths: tuple[int, ...], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [B, 1], slots [B, n]): where each row's n new entries go; the same for every layer of a forward."""
+    return (torch.arange(len(lengths), device=device).unsqueeze(1),
+            torch.tensor(lengths, device=device).unsqueeze(1) + torch.arange(n, device=device))
+
+
+class KeepPlan:
+    """One rollback for every layer: row b keeps starts[b] entries and then those at starts[b] + offsets[b]. The
+    index tensors are built once per device, not once per layer."""
+
+    def __init__(self, starts: list[int], offsets: list[list[int]]):
+        self.lengths = [start + len(offs) for start, offs in zip(starts, offsets)]
+        self.moving = any(offs != list(range(len(offs))) for offs in offsets)
+        self.width = max(len(offs) for offs in offsets)
+        self.starts, self.offsets = starts, offsets
+        self._indices = {}
+
+    def indices(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._indices:
+            width = self.width
+            src = [[start + o for o in offs] + [start + j for j in range(len(offs), width)]
+                   for start, offs in zip(self.starts, self.offsets)]
+            dst = [[start + j for j in range(width)] for start in self.starts]
+            self._indices[device] = (torch.tensor(src, device=device)[:, None, :, None],
+                                     torch.tensor(dst, device=device)[:, None, :, None])
+        return self._indices[device]
 
 
 class PositionalKVCache(Cache):
@@ -143,8 +162,11 @@ class PositionalKVCache(Cache):
         self.keep_rows([start], [offsets])
 
     def keep_rows(self, starts: list[int], offsets: list[list[int]]) -> None:
+        """Row b: rollback to starts[b] + the entries at offsets[b] from there (the root and its accepted path)."""
+        plan = KeepPlan(starts, offsets)
         for layer in self.layers:
-            layer.keep_rows(starts, offsets)
+            layer.keep_rows(plan)
+        self._lengths = list(plan.lengths)
 
     def select_rows(self, rows: list[int]) -> None:
         """Keep these batch rows in this order (rows that finished leave; a repeated row is copied)."""
