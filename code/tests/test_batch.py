@@ -143,7 +143,7 @@ def test_forks_share_models_and_corpora_but_not_sequence_state():
     model = tiny_model("llama")
     sps = METHODS["sps"](model, [])
     twin = sps.fork()
-    assert twin.draft is sps.draft and twin.cache is not sps.cache
+    assert twin.draft is sps.draft and twin.batch is None
     rest = METHODS["rest"](model, [list(range(5, 40))])
     assert rest.fork().datastore is rest.datastore
     recycling = METHODS["recycling"](model, [])

@@ -94,10 +94,13 @@ def test_draft_logits_are_fitted_to_the_target_vocabulary():
     target = tiny_model("llama")
     assert vocab_of(noisy_draft(target)) == VOCAB + 16
     wider = DraftModelDrafter(noisy_draft(target), VOCAB)
-    assert wider._feed([3, 4, 5]).shape == (VOCAB,)
+    assert wider._fit(torch.zeros(VOCAB + 16)).shape == (VOCAB,)
     narrower = DraftModelDrafter(tiny_model("llama", vocab=VOCAB - 8), VOCAB)
-    logits = narrower._feed([3, 4, 5])
+    logits = narrower._fit(torch.zeros(VOCAB - 8))
     assert logits.shape == (VOCAB,) and torch.isinf(logits[-8:]).all()
+    for drafter in (wider, narrower):   # and what a proposal draws from is over the target's ids
+        drafter.begin_sequence([3, 4, 5])
+        assert max(drafter.propose([3, 4, 5], 4).tokens) < VOCAB
 
 
 def test_sampled_drafts_carry_their_distribution():

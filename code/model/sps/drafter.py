@@ -1,6 +1,6 @@
 """SpS: speculative sampling with a separate draft model that shares the target's tokenizer.
 
-The draft model keeps its own positional KV cache over the context. Each proposal first feeds the tokens
+The draft model keeps a positional KV cache over the context. Each proposal first feeds the tokens
 the draft has not seen (a new prompt in one forward; afterwards the last bonus token, or a forced phrase),
 then drafts a chain one token at a time:
   * greedy: the draft's argmax (the engine follows the target's argmax; no probabilities needed);
@@ -13,9 +13,10 @@ Drafting stops after `num_tokens` tokens, or right after a token whose draft pro
 "heuristic" schedule is transformers' too: +2 tokens after a fully accepted chain, -1 (down to 1) otherwise.
 After verification the draft's cache is cut back to the accepted prefix: nothing is recomputed.
 
-In a batch the rows' drafters share one batched draft cache (`DraftBatch`, one row each) and `propose_rows` runs the
-draft model once per drafting step for all rows: first each row's unseen context (rows padded to the longest), then
-one token per row still drafting, until every row's chain has ended.
+The draft cache is a `DraftBatch` (model/engine/draft_batch.py): in a batch the rows' drafters share one, a row each,
+and `propose_rows` runs the draft model once per drafting step for all rows: first each row's unseen context (rows
+padded to the longest), then one token per row still drafting, until every row's chain has ended. One sequence is a
+batch of one.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import torch
 from ..engine.draft_batch import DraftBatch
 from ..engine.drafter import Drafter, StepFeedback
 from ..engine.forward import padded_forward, uses_additive_mask
-from ..engine.kv_cache import PositionalKVCache
 from ..engine.sampling import SamplingConfig, draw, target_probs
 from ..engine.tree import DraftTree
 
@@ -49,13 +49,11 @@ class DraftModelDrafter(Drafter):
                  schedule: str = "constant"):
         check_parameters(num_tokens, confidence_threshold, schedule)
         self.draft = draft
-        self.device = draft.get_input_embeddings().weight.device
         self.vocab_size = vocab_size            # the target's: draft logits are cut or padded to it
         self.num_tokens = num_tokens
         self.confidence_threshold = confidence_threshold
         self.schedule = schedule
         self.sampling, self.generator = SamplingConfig(), None
-        self.cache = PositionalKVCache(capacity=1024)
         self.cached = 0                         # context tokens whose entries the draft cache holds
         self.pending: tuple[int, int] | None = None   # (context length, chain length) of the unverified draft
         self.length = float(num_tokens)         # the heuristic schedule's current chain length
@@ -68,7 +66,6 @@ class DraftModelDrafter(Drafter):
         self.sampling, self.generator = sampling, generator
 
     def begin_sequence(self, prompt: list[int]) -> None:
-        self.cache.crop(0)   # buffers are kept: a new sequence reuses them
         self.cached, self.pending = 0, None
         if self.batch is not None:
             self.batch.leave(self)
@@ -76,13 +73,6 @@ class DraftModelDrafter(Drafter):
     def end_sequence(self) -> None:
         if self.batch is not None:   # its row of the batched draft cache is freed
             self.batch.finish(self)
-
-    @torch.inference_mode()
-    def _feed(self, tokens: list[int]) -> torch.Tensor:
-        """Append tokens to the draft's cache; the draft's logits after the last one, over the target's ids."""
-        out = self.draft(input_ids=torch.tensor([tokens], device=self.device), past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1)
-        return self._fit(out.logits[0, -1])
 
     def _fit(self, logits: torch.Tensor) -> torch.Tensor:
         """The draft's logits over the target's ids."""
@@ -113,24 +103,7 @@ class DraftModelDrafter(Drafter):
         return tree
 
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
-        want = min(int(self.length), max_nodes)
-        if want < 1:
-            return None
-        if self.batch is not None:   # drafted in a batch before: its cache row is the one that is up to date
-            return self.propose_rows([self], [tokens], max_nodes)[0]
-        start = len(tokens)
-        logits = self._feed(tokens[self.cached:])
-        self.cached = start
-        chain, probs = [], []
-        while True:
-            token, confidence, q = self._pick(logits)
-            chain.append(token)
-            if q is not None:
-                probs.append(q)
-            if len(chain) == want or confidence < self.confidence_threshold:
-                break
-            logits = self._feed([token])
-        return self._tree(start, chain, probs)
+        return self.propose_rows([self], [tokens], max_nodes)[0]
 
     @torch.inference_mode()
     def propose_rows(self, rows: list["DraftModelDrafter"], contexts: list[list[int]],
@@ -172,10 +145,7 @@ class DraftModelDrafter(Drafter):
         # The cache holds context + chain[:-1]; keep the context and the accepted draft tokens it holds, short of
         # the last emitted token (fed by the next proposal; a step cut at a limit may emit no bonus token).
         self.cached = start + min(accepted, drafted - 1, len(feedback.emitted) - 1)
-        if self.batch is not None:
-            self.batch.cut(self, self.cached)
-        else:
-            self.cache.crop(self.cached)
+        self.batch.cut(self, self.cached)
         self.pending = None
         if self.schedule == "heuristic":   # judged on what was verified (cost-aware verification may cut the chain)
             verified = len(feedback.tree.tokens) if feedback.tree is not None else drafted
