@@ -14,6 +14,7 @@ from model.engine.kv_cache import PositionalKVCache
 from model.engine.tree import tree_attention
 from model.samd.drafter import SamDrafter
 from stats import chi_square_pvalue
+from test_methods_lossless import run_answers as run_loop
 from test_sampling import ALPHA, PROMPT, SMALL_VOCAB, exact_two_token_law
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 5, 6, 7, 8, 9, 10, 11, 5, 6, 7, 8],
@@ -170,17 +171,6 @@ def test_cross_sample_drafting_drafts_from_a_siblings_text():
     alone.begin_sequence(prompt)
     alone.observe(StepFeedback([10, 11, 12], None, [], []))
     assert alone.propose(prompt + [10, 11, 12], 8) is None
-
-
-def run_loop(model_dir, question_file, answer_file, method, *flags):
-    from evaluation.run.args import build_parser, finalize
-    from evaluation.run.loop import run_eval
-    argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
-            "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0", *flags]
-    run_eval(finalize(build_parser(method).parse_args(argv), method),
-             lambda args, model, tokenizer: METHODS[method](model, [list(range(5, 60))]))
-    with open(answer_file) as f:
-        return [json.loads(line) for line in f]
 
 
 def turn_hashes(answers):

@@ -1,6 +1,5 @@
 """Every method is lossless on the one engine: float64 greedy output token-identical to AR on Llama, Qwen2 and
 Qwen3, in both test-time-scaling paradigms; sampled output follows the target law."""
-import hashlib
 import json
 
 import pytest
@@ -54,6 +53,13 @@ def test_sampling_follows_the_target_law(method):
 
 
 def run_paradigm(model_dir, question_file, answer_file, method, *flags):
+    """Each choice's token hash, in answer-file order."""
+    return [c["token_ids_sha1"] for line in run_answers(model_dir, question_file, answer_file, method, *flags)
+            for c in line["choices"]]
+
+
+def run_answers(model_dir, question_file, answer_file, method, *flags):
+    """Run one method through the shared loop (float64, 40 new tokens, no warm-up); its answer lines."""
     from evaluation.run.args import build_parser, finalize
     from evaluation.run.loop import run_eval
     argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
@@ -61,7 +67,7 @@ def run_paradigm(model_dir, question_file, answer_file, method, *flags):
     run_eval(finalize(build_parser(method).parse_args(argv), method),
              lambda args, model, tokenizer: METHODS[method](model, [list(range(5, 60))]))
     with open(answer_file) as f:
-        return [c["token_ids_sha1"] for line in f for c in json.loads(line)["choices"]]
+        return [json.loads(line) for line in f]
 
 
 @pytest.mark.parametrize("paradigm", [["--think-twice"], ["--BON", "--bon-n", "3", "--temperature", "0.8"]],
