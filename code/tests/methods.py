@@ -21,6 +21,7 @@ from model.rest.drafter import RestDrafter
 from model.samd.drafter import SamDrafter
 from model.samd.static_sam import join_documents
 from model.sps import DraftModelDrafter
+from model.stand import StandDrafter
 
 
 def vocab_of(model) -> int:
@@ -73,10 +74,11 @@ METHODS = {
     "lookahead": lambda model, corpus: LookaheadDrafter(),
     "rest": rest,
     "pia": lambda model, corpus: PiaDrafter(),
+    "stand": lambda model, corpus: StandDrafter(vocab_of(model)),
     "sps": sps,
     "eagle3": eagle3,
     "samd-eagle3": lambda model, corpus: SamDrafter(alpha=1e9, fallback=eagle3(model, corpus)),
 }
-# Drafts drawn with probabilities (rejection with residual resampling): equal to AR in law at temperature > 0,
-# not token for token.
-SAMPLED_DRAFTS = {"sps"}
+# Drafts drawn with probabilities (rejection with residual resampling; STAND samples its drafts at temperature > 0):
+# equal to AR in law at temperature > 0, not token for token.
+SAMPLED_DRAFTS = {"sps", "stand"}

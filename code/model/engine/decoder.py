@@ -292,6 +292,7 @@ class SpeculativeEngine:
             p = target_probs(rows if rows.dtype == torch.float64 else rows.float(), sampling)
             q = tree.probs.to(p) if tree.probs is not None else None
             path, bonus = accept_sampled(tree.tokens, tree.parents, p, q, row.generator)
+            plan.target = p
         if self.cost_aware is not None:
             self.cost_aware.update_row(tree, path, plan.proposed_nodes)
         # Never step past the budget's trigger or the token limit: AR would stop there, so must we.
@@ -318,7 +319,19 @@ class SpeculativeEngine:
         topk = logits[:n].topk(wants, dim=-1).indices if wants else None
         aux_argmax = logits[n:n + len(tree.aux_tokens)].argmax(-1).tolist() if tree.aux_tokens else None
         hidden = capture.take(kept, batch_row) if capture is not None else None
-        row.drafter.observe(StepFeedback(plan.emitted, tree, plan.path, plan.inputs[:n], topk, aux_argmax, hidden))
+        distributions = self._distributions(row.drafter.wants_distributions, plan, logits) \
+            if row.drafter.wants_distributions else None
+        row.drafter.observe(StepFeedback(plan.emitted, tree, plan.path, plan.inputs[:n], topk, aux_argmax, hidden,
+                                         distributions))
+
+    @staticmethod
+    def _distributions(k: int, plan: "_Plan", logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's distribution at the root and at each accepted node (those that chose the emitted tokens), as
+        top-k ids and probabilities: the one acceptance drew from when sampling (no second warping), else the softmax."""
+        positions = ([0] + [i + 1 for i in plan.path])[: len(plan.emitted)]
+        probs = plan.target[positions] if plan.target is not None else logits[positions].float().softmax(-1)
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        return top.indices.cpu(), top.values.float().cpu()
 
     def _plan(self, tree: DraftTree, drafter: Drafter, context: list[int]) -> DraftTree:
         """Cost-aware verification: the part of the proposal (or the larger draft) worth its forward cost."""
@@ -374,6 +387,7 @@ class _Plan:
     draft_seconds: float
     proposed_nodes: int = 0        # draft nodes (auxiliary excluded) the drafter proposed: the estimate's size class
     path: list[int] = field(default_factory=list)
+    target: torch.Tensor | None = None   # when sampling: the target's distributions at root + draft nodes
 
     def use(self, root: int, tree: DraftTree) -> None:
         """Feed this (validated) draft after the root."""

@@ -29,6 +29,10 @@ class StepFeedback:
     # [len(emitted), layers x hidden]: the target's states (at `hidden_layers`) at the position before each emitted
     # token, i.e. those that predicted it; for drafters that ask for them
     hidden: torch.Tensor | None = None
+    # With `wants_distributions` = k: the target's distribution before each emitted token (the one it was drawn from
+    # at temperature > 0: temperature, top-p and top-k applied; at temperature 0 the softmax of the logits), as its
+    # top-k: ids [len(emitted), k] and probabilities [len(emitted), k] (float32, on the CPU)
+    distributions: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class Drafter:
@@ -37,6 +41,8 @@ class Drafter:
     default_scope = "sequence"
     # >0: the engine computes the target's top-k token ids at every verified position for `observe`.
     wants_topk = 0
+    # >0: the engine hands `observe` the target's distribution before each emitted token, as its top-k (STAND).
+    wants_distributions = 0
     # Target layers whose hidden states (`hidden_states[i]` of output_hidden_states: the input of layer i) the
     # engine hands over at every position the context keeps: the prompt, accepted and forced tokens (EAGLE-3).
     hidden_layers: tuple[int, ...] = ()
