@@ -27,6 +27,7 @@ $PYTHON -m evaluation.inference_baseline --model-path $TARGET_PATH --model-id ${
 $PYTHON -m evaluation.inference_pld --model-path $TARGET_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --think-twice
 $PYTHON -m evaluation.inference_recycling --model-path $TARGET_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_stand --model-path $TARGET_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $TARGET_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
 if [ -n "$Sps_Drafter_PATH" ]; then
@@ -45,6 +46,7 @@ $PYTHON -m evaluation.inference_rest --model-path $TARGET_PATH --model-id ${MODE
 # $PYTHON -m evaluation.inference_pld --model-path $TARGET_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}-temp-${TEMP} $COMMON --BON
 # $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --BON
 # $PYTHON -m evaluation.inference_recycling --model-path $TARGET_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_stand --model-path $TARGET_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --BON
 
 ## Evaluation
 # $PYTHON evaluation/speed.py --file-path data/$bench_NAME/model_answer/${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP}.jsonl --base-path data/$bench_NAME/model_answer/${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP}.jsonl

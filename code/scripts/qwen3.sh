@@ -25,6 +25,7 @@ $PYTHON -m evaluation.inference_baseline --model-path $Qwen3_PATH --model-id ${M
 $PYTHON -m evaluation.inference_pld --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --think-twice
 $PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $Qwen3_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
 $PYTHON -m evaluation.inference_pia --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
@@ -41,6 +42,7 @@ $PYTHON -m evaluation.inference_rest --model-path $Qwen3_PATH --model-id ${MODEL
 # $PYTHON -m evaluation.inference_pld --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}-temp-${TEMP} $COMMON --BON
 # $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --BON
 # $PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --BON
 
 ## Evaluation
 # $PYTHON evaluation/speed.py --file-path data/$bench_NAME/model_answer/${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP}.jsonl --base-path data/$bench_NAME/model_answer/${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP}.jsonl

@@ -39,6 +39,10 @@ def summaries(base_path: str, paths: list[str]) -> list[dict]:
                     "per_turn": summary["per_turn"], "warnings": summary["warnings"]})
         if summary.get("batched"):
             out[-1]["batch_size"] = size
+    names = [row["name"] for row in out]
+    for row in out:   # variants of one method (interleaved NAME=MODULE runs): tell them apart by their file
+        if names.count(row["name"]) > 1:
+            row["name"] += f" ({os.path.splitext(os.path.basename(row['path']))[0]})"
     return out
 
 
