@@ -7,7 +7,8 @@ def add_args(parser):
     parser.add_argument("--ngram-orders", type=int, nargs="+", default=[1, 2, 3, 4], metavar="N",
                         help="n-gram lengths the memory keys distributions by (lookups try the longest first)")
     parser.add_argument("--topk", type=int, default=8, help="tokens kept per stored distribution")
-    parser.add_argument("--max-nodes", type=int, default=16, help="draft tree size (the data-driven shape's budget)")
+    parser.add_argument("--max-nodes", type=int, default=8,
+                        help="draft tree size (the data-driven shape's budget; larger pays where wide forwards are cheap)")
     parser.add_argument("--max-depth", type=int, default=8)
     parser.add_argument("--max-children", type=int, default=4, help="children per node at most")
     parser.add_argument("--rebuild-every", type=int, default=8,

@@ -17,6 +17,8 @@ METHOD_SPECS = {
     "pia": "pia",
     "pia-solo": "pia-solo=pia --no-cross-sample",     # PIA without cross-sample drafting
     "recycling": "recycling",
+    "stand": "stand",
+    "stand-solo": "stand-solo=stand --no-cross-sample",   # STAND without cross-sample drafting
     "lookahead": "lookahead",
     "rest": "rest --datastore-path {datastore}",
     "sps": "sps --drafter-path {drafter}",

@@ -50,8 +50,9 @@ from model.rest.drafter import RestDrafter  # noqa: E402
 from model.samd.drafter import SamDrafter  # noqa: E402
 from model.samd.static_sam import join_documents  # noqa: E402
 from model.sps import DraftModelDrafter  # noqa: E402
+from model.stand import StandDrafter  # noqa: E402
 
-METHODS = ("pld", "samd", "recycling", "lookahead", "pia", "rest", "sps", "eagle3", "samd-eagle3")
+METHODS = ("pld", "samd", "recycling", "lookahead", "pia", "stand", "rest", "sps", "eagle3", "samd-eagle3")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 LOGIT_SCALE = 8.0   # final-norm gain: sharper distributions (SpS's confidence stop, sampling); greedy is unchanged
 NEAR_TIE = 1e-3       # |logit gap| under which a float32 divergence from transformers counts as rounding
@@ -214,6 +215,7 @@ def build_methods(model, corpus, draft, head, small: bool) -> dict:
         "recycling": TokenRecyclingDrafter(vocab),
         "lookahead": LookaheadDrafter(),
         "pia": PiaDrafter(),
+        "stand": StandDrafter(vocab),
         "rest": RestDrafter(Datastore.build(join_documents(corpus, separator), separator, "gpu-check", "gpu-check")),
         "sps": DraftModelDrafter(draft, vocab, num_tokens=6) if small else DraftModelDrafter(draft, vocab),
         "eagle3": eagle(),

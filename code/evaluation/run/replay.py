@@ -41,6 +41,7 @@ REFUSED = {
     "lookahead": "Lookahead drafts from the target's argmax at its Jacobi window, which a trace does not hold",
     "sps": "SpS drafts with a draft model; its acceptance needs the target's and the draft's probabilities",
     "eagle3": "EAGLE-3 drafts from the target's hidden states, which a trace does not hold",
+    "stand": "STAND drafts from the target's next-token distributions, which a trace does not hold",
 }
 # Context-length buckets of the report (tokens of prompt + output before the step).
 BUCKETS = (0, 512, 1024, 2048, 4096, 8192, 16384)

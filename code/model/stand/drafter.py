@@ -33,7 +33,7 @@ class StandDrafter(Drafter):
     memory_attributes = ("memory",)   # shared by every row at global scope
 
     def __init__(self, vocab_size: int, orders: tuple[int, ...] = (1, 2, 3, 4), topk: int = 8,
-                 max_nodes: int = 16, max_depth: int = 8, max_children: int = 4, rebuild_every: int = 8,
+                 max_nodes: int = 8, max_depth: int = 8, max_children: int = 4, rebuild_every: int = 8,
                  prompt_ngrams: bool = True):
         if vocab_size <= 0:
             raise ValueError("vocab_size must be positive")
