@@ -58,6 +58,7 @@ def test_prompt_ngrams_fill_gaps_only_and_a_reset_forgets():
     drafter = StandDrafter(vocab_size=20, orders=(1, 2))
     drafter.begin_sequence([3, 4, 5])
     assert drafter.memory.lookup([9, 4]) == ([5], [1.0])            # a point mass from the prompt
+    assert drafter.memory.positions == 2 and len(drafter.memory) <= 2 * 2
     drafter.memory.add([7], [8, 9], [0.7, 0.3])
     drafter.begin_sequence([7, 2])                                   # (7,) is known: the prompt does not dilute it
     assert drafter.memory.lookup([7]) == ([8, 9], pytest.approx([0.7, 0.3]))

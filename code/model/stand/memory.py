@@ -27,7 +27,7 @@ class NgramMemory:
         self.ids = np.zeros((capacity, k), dtype=np.int32)
         self.probs = np.zeros((capacity, k), dtype=np.float32)
         self.counts = np.zeros(capacity, dtype=np.int32)
-        self.positions = 0   # trace positions whose distribution was stored
+        self.positions = 0   # trace positions whose distribution (or point mass) was stored
 
     def __len__(self) -> int:
         return len(self.index)
@@ -65,6 +65,7 @@ class NgramMemory:
 
     def add_point_mass(self, context: list[int], token: int) -> None:
         """`token` followed `context` where no distribution is known (the prompt): fill the gaps only."""
+        self.positions += 1
         for n in self.orders:
             if n <= len(context):
                 key = tuple(context[-n:])
