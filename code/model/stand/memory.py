@@ -65,12 +65,14 @@ class NgramMemory:
 
     def add_point_mass(self, context: list[int], token: int) -> None:
         """`token` followed `context` where no distribution is known (the prompt): fill the gaps only."""
-        self.positions += 1
+        stored = False
         for n in self.orders:
             if n <= len(context):
                 key = tuple(context[-n:])
                 if key not in self.index:
                     self._write(self._row(key), [token], [1.0], 1)
+                    stored = True
+        self.positions += stored
 
     def _write(self, row: int, ids: list[int], probs: list[float], count: int) -> None:
         m = min(len(ids), self.k)
