@@ -172,3 +172,15 @@ def test_speed_script_runs_on_both_layouts(run_files, tmp_path, capsys):
     old_out = capsys.readouterr().out
     # identical tables; only the source line differs (the copy has no sidecar config)
     assert new_out.split("\n\n", 1)[1] == old_out.split("\n\n", 1)[1]
+
+
+def test_compare_tells_two_runs_of_one_method_apart_by_their_files(run_files, tmp_path):
+    import shutil
+    method_file, base_file = run_files
+    for name in ("rec-small", "rec-large"):   # two variants of one method, as interleaved NAME=MODULE writes them
+        shutil.copy(method_file, tmp_path / f"{name}.jsonl")
+        shutil.copy(speed.config_path(str(method_file)), speed.config_path(str(tmp_path / f"{name}.jsonl")))
+    rows = compare.summaries(str(base_file), [str(tmp_path / "rec-small.jsonl"), str(tmp_path / "rec-large.jsonl"),
+                                              str(method_file)])
+    assert [r["name"] for r in rows] == ["recycling (rec-small)", "recycling (rec-large)", "recycling (recycling)"]
+    assert compare.summaries(str(base_file), [str(method_file)])[0]["name"] == "recycling"   # alone: unchanged
