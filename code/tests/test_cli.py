@@ -81,6 +81,15 @@ def test_bad_flag_values(tiny_model_dir, questions, flags, fragment):
     assert_one_line_error(baseline("--model-path", tiny_model_dir, "--question-file", questions, *flags), fragment)
 
 
+@pytest.mark.parametrize("flags, fragment", [(["--max-nodes", "0"], "--max-nodes must be a positive integer"),
+                                             (["--ngram-orders", "0", "2"], "--ngram-orders must be positive"),
+                                             (["--max-nodes", "500"], "over --max-tree-nodes 128")])
+def test_bad_stand_flags(tiny_model_dir, questions, flags, fragment):
+    result = run("-m", "evaluation.inference_stand", "--model-path", tiny_model_dir, "--question-file", questions,
+                 *flags)
+    assert_one_line_error(result, fragment)
+
+
 def test_auxiliary_drafter_not_built_yet(tiny_model_dir, questions):
     result = run("-m", "evaluation.inference_samd", "--model-path", tiny_model_dir, "--question-file", questions,
                  "--tree_method", "eagle2")
