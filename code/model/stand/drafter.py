@@ -39,6 +39,7 @@ class StandDrafter(Drafter):
             raise ValueError("vocab_size must be positive")
         self.vocab_size = vocab_size
         self.orders, self.topk = tuple(sorted(set(orders))), topk
+        self.span = max(self.orders)   # context tokens a lookup can use
         self.wants_distributions = topk
         self.shape_args = dict(max_nodes=max_nodes, max_depth=max_depth, max_children=max_children,
                                rebuild_every=rebuild_every)
@@ -72,7 +73,7 @@ class StandDrafter(Drafter):
         self.context = list(prompt)
         if self.prompt_ngrams:
             for i in range(1, len(prompt)):
-                self.memory.add_point_mass(prompt[max(0, i - max(self.orders)):i], prompt[i])
+                self.memory.add_point_mass(prompt[max(0, i - self.span):i], prompt[i])
 
     # -- drafting ----------------------------------------------------------------------------------------------
     def propose(self, tokens: list[int], max_nodes: int) -> DraftTree | None:
@@ -81,7 +82,7 @@ class StandDrafter(Drafter):
         if budget <= 0:
             return None
         sampled = not self.sampling.greedy
-        tail = tokens[-max(self.orders):]
+        tail = tokens[-self.span:]
         node_of = {-1: -1}                    # template index -> draft node index (kept nodes only)
         out_tokens, out_parents, out_q = [], [], []
         suffix = {-1: tail}                   # draft node -> the last max-order tokens of its context
@@ -105,7 +106,7 @@ class StandDrafter(Drafter):
                 if sampled:   # q of this child: the stored q without its elder siblings' tokens, renormalised
                     out_q.append((ids, probs, picks[:rank]))
                 node_of[template_index] = node
-                suffix[node] = (suffix[parent] + [ids[pick]])[-max(self.orders):]
+                suffix[node] = (suffix[parent] + [ids[pick]])[-self.span:]
         if not out_tokens:
             return None
         tree = DraftTree(out_tokens, out_parents, source="stand")
@@ -147,9 +148,8 @@ class StandDrafter(Drafter):
         dist = feedback.distributions
         if dist is not None:
             ids, probs = dist[0].tolist(), dist[1].tolist()
-            span = max(self.orders)
             for j, token in enumerate(feedback.emitted):
-                self.memory.add(self.context[-span:], ids[j], probs[j])
+                self.memory.add(self.context[-self.span:], ids[j], probs[j])
                 self.context.append(token)
         else:
             self.context.extend(feedback.emitted)

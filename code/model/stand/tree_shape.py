@@ -53,14 +53,6 @@ class TreeShape:
         for kids in children:
             kids.sort(key=lambda i: template[i][1])
         self.template, self.children = template, children
-        self.expected = float(sum(np.prod([rate[d - 1, r] for _, r, d in self._path(i)]) for i in range(len(template))))
-
-    def _path(self, i: int) -> list[tuple[int, int, int]]:
-        path = []
-        while i >= 0:
-            path.append(self.template[i])
-            i = self.template[i][0]
-        return path
 
     def record(self, parents: list[int], path: list[int]) -> None:
         """A verified draft (parents in the engine's numbering) and its accepted nodes."""
