@@ -1,10 +1,12 @@
 """Tests for evaluation/data/grading.py: boxed extraction, reference answers and grading."""
 import threading
+import time
 
 import pytest
+from math_verify.errors import TimeoutException
 
 from evaluation.data import grading
-from evaluation.data.grading import extract_boxed, grade, grade_output, reference_answer
+from evaluation.data.grading import extract_boxed, grade, grade_output, judge, reference_answer
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -90,7 +92,8 @@ def test_grade_gpqa_free_text_is_normalized_string_match():
 def test_grade_falls_back_to_string_when_math_verify_cannot_parse(monkeypatch):
     monkeypatch.setattr(grading, "parse", lambda *a, **k: [])
     assert grade(" \\text{Yes}. ", "yes", "math500")
-    assert not grade("no", "yes", "math500")
+    # the strings differ and math_verify read nothing: unknown, not wrong
+    assert judge("no", "yes", "math500") == (None, grading.PARSE_ERROR)
 
 
 def test_grade_never_raises(monkeypatch):
@@ -98,11 +101,54 @@ def test_grade_never_raises(monkeypatch):
         raise RuntimeError("sympy exploded")
 
     monkeypatch.setattr(grading, "verify", boom)
-    assert grade("5", "5", "math500") is False
+    assert grade("5", "5", "math500") is False    # math_verify's rule: a comparison that raises is no match
     monkeypatch.setattr(grading, "parse", boom)
-    # unparseable on both sides: string match decides
+    # unparseable on both sides: string match decides when it matches, else the grade is unknown
     assert grade("5", "5", "math500") is True
-    assert grade("\\frac{", "}{", "math500") is False
+    assert judge("\\frac{", "}{", "math500") == (None, grading.PARSE_ERROR)
+    monkeypatch.setattr(grading, "_string_match", boom)
+    assert judge("b", "c", "gpqa") == (None, grading.GRADER_ERROR)
+
+
+def test_parse_timeout_is_unknown_not_wrong(monkeypatch):
+    def too_slow(*args, **kwargs):
+        raise TimeoutException("Timeout during parsing")   # what parse(raise_on_error=True) raises
+
+    monkeypatch.setattr(grading, "parse", too_slow)
+    assert judge("7", "5", "math500") == (None, grading.TIMEOUT)
+    assert judge("5", "5", "math500") == (True, None)      # the strings still agree
+    assert grade_output("so \\boxed{7}", {"category": "aime24", "answer": "5"}) == {
+        "extracted": "7", "reference": "5", "correct": None, "grade_error": "timeout"}
+
+
+def test_verify_timeout_is_unknown_not_wrong(monkeypatch):
+    """A real timeout through math_verify's own signal alarm: the sympy comparison sleeps past it."""
+    import math_verify.grader
+
+    monkeypatch.setattr(grading, "_MATH_TIMEOUT_S", 1)
+    monkeypatch.setattr(math_verify.grader, "sympy_expr_eq", lambda *a, **k: time.sleep(3))
+    started = time.monotonic()
+    assert judge("7", "5", "math500") == (None, grading.TIMEOUT)
+    assert time.monotonic() - started < 2.5
+
+
+def test_verify_timeout_on_one_pair_does_not_hide_a_match(monkeypatch):
+    def verify(gold, pred, **kwargs):
+        if pred == "slow":
+            raise TimeoutException("Timeout during comparison")
+        return gold == pred
+
+    monkeypatch.setattr(grading, "parse", lambda expr, **k: ["slow", "5"] if "5" in expr else ["4"])
+    monkeypatch.setattr(grading, "verify", verify)
+    assert judge("5", "5", "math500") == (True, None)
+    assert judge("5", "4", "math500") == (None, grading.TIMEOUT)
+
+
+def test_no_reference_is_unknown_and_no_answer_is_wrong():
+    assert judge("5", None, "math500") == (None, grading.NO_REFERENCE)
+    assert judge("5", " ", "gpqa") == (None, grading.NO_REFERENCE)
+    assert judge(None, "5", "math500") == (False, None)
+    assert grade_output("no box", {"category": "math500"})["grade_error"] == grading.NO_REFERENCE
 
 
 def test_grade_works_outside_main_thread():
@@ -117,7 +163,7 @@ def test_grade_works_outside_main_thread():
 def test_grade_output():
     question = {"category": "aime25", "solution": "\\boxed{70}"}
     assert grade_output("17_b divides 97_b for b = 21, 49, so \\boxed{70}", question) == {
-        "extracted": "70", "reference": "70", "correct": True}
+        "extracted": "70", "reference": "70", "correct": True, "grade_error": None}
     assert grade_output("I think it is 70", question) == {
-        "extracted": None, "reference": "70", "correct": False}
+        "extracted": None, "reference": "70", "correct": False, "grade_error": None}
     assert grade_output("\\boxed{71}", question)["correct"] is False

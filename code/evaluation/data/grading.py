@@ -2,17 +2,36 @@
 
 Math categories are compared with math_verify (symbolic equivalence); GPQA and
 anything math_verify cannot parse fall back to a normalized string match.
+
+A turn that cannot be graded is unknown, not wrong: `correct` is None and
+`grade_error` says why (one of GRADE_ERRORS). A missing prediction (no final
+box) is still wrong: the model gave no answer.
 """
 
+import itertools
 import re
 import threading
+from typing import NamedTuple
 
 from math_verify import parse, verify
+from math_verify.errors import TimeoutException
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm)\{([^{}]*)\}")
 _LETTER = re.compile(r"^\(?([a-z])\)?(?:$|[).:\s])")
 _MATH_TIMEOUT_S = 5
+
+# Why a turn could not be graded (the answer line's per-turn "grade_error"; its "correct" is then null).
+TIMEOUT = "timeout"              # math_verify ran past its time limit parsing or comparing, and the strings differ
+PARSE_ERROR = "parse_error"      # math_verify could not read the prediction or the reference, and the strings differ
+NO_REFERENCE = "no_reference"    # the question has no gold answer
+GRADER_ERROR = "grader_error"    # anything else the grader raised
+GRADE_ERRORS = (TIMEOUT, PARSE_ERROR, NO_REFERENCE, GRADER_ERROR)
+
+
+class Verdict(NamedTuple):
+    correct: bool | None        # None: unknown
+    error: str | None = None    # why it is unknown (one of GRADE_ERRORS), else None
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -105,46 +124,64 @@ def _string_match(prediction: str, reference: str) -> bool:
 def _math_parse(expr: str, timeout: int | None) -> list:
     # Wrapping in \boxed{} makes math_verify take the whole expression as the answer
     # (with $...$ it may keep only a leading number, e.g. "10^-4 eV" -> 10).
-    return parse(f"\\boxed{{{expr}}}", parsing_timeout=timeout)
+    # raise_on_error: by default math_verify turns a timeout into an empty parse, which would read as "wrong".
+    return parse(f"\\boxed{{{expr}}}", parsing_timeout=timeout, raise_on_error=True)
 
 
-def _math_equal(prediction: str, reference: str) -> bool | None:
-    """math_verify verdict, or None when either side cannot be parsed."""
+def _math_verdict(prediction: str, reference: str) -> Verdict:
+    """math_verify's verdict, or Verdict(None, why it gave none): TIMEOUT or PARSE_ERROR."""
     # math_verify's timeouts use signal.alarm, which only works in the main thread.
     timeout = _MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     try:
         gold = _math_parse(reference, timeout)
         pred = _math_parse(prediction.strip().rstrip("."), timeout)
+    except TimeoutException:        # a BaseException, not an Exception
+        return Verdict(None, TIMEOUT)
     except Exception:
-        return None
+        return Verdict(None, PARSE_ERROR)
     if not gold or not pred:
-        return None
-    try:
-        return bool(verify(gold, pred, timeout_seconds=timeout))
-    except Exception:
-        return False
+        return Verdict(None, PARSE_ERROR)
+    # One pair at a time (as verify() does over the lists), so that a timeout on one pair neither hides a match on
+    # another nor passes for a mismatch.
+    timed_out = False
+    for g, p in itertools.product(gold, pred):
+        try:
+            if verify(g, p, timeout_seconds=timeout, raise_on_error=True):
+                return Verdict(True)
+        except TimeoutException:
+            timed_out = True
+        except Exception:
+            pass   # math_verify's own rule: a comparison that raises is not a match
+    return Verdict(None, TIMEOUT) if timed_out else Verdict(False)
 
 
-def grade(prediction: str | None, reference: str | None, category: str) -> bool:
-    """True when prediction matches reference for this category; never raises."""
-    if prediction is None or reference is None:
-        return False
+def judge(prediction: str | None, reference: str | None, category: str) -> Verdict:
+    """Whether prediction matches reference for this category, or unknown with the reason; never raises."""
+    if reference is None or not str(reference).strip():
+        return Verdict(None, NO_REFERENCE)
+    if prediction is None or not str(prediction).strip():
+        return Verdict(False)
     prediction, reference = str(prediction), str(reference)
-    if not prediction.strip() or not reference.strip():
-        return False
     try:
-        if "gpqa" not in (category or "").lower():
-            verdict = _math_equal(prediction, reference)
-            if verdict is not None:
-                return verdict
-        return _string_match(prediction, reference)
+        if "gpqa" in (category or "").lower():
+            return Verdict(_string_match(prediction, reference))
+        verdict = _math_verdict(prediction, reference)
+        if verdict.correct is None and _string_match(prediction, reference):
+            return Verdict(True)   # math_verify could not tell, but the normalized strings agree
+        return verdict
     except Exception:
-        return False
+        return Verdict(None, GRADER_ERROR)
+
+
+def grade(prediction: str | None, reference: str | None, category: str) -> bool | None:
+    """True / False when prediction matches reference or not, None when that cannot be told (judge() says why)."""
+    return judge(prediction, reference, category).correct
 
 
 def grade_output(text: str, question: dict) -> dict:
-    """Extract the final boxed answer from a model output and grade it."""
+    """Extract the final boxed answer from a model output and grade it; grade_error is None unless correct is."""
     extracted = extract_boxed(text)
     reference = reference_answer(question)
-    correct = grade(extracted, reference, question.get("category", ""))
-    return {"extracted": extracted, "reference": reference, "correct": correct}
+    verdict = judge(extracted, reference, question.get("category", ""))
+    return {"extracted": extracted, "reference": reference, "correct": verdict.correct,
+            "grade_error": verdict.error}
