@@ -316,3 +316,178 @@ def test_script_outputs(files, tmp_path):
     assert summary["identical_turns"] == {"identical": 2, "total": 4, "compared_by_hash": 2}
     assert [t["turn"] for t in summary["per_turn"]] == [1, 2]
     assert summary["per_category"]["code"]["speedup"] == approx(2.5)
+
+
+# ---------------------------------------------------------------------------
+# Grades: correct / wrong / unknown
+# ---------------------------------------------------------------------------
+
+def graded_rows(correct, grade_error=None):
+    rec = row(1, "math", [10] * len(correct), [1.0] * len(correct), correct=correct)
+    if grade_error is not None:
+        rec["choices"][0]["grade_error"] = grade_error
+    return [rec]
+
+
+def test_unknown_grades_are_counted_apart_and_left_out_of_accuracy(tmp_path, capsys):
+    method = graded_rows([True, None, False, None], [None, "timeout", None, "parse_error"])
+    base = graded_rows([True, True, False, None])   # written before grade_error: the reason is not recorded
+    s = speed.summarize(method, base)["overall"]
+    assert s["accuracy"] == 0.5 and s["base_accuracy"] == pytest.approx(2 / 3)
+    assert s["grading"] == {"correct": 1, "wrong": 1, "unknown": 2,
+                            "unknown_reasons": {"parse_error": 1, "timeout": 1}}
+    assert s["base_grading"] == {"correct": 2, "wrong": 1, "unknown": 1, "unknown_reasons": {"not recorded": 1}}
+    m, b = write_jsonl(tmp_path / "m.jsonl", method), write_jsonl(tmp_path / "b.jsonl", base)
+    assert speed.main(["--file-path", str(m), "--base-path", str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| 50.0% / 66.7% |" in out
+    assert ("Grading: method 1 correct / 1 wrong / 2 unknown (parse_error 1, timeout 1); baseline 2 correct / 1 wrong "
+            "/ 1 unknown (not recorded 1). Accuracy = correct / (correct + wrong)") in out
+
+
+def test_no_grading_line_without_unknown_grades(files):
+    s = speed.summarize(speed.load_answers(files[0]), speed.load_answers(files[1]))
+    assert s["overall"]["grading"]["unknown"] == 0 and s["overall"]["base_grading"]["unknown"] == 0
+    assert "Grading:" not in speed.render_markdown(s)
+    # a file never graded (no "correct" list) counts nothing at all
+    ungraded = speed.summarize([row(1, "c", [5], [1.0])], [row(1, "c", [5], [1.0])])["overall"]
+    assert ungraded["grading"] == {"correct": 0, "wrong": 0, "unknown": 0, "unknown_reasons": {}}
+
+
+def test_load_rejects_a_bad_grade_error(tmp_path):
+    rec = graded_rows([None], [7])[0]
+    with pytest.raises(speed.SpeedError, match=r"grade_error\[0\]' must be a string or null"):
+        speed.load_answers(str(write_jsonl(tmp_path / "a.jsonl", [rec])))
+
+
+# ---------------------------------------------------------------------------
+# By context length (per-step logs)
+# ---------------------------------------------------------------------------
+
+def step(qid, turn, accepted, context, draft=0.001, verify=0.009, **extra):
+    return {"question_id": qid, "choice": 0, "turn": turn, "step": 0, "draft_size": accepted - 1,
+            "accepted": accepted, "draft_source": "x", "draft_seconds": draft, "verify_seconds": verify,
+            "context_length": context, **extra}
+
+
+def ar_step(qid, turn, context, seconds, **extra):
+    return step(qid, turn, 1, context, draft=0.0, verify=seconds, draft_source="none", **extra)
+
+
+# Method: 10 ms per step everywhere; MAT 3.5 under 1k, 2 in 1k-2k, 1 beyond: acceptance collapsing along the trace.
+METHOD_STEPS = [step(1, 0, 4, 100), step(1, 0, 2, 1100), step(1, 1, 1, 2100), step(1, 1, 1, 9000),
+                step(2, 0, 3, 500),
+                step(1, 0, 5, 1200, draft_source="forced"),   # forced budget steps: left out, as from MAT
+                step(1, 0, 9, 100, choice=1),                  # choices[0] only
+                step(3, 0, 9, 100)]                            # a question the baseline does not have
+# Baseline: 5 ms per token under 1k, 6 in 1k-2k, 8 in 2k-4k, 10 beyond 8k.
+BASE_STEPS = [ar_step(1, 0, 100 + i, 0.005) for i in range(7)] + \
+             [ar_step(1, 0, 1100, 0.006), ar_step(2, 0, 1500, 0.006), ar_step(1, 1, 2100, 0.008),
+              ar_step(1, 1, 9000, 0.010)]
+
+
+@pytest.fixture
+def context_files(tmp_path):
+    m = write_jsonl(tmp_path / "method.jsonl", [
+        row(1, "math", [6, 2], [1.0, 1.0], accept=[[4, 2], [1, 1]]), row(2, "math", [3], [1.0], accept=[[3]]),
+        row(3, "math", [9], [1.0], accept=[[9]])])
+    b = write_jsonl(tmp_path / "base.jsonl", [ar_row(1, "math", [9, 2], [1.0, 1.0]), ar_row(2, "math", [1], [1.0])])
+    write_jsonl(tmp_path / "method.steps.jsonl", METHOD_STEPS)
+    write_jsonl(tmp_path / "base.steps.jsonl", BASE_STEPS)
+    return m, b
+
+
+def test_context_edges():
+    assert speed.parse_context_edges(speed.DEFAULT_CONTEXT_EDGES) == [1024, 2048, 4096, 8192]
+    assert speed.parse_context_edges(" 1000, 3K ") == [1000, 3072]
+    assert speed.bucket_labels([1024, 2048, 8192]) == ["0-1k", "1k-2k", "2k-8k", "8k+"]
+    assert speed.bucket_labels([1000]) == ["0-1000", "1000+"]
+    for bad in ("2k,1k", "1k,1k", "0", "-5", "1.5k", "", "1k,,2k", "abc"):
+        with pytest.raises(speed.SpeedError, match="--context-buckets"):
+            speed.parse_context_edges(bad)
+
+
+def test_by_context_mat_and_step_time_speedup(context_files):
+    m, b = context_files
+    section = speed.by_context(str(m), str(b), speed.load_answers(m), speed.load_answers(b),
+                               speed.parse_context_edges("1k,2k,4k,8k"))
+    rows = {r["context"]: r for r in section["buckets"]}
+    assert list(rows) == ["0-1k", "1k-2k", "2k-4k", "8k+"]            # 4k-8k: no step on either side
+    assert [rows[k]["mat"] for k in rows] == [3.5, 2.0, 1.0, 1.0]
+    assert [(rows[k]["steps"], rows[k]["base_steps"]) for k in rows] == [(2, 7), (1, 2), (1, 1), (1, 1)]
+    # baseline s/token / method s/token in the bucket: 5/(20/7), 6/5, 8/10, 10/10 ms
+    assert [rows[k]["speedup"] for k in rows] == [approx(1.75), approx(1.2), approx(0.8), approx(1.0)]
+    every = section["all"]
+    # over all buckets, MAT is the answer file's (11 tokens in 5 steps of the compared turns)
+    assert every["mat"] == approx(2.2) == speed.summarize(speed.load_answers(m), speed.load_answers(b))["overall"]["mat"]
+    assert every["speedup"] == approx(0.065 / 0.05)
+    assert section["step_count_mismatches"] == 0
+
+
+def test_by_context_table_only_when_asked(context_files, tmp_path, capsys):
+    m, b = context_files
+    assert speed.main(["--file-path", str(m), "--base-path", str(b)]) == 0
+    plain = capsys.readouterr().out
+    assert "By context length" not in plain and "| Context" not in plain
+    json_out = tmp_path / "s.json"
+    assert speed.main(["--file-path", str(m), "--base-path", str(b), "--by-context", "--json-out", str(json_out)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(plain)                         # the usual tables first, unchanged
+    for line in ("| Context (tokens) | Steps (method / base) | MAT | Method ms/token | Baseline ms/token | "
+                 "Step-time speedup |",
+                 "| 0-1k | 2 / 7 | 3.50 | 2.86 | 5.00 | 1.75x |",
+                 "| 1k-2k | 1 / 2 | 2.00 | 5.00 | 6.00 | 1.20x |",
+                 "| 2k-4k | 1 / 1 | 1.00 | 10.00 | 8.00 | 0.80x |",
+                 "| 8k+ | 1 / 1 | 1.00 | 10.00 | 10.00 | 1.00x |",
+                 "| **all** | 5 / 11 | 2.20 | 4.55 | 5.91 | 1.30x |"):
+        assert line in out.splitlines()
+    assert "bonus token" in out and "step-time speedup = baseline seconds per token / method seconds per token" in out
+    section = json.loads(json_out.read_text())["by_context"]
+    assert section["edges"] == [1024, 2048, 4096, 8192] and section["mat_counts_bonus_token"] is True
+    # custom edges imply the section
+    assert speed.main(["--file-path", str(m), "--base-path", str(b), "--context-buckets", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0-2000 | 3 / 9 | 3.00 |" in out and "| 2000+ | 2 / 2 | 1.00 |" in out
+
+
+def test_batched_step_shares_its_forward_among_rows(tmp_path):
+    write_jsonl(tmp_path / "m.steps.jsonl", [step(1, 0, 2, 10, draft=0.001, verify=0.04, batch_rows=4)])
+    write_jsonl(tmp_path / "b.steps.jsonl", [ar_step(1, 0, 10, 0.012, batch_rows=4), ar_step(1, 0, 11, 0.012)])
+    rows = [row(1, "c", [2], [1.0], accept=[[2]])]
+    section = speed.by_context(str(tmp_path / "m.jsonl"), str(tmp_path / "b.jsonl"), rows, rows, [1024])
+    assert section["all"]["seconds_per_token"] == approx(0.011 / 2)         # 1 ms drafting + 40 ms / 4 rows
+    assert section["all"]["base_seconds_per_token"] == approx(0.015 / 2)    # 12 / 4 + 12 ms
+
+
+def test_by_context_skipped_in_one_line_without_context_length(context_files, capsys):
+    m, b = context_files
+    old = [{k: v for k, v in s.items() if k != "context_length"} for s in METHOD_STEPS]
+    write_jsonl(m.parent / "method.steps.jsonl", METHOD_STEPS[:2] + old)
+    assert speed.main(["--file-path", str(m), "--base-path", str(b), "--by-context"]) == 0
+    out, err = capsys.readouterr()
+    skipped = [line for line in out.splitlines() if "By context length" in line]
+    assert skipped == [f"By context length: skipped ({m.parent / 'method.steps.jsonl'}:3: no 'context_length' "
+                       "(step logs written before it was recorded lack it))."]
+    assert "| Context" not in out and "**overall**" in out and "context" not in err
+    (m.parent / "method.steps.jsonl").unlink()
+    assert speed.main(["--file-path", str(m), "--base-path", str(b), "--by-context"]) == 0
+    assert "By context length: skipped (" in capsys.readouterr().out
+
+
+def test_by_context_without_a_baseline_log_and_with_a_torn_or_doubled_one(context_files, capsys):
+    m, b = context_files
+    (b.parent / "base.steps.jsonl").unlink()
+    steps = m.parent / "method.steps.jsonl"
+    steps.write_text(steps.read_text() + json.dumps(METHOD_STEPS[0]) + "\n" + '{"question_id": 1, "tu')
+    assert speed.main(["--file-path", str(m), "--base-path", str(b), "--by-context"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0-1k | 3 / n/a | 3.67 | 2.73 | n/a | n/a |" in out       # the torn last line is dropped
+    assert f"Baseline columns n/a: {b.parent / 'base.steps.jsonl'}: no step log." in out
+    assert "Warning: 1 turn(s) have another number of steps in the method's step log" in out
+
+
+def test_bad_context_buckets_are_one_line_errors(context_files, capsys):
+    m, b = context_files
+    assert speed.main(["--file-path", str(m), "--base-path", str(b), "--context-buckets", "4k,2k"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --context-buckets: the edges must increase") and err.count("\n") == 1

@@ -25,6 +25,7 @@ Needs only the standard library and numpy (evaluation/speed.py is the script
 users run; it puts code/ on sys.path and calls main here).
 """
 import argparse
+import bisect
 import json
 import math
 import sys
@@ -38,7 +39,7 @@ BATCH_FIELDS = ("batch_id", "batch_size", "batch_wall_time")
 # Per-turn lists that may be absent (older files, or the baseline).
 OPTIONAL_TURN_FIELDS = (
     "decoding_steps", "accept_lengths_per_turn", "draft_seconds", "verify_seconds",
-    "extracted", "correct", "token_ids_sha1",
+    "extracted", "correct", "grade_error", "token_ids_sha1",
 ) + BATCH_FIELDS
 
 
@@ -118,6 +119,7 @@ _ENTRY_CHECKS = {
     "verify_seconds": (_non_negative, "a non-negative number"),
     "accept_lengths_per_turn": (_is_lengths, "a list of non-negative numbers"),
     "correct": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "grade_error": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "token_ids_sha1": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "extracted": (lambda v: True, "anything"),
     "batch_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
@@ -241,7 +243,8 @@ def _turns(row):
 
     draft, verify = column("draft_seconds"), column("verify_seconds")
     accept = turn_accept_lengths(choice) or [None] * n
-    correct, sha1 = column("correct"), column("token_ids_sha1")
+    correct, sha1, grade_error = column("correct"), column("token_ids_sha1"), column("grade_error")
+    graded = choice.get("correct") is not None   # a file without grades has no "correct" list at all
     return [{
         "text": choice["turns"][i],
         "new_tokens": choice["new_tokens"][i],
@@ -250,6 +253,8 @@ def _turns(row):
         "draft": draft[i],
         "verify": verify[i],
         "correct": correct[i],
+        "graded": graded,
+        "grade_error": grade_error[i],
         "sha1": sha1[i],
     } for i in range(n)]
 
@@ -270,8 +275,24 @@ def _mat(turns):
 
 
 def _accuracy(turns):
+    """correct / (correct + wrong): turns whose grade is unknown (correct null) are left out."""
     marks = [t["correct"] for t in turns if t["correct"] is not None]
     return _ratio(sum(marks), len(marks))
+
+
+def _grading(turns):
+    """Graded turns counted apart: correct, wrong, unknown (correct null) and why unknown (grade_error; files written
+    before it was recorded say "not recorded")."""
+    graded = [t for t in turns if t["graded"]]
+    reasons = {}
+    for t in graded:
+        if t["correct"] is None:
+            reason = t["grade_error"] or "not recorded"
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return {"correct": sum(1 for t in graded if t["correct"] is True),
+            "wrong": sum(1 for t in graded if t["correct"] is False),
+            "unknown": sum(reasons.values()),
+            "unknown_reasons": dict(sorted(reasons.items()))}
 
 
 def _drafting_share(turns):
@@ -330,6 +351,8 @@ def _pair_stats(groups):
         "base_mat": _mat(base),
         "accuracy": _accuracy(method),
         "base_accuracy": _accuracy(base),
+        "grading": _grading(method),
+        "base_grading": _grading(base),
         "drafting_share": _drafting_share(method),
         "identical_turns": sum(1 for ok, _ in same if ok),
         "compared_by_hash": sum(1 for _, by_hash in same if by_hash),
@@ -494,6 +517,222 @@ def _batch_figures(method_rows, base_rows, overall, per_category, per_turn):
 
 
 # ---------------------------------------------------------------------------
+# Acceptance and speed along the trace (the per-step logs, by context length)
+# ---------------------------------------------------------------------------
+
+DEFAULT_CONTEXT_EDGES = "1k,2k,4k,8k"   # buckets 0-1k, 1k-2k, 2k-4k, 4k-8k, 8k+ (k = 1024 tokens)
+STEP_FIELDS = ("question_id", "turn", "accepted", "context_length")   # what every step line must carry here
+# The speedup of a context bucket, as printed under the table and written in the JSON summary.
+STEP_SPEEDUP = ("step-time speedup = baseline seconds per token / method seconds per token, each side over its own "
+                "steps whose context length falls in the bucket; a step's seconds are its drafting + verifying seconds "
+                "(in a batch, the verifying forward shared equally among its rows); prefill and work between steps are "
+                "not counted, so the all-contexts figure can differ from the wall-time speedup")
+
+
+def parse_context_edges(text):
+    """'1k,2k,4k,8k' or '1000,2000' -> the bucket edges in tokens (k = 1024); SpeedError unless they are positive
+    whole numbers that increase."""
+    edges = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        digits, scale = (part[:-1], 1024) if part.endswith("k") else (part, 1)
+        if not digits.isdigit() or int(digits) == 0:
+            raise SpeedError(f"--context-buckets: {part!r} is not a positive token count "
+                             "(give increasing edges, e.g. 1k,2k,4k,8k or 1000,2000)")
+        edges.append(int(digits) * scale)
+    if any(b <= a for a, b in zip(edges, edges[1:])):
+        raise SpeedError(f"--context-buckets: the edges must increase ({text})")
+    return edges
+
+
+def _tokens_label(n):
+    return f"{n // 1024}k" if n and n % 1024 == 0 else str(n)
+
+
+def bucket_labels(edges):
+    """'0-1k', '1k-2k', ..., '8k+': one label per bucket (len(edges) + 1)."""
+    bounds = [0] + list(edges)
+    return [f"{_tokens_label(lo)}-{_tokens_label(hi)}" for lo, hi in zip(bounds, edges)] + \
+        [f"{_tokens_label(edges[-1])}+"]
+
+
+def steps_path(answer_path):
+    """The per-step log beside an answer file: <stem>.steps.jsonl."""
+    return config_path(answer_path)[: -len(".config.json")] + ".steps.jsonl"
+
+
+def _check_step(step):
+    """Why a step line cannot be used here, or None."""
+    if not isinstance(step, dict):
+        return "expected a JSON object"
+    for name in STEP_FIELDS:
+        if name not in step:
+            hint = " (step logs written before it was recorded lack it)" if name == "context_length" else ""
+            return f"no '{name}'{hint}"
+    for name in ("accepted", "context_length"):
+        if not _non_negative(step[name]):
+            return f"'{name}' must be a non-negative number"
+    return None
+
+
+def _step_seconds(step):
+    """Seconds charged to one step: its drafting plus its verifying forward, that forward shared equally among the rows
+    of a batch (each row's line records the whole forward); None when the line has no timings."""
+    draft, verify = step.get("draft_seconds"), step.get("verify_seconds")
+    if not (_non_negative(draft) and _non_negative(verify)):
+        return None
+    rows = step.get("batch_rows", 1)
+    return draft + verify / (rows if _is_number(rows) and rows >= 1 else 1)
+
+
+def load_steps(path):
+    """The decoding steps of choices[0] in a per-step log: (question_id, turn, accepted, context_length, seconds or
+    None) each; forced thinking-budget steps are left out, as from MAT. SpeedError naming file:line when the log is
+    absent or a line lacks what this needs (context_length: logs written before it was recorded)."""
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise SpeedError(f"{path}: no step log") from None
+    except OSError as e:
+        raise SpeedError(f"{path}: cannot read ({e.strerror or e})") from None
+    steps = []
+    for lineno, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            step = json.loads(raw)
+        except (ValueError, RecursionError):   # (UnicodeDecodeError is a ValueError)
+            if lineno == len(raw_lines):
+                break   # a torn last line: the run was stopped while writing it
+            raise SpeedError(f"{path}:{lineno}: invalid JSON") from None
+        reason = _check_step(step)
+        if reason:
+            raise SpeedError(f"{path}:{lineno}: {reason}")
+        if step.get("choice", 0) != 0 or step.get("draft_source") == "forced":
+            continue
+        steps.append((step["question_id"], step["turn"], step["accepted"], step["context_length"],
+                      _step_seconds(step)))
+    return steps
+
+
+def compared_turns(method_rows, base_rows):
+    """{(question_id, turn)} of the choices[0] turns both files have: what the figures compare."""
+    depth = {r["question_id"]: len(r["choices"][0]["turns"]) for r in base_rows}
+    return {(r["question_id"], k) for r in method_rows if r["question_id"] in depth
+            for k in range(min(len(r["choices"][0]["turns"]), depth[r["question_id"]]))}
+
+
+def bucket_totals(steps, keep, edges):
+    """Per context bucket (len(edges) + 1 of them; a step of context c falls where edges[i-1] <= c < edges[i]), over
+    the steps of the turns in keep: steps, tokens (accepted, bonus included), seconds (None once a step lacks
+    timings) and the sum of their context lengths."""
+    totals = [{"steps": 0, "tokens": 0, "seconds": 0.0, "context": 0} for _ in range(len(edges) + 1)]
+    for qid, turn, accepted, context, seconds in steps:
+        if (qid, turn) not in keep:
+            continue
+        bucket = totals[bisect.bisect_right(edges, context)]
+        bucket["steps"] += 1
+        bucket["tokens"] += accepted
+        bucket["context"] += context
+        bucket["seconds"] = None if seconds is None or bucket["seconds"] is None else bucket["seconds"] + seconds
+    return totals
+
+
+def merged_totals(buckets):
+    """The totals of several buckets as one."""
+    seconds = [b["seconds"] for b in buckets]
+    return {"steps": sum(b["steps"] for b in buckets), "tokens": sum(b["tokens"] for b in buckets),
+            "seconds": None if None in seconds else sum(seconds), "context": sum(b["context"] for b in buckets)}
+
+
+def seconds_per_token(totals):
+    return _ratio(totals["seconds"], totals["tokens"]) if totals and totals["seconds"] is not None else None
+
+
+def step_speedup(method, base):
+    """Baseline seconds per token / method seconds per token (STEP_SPEEDUP); None when either is unknown."""
+    ours, theirs = seconds_per_token(method), seconds_per_token(base)
+    return _ratio(theirs, ours) if theirs is not None and ours is not None else None
+
+
+def _context_row(label, method, base):
+    return {"context": label, "steps": method["steps"], "base_steps": base["steps"] if base else None,
+            "mat": _ratio(method["tokens"], method["steps"]), "seconds_per_token": seconds_per_token(method),
+            "base_seconds_per_token": seconds_per_token(base), "speedup": step_speedup(method, base)}
+
+
+def _step_count_mismatches(steps, keep, method_rows):
+    """How many compared turns have another number of step lines than accepted lengths in the answer file (a step log
+    from another run, or appended to twice), counting only turns whose accepted lengths are known."""
+    counts = {}
+    for qid, turn, *_ in steps:
+        counts[(qid, turn)] = counts.get((qid, turn), 0) + 1
+    mismatched = 0
+    for row in method_rows:
+        per_turn = turn_accept_lengths(row["choices"][0]) or []
+        for k, lengths in enumerate(per_turn):
+            if (row["question_id"], k) in keep and counts.get((row["question_id"], k), 0) != len(lengths):
+                mismatched += 1
+    return mismatched
+
+
+def by_context(method_path, base_path, method_rows, base_rows, edges):
+    """MAT and step-time speedup by context-length bucket from the two files' per-step logs. {"skipped": why} when
+    the method's log is absent or lacks context_length; the baseline's columns are None (and "baseline_note" says
+    why) when only its log is."""
+    section = {"edges": list(edges), "mat_counts_bonus_token": True, "speedup_definition": STEP_SPEEDUP}
+    keep = compared_turns(method_rows, base_rows)
+    try:
+        steps = load_steps(steps_path(method_path))
+    except SpeedError as e:
+        return {**section, "skipped": str(e)}
+    method = bucket_totals(steps, keep, edges)
+    if not any(b["steps"] for b in method):
+        return {**section, "skipped": f"{steps_path(method_path)}: no step of a question and turn both files have"}
+    try:
+        base = bucket_totals(load_steps(steps_path(base_path)), keep, edges)
+    except SpeedError as e:
+        base, section["baseline_note"] = None, str(e)
+    rows = []
+    for i, label in enumerate(bucket_labels(edges)):
+        if method[i]["steps"] or (base and base[i]["steps"]):
+            rows.append(_context_row(label, method[i], base[i] if base else None))
+    section["buckets"] = rows
+    section["all"] = _context_row("all", merged_totals(method), merged_totals(base) if base else None)
+    section["step_count_mismatches"] = _step_count_mismatches(steps, keep, method_rows)
+    return section
+
+
+def _ms(seconds):
+    return _num(None if seconds is None else 1000 * seconds)
+
+
+def render_by_context(section):
+    """The by-context table and its notes (or the one line saying why it is skipped)."""
+    if "skipped" in section:
+        return ["", f"By context length: skipped ({section['skipped']})."]
+    lines = ["", "By context length (prompt + output tokens at each step, from the per-step logs):", ""]
+    header = ["Context (tokens)", "Steps (method / base)", "MAT", "Method ms/token", "Baseline ms/token",
+              "Step-time speedup"]
+
+    def cells(row, name):
+        base_steps = "n/a" if row["base_steps"] is None else str(row["base_steps"])
+        return [name, f"{row['steps']} / {base_steps}", _num(row["mat"]), _ms(row["seconds_per_token"]),
+                _ms(row["base_seconds_per_token"]), _speedup(row["speedup"])]
+
+    lines += _table(header, [cells(r, r["context"]) for r in section["buckets"]] +
+                    [cells(section["all"], "**all**")])
+    lines += ["", "Note: MAT counts the bonus token (AR 1.00); " + STEP_SPEEDUP + "."]
+    if section.get("baseline_note"):
+        lines.append(f"Baseline columns n/a: {section['baseline_note']}.")
+    if section.get("step_count_mismatches"):
+        lines.append(f"Warning: {section['step_count_mismatches']} turn(s) have another number of steps in the method's "
+                     "step log than in its answer file (a log from another run?).")
+    return lines
+
+
+# ---------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------
 
@@ -577,6 +816,9 @@ def render_markdown(summary):
     interval = f"{summary.get('speedup_interval', 'bootstrap')}." if batched else "95% paired bootstrap over questions."
     lines.append("Note: MAT = mean accepted tokens per target decoding step, counting the "
                  f"bonus token (autoregressive decoding gives 1.00). Speedup intervals: {interval}")
+    grading = grading_note(summary["overall"])
+    if grading:
+        lines.append(grading)
     noisy = noisy_baseline(summary["overall"])
     if noisy:
         lines.append(f"Warning: {noisy}.")
@@ -591,7 +833,26 @@ def render_markdown(summary):
              f"{_pct(s['accuracy'])} / {_pct(s['base_accuracy'])}",
              f"{s['identical_turns']}/{s['n_turns']}"]
             for s in per_turn])
+    if "by_context" in summary:
+        lines += render_by_context(summary["by_context"])
     return "\n".join(lines) + "\n"
+
+
+def _grading_counts(counts):
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts["unknown_reasons"].items())
+    return (f"{counts['correct']} correct / {counts['wrong']} wrong / {counts['unknown']} unknown"
+            + (f" ({reasons})" if reasons else ""))
+
+
+def grading_note(stats):
+    """The line counting correct / wrong / unknown turns on each side, or None when no grade is unknown (the tables of
+    files without unknown grades stay as they were)."""
+    method, base = stats.get("grading"), stats.get("base_grading")
+    if not method or not base or not (method["unknown"] or base["unknown"]):
+        return None
+    return (f"Grading: method {_grading_counts(method)}; baseline {_grading_counts(base)}. Accuracy = correct / "
+            "(correct + wrong): turns whose grade is unknown (grading timed out, could not parse an answer, or had no "
+            "reference) are left out.")
 
 
 def pair_cell(stats, key, digits=2):
@@ -653,12 +914,19 @@ def main(argv=None):
     parser.add_argument("--base-path", required=True, help="baseline answer file (JSONL)")
     parser.add_argument("--json-out", help="write the summary as JSON here")
     parser.add_argument("--markdown-out", help="write the markdown tables here")
+    parser.add_argument("--by-context", action="store_true",
+                        help="add MAT and step-time speedup by context length, from the two files' per-step logs "
+                             "(<stem>.steps.jsonl)")
+    parser.add_argument("--context-buckets", metavar="EDGES",
+                        help=f"bucket edges in tokens for --by-context (implies it), k = 1024; default "
+                             f"{DEFAULT_CONTEXT_EDGES}: buckets 0-1k, 1k-2k, 2k-4k, 4k-8k, 8k+")
 
     def warn(msg):
         print(f"warning: {msg}", file=sys.stderr)
 
     try:
         args = parser.parse_args(argv)
+        edges = parse_context_edges(args.context_buckets or DEFAULT_CONTEXT_EDGES)
         method_rows, base_rows = load_answers(args.file_path), load_answers(args.base_path)
         from evaluation.reports import batch   # here: batch.py imports this module
         size = batch.check_same_batch_size(
@@ -671,6 +939,8 @@ def main(argv=None):
             warn(msg)
         summary["sources"] = {"method": _source(args.file_path, warn),
                               "baseline": _source(args.base_path, warn)}
+        if args.by_context or args.context_buckets:
+            summary["by_context"] = by_context(args.file_path, args.base_path, method_rows, base_rows, edges)
         text = render_markdown(summary)
         sys.stdout.write(text)
         if args.markdown_out:
