@@ -152,7 +152,8 @@ def test_no_cost_profile_draws_the_ideal_bound(runs, tmp_path, capsys):
     out, err = capsys.readouterr()
     written = out.split()
     assert "3 question_id(s) not in the baseline file" in err
-    assert written == [str(tmp_path / f"x-{name}.{ext}") for name in plot.FIGURES for ext in ("png", "svg")]
+    assert written == [str(tmp_path / f"x-{name}.{ext}") for name in plot.FIGURES + (plot.CONTEXT_FIGURE,)
+                       for ext in ("png", "svg")]     # (pld has a step log)
     text = check_pair(tmp_path, "x-speedup_vs_mat")
     assert "no cost profile measured" in text and "n = 8" not in text
     text = check_pair(tmp_path, "x-category_radar")
@@ -178,3 +179,65 @@ def test_errors_are_one_line(runs, tmp_path, capsys):
                           cwd=CODE_DIR, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_acceptance_by_context_from_the_fixture(figures):
+    text = check_pair(figures, plot.CONTEXT_FIGURE)
+    assert "MAT along the trace" in text and "pld" in text and "no step log of ar" in text
+
+
+def write_steps(folder, stem, steps):
+    (folder / f"{stem}.steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+
+
+def steps_at(contexts, accepted, seconds):
+    """Step lines of question 0, turn 0 at these context lengths, each accepting `accepted` tokens in `seconds`."""
+    return [{"question_id": 0, "choice": 0, "turn": 0, "step": i, "accepted": accepted, "draft_source": "x",
+             "draft_seconds": 0.0, "verify_seconds": seconds, "context_length": c} for i, c in enumerate(contexts)]
+
+
+def test_acceptance_by_context_draws_mat_and_step_time_speedup_per_bin(tmp_path, monkeypatch):
+    base = write_run(tmp_path, "ar", "ar", "old", 24, lambda t: [1] * 24, lambda t: 2.0)
+    pld = write_run(tmp_path, "pld", "pld", "old", 24, lambda t: [2] * 12, lambda t: 1.0)
+    rec = write_run(tmp_path, "rec", "recycling", "old", 24, lambda t: [2] * 12, lambda t: 1.0)
+    # MAT 3, 2, 1 in the bins 0-1k, 1k-2k, 2k+ at 10 ms a step; AR at 5, 6, 8 ms a token there
+    write_steps(tmp_path, "pld", steps_at(range(100, 110), 3, 0.01) + steps_at(range(1500, 1505), 2, 0.01)
+                + steps_at([3000, 3001], 1, 0.01))
+    write_steps(tmp_path, "ar", steps_at(range(100, 130), 1, 0.005) + steps_at(range(1500, 1510), 1, 0.006)
+                + steps_at(range(3000, 3003), 1, 0.008))
+    drawn, warnings = [], []
+    monkeypatch.setattr(plot, "_save", lambda plt, fig, out_dir, name: drawn.append(fig) or [name])
+    runs = [plot.Run(pld), plot.Run(rec)]
+    assert plot.figure_acceptance_by_context(plot._pyplot(), runs, plot.Run(base), str(tmp_path), "",
+                                             [1024, 2048], warnings.append) == [plot.CONTEXT_FIGURE]
+    ax_mat, ax_speedup = drawn[0].axes
+
+    def line(ax, label):
+        return next(ln for ln in ax.get_lines() if ln.get_label() == label)
+
+    assert list(line(ax_mat, "pld").get_xdata()) == [104.5, 1502, 3000.5]     # each bin at its steps' mean context
+    assert list(line(ax_mat, "pld").get_ydata()) == [3, 2, 1]
+    assert list(line(ax_speedup, "pld").get_ydata()) == pytest.approx([0.005 / (0.01 / 3), 0.006 / 0.005, 0.8])
+    assert [ln.get_label() for ln in ax_mat.get_lines()].count("recycling") == 0
+    assert len(warnings) == 1 and "rec.steps.jsonl: no step log; recycling left out" in warnings[0]
+
+
+def test_auto_context_bins():
+    assert plot.auto_context_edges([100, 900]) == [200, 300, 400, 500, 600, 700, 800]
+    assert plot.auto_context_edges([5, 5]) == [5]      # one context length: one bin holds every step
+
+
+def test_acceptance_by_context_not_written_without_step_logs(tmp_path, capsys):
+    base = write_run(tmp_path, "ar", "ar", "old", 24, lambda t: [1] * 24, lambda t: 2.0)
+    rec = write_run(tmp_path, "rec", "recycling", "old", 24, lambda t: [2] * 12, lambda t: 1.0)
+    write_steps(tmp_path, "rec", [{"question_id": 0, "turn": 0, "step": 0, "accepted": 2}])   # an older log
+    warnings = []
+    assert plot.figure_acceptance_by_context(None, [plot.Run(rec)], plot.Run(base), str(tmp_path), "", None,
+                                             warnings.append) == []
+    assert "rec.steps.jsonl:1: no 'context_length'" in warnings[0]
+    assert warnings[1] == ("no method has a step log with context lengths for the compared turns: "
+                           f"{plot.CONTEXT_FIGURE} not written")
+    assert plot.main(["--base-path", base, "--file-path", rec, "--out-dir", str(tmp_path / "o"),
+                      "--context-buckets", "1k,x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --context-buckets: 'x'") and err.count("\n") == 1

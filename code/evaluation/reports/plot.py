@@ -2,7 +2,8 @@
 """Figures of several methods against one baseline, as the paper shows them.
 
 Run from code/:
-    python evaluation/plot.py --base-path AR.jsonl --file-path A.jsonl B.jsonl ... --out-dir DIR [--prefix P]
+    python evaluation/plot.py --base-path AR.jsonl --file-path A.jsonl B.jsonl ... --out-dir DIR [--prefix P] \
+        [--context-buckets 1k,2k,4k,8k]
     python evaluation/plot.py --base-path OUT/b*/P-ar.jsonl --file-path OUT/b*/P-pld.jsonl OUT/b*/P-samd.jsonl \
         --out-dir DIR [--prefix P] [--batch-sweep]
 
@@ -12,6 +13,11 @@ Writes, each as PNG and SVG, into DIR (names start with P, default none):
     speedup_vs_mat      one point per method under the bound speedup <= MAT / (t(n)/t(1)) of the target's
                         measured forward cost (the run's `cost_profile`; speedup = MAT when none was measured)
     time_and_acceptance where the time goes (drafting / verifying / other) and the step-CDF of accepted lengths
+    acceptance_by_context  MAT (left) and step-time speedup (right) against the context length, one line per method,
+                        from the per-step logs (<stem>.steps.jsonl; written when a method has one with context_length):
+                        bins of --context-buckets edges, else 8 equal widths over the context lengths logged; each
+                        point at the mean context of its steps. Step-time speedup as speed.py --by-context: baseline
+                        seconds per token / method seconds per token over the steps in the bin
 
 Batch-size sweep: when the files span more than one --batch-size (config "batch_size"; absent: 1), or with
 --batch-sweep, --base-path takes one baseline file per batch size and only this figure is written (the four above
@@ -44,6 +50,8 @@ from evaluation.reports import batch, speed
 from evaluation.reports.compare import method_name
 
 FIGURES = ("category_radar", "progressive", "speedup_vs_mat", "time_and_acceptance")
+CONTEXT_FIGURE = "acceptance_by_context"   # written after FIGURES when a method's step log has context lengths
+AUTO_CONTEXT_BINS = 8
 SWEEP_FIGURE = "batch_sweep"
 DPI = 100
 SINGLE = (8.0, 5.0)      # inches: 800 x 500 px at DPI
@@ -493,6 +501,78 @@ def figure_time_and_acceptance(plt, runs, base, out_dir, prefix):
     return _save(plt, fig, out_dir, prefix + "time_and_acceptance")
 
 
+def _steps(run: Run, warn, consequence: str):
+    """The run's per-step log (speed.load_steps); None, with a warning ending in consequence, when it cannot be used."""
+    try:
+        return speed.load_steps(speed.steps_path(run.path))
+    except speed.SpeedError as exc:
+        warn(f"{exc}; {consequence}")
+        return None
+
+
+def _compared(run: Run, base: Run) -> set:
+    """{(question_id, turn)} both files have (speed.compared_turns on the loaded runs)."""
+    return {(qid, k) for qid, q in run.questions.items() if qid in base.questions
+            for k in range(min(len(q["turns"]), len(base.questions[qid]["turns"])))}
+
+
+def auto_context_edges(contexts: list) -> list[int]:
+    """Edges of AUTO_CONTEXT_BINS equal-width bins from the shortest to the longest context logged."""
+    low, high = min(contexts), max(contexts)
+    width = (high - low) / AUTO_CONTEXT_BINS
+    return sorted({math.ceil(low + width * i) for i in range(1, AUTO_CONTEXT_BINS)} - {0})
+
+
+def figure_acceptance_by_context(plt, runs, base, out_dir, prefix, edges, warn):
+    """6. MAT and step-time speedup against the context length (the position in the trace), one line per method, from
+    the per-step logs. edges None: AUTO_CONTEXT_BINS equal-width bins over the context lengths logged."""
+    logged = []
+    for run in runs:
+        steps = _steps(run, warn, f"{run.name} left out of {CONTEXT_FIGURE}")
+        keep = _compared(run, base)
+        if steps is not None and any((s[0], s[1]) in keep for s in steps):
+            logged.append((run, steps, keep))
+    if not logged:
+        warn(f"no method has a step log with context lengths for the compared turns: {CONTEXT_FIGURE} not written")
+        return []
+    base_steps = _steps(base, warn, f"no step-time speedup in {CONTEXT_FIGURE}")
+    if edges is None:
+        edges = auto_context_edges([s[3] for _, steps, keep in logged for s in steps if (s[0], s[1]) in keep])
+    colors = _colors(plt, runs)
+    fig, (ax_m, ax_s) = plt.subplots(1, 2, figsize=DOUBLE)
+    for run, steps, keep in logged:
+        ours = speed.bucket_totals(steps, keep, edges)
+        theirs = speed.bucket_totals(base_steps, keep, edges) if base_steps is not None else None
+        used = [i for i, b in enumerate(ours) if b["steps"]]
+        x = [ours[i]["context"] / ours[i]["steps"] for i in used]
+        ax_m.plot(x, [ours[i]["tokens"] / ours[i]["steps"] for i in used], marker="o", markersize=4,
+                  color=colors[run.name], label=run.name)
+        if theirs is not None:
+            ax_s.plot(x, [_nan(speed.step_speedup(ours[i], theirs[i])) for i in used], marker="o", markersize=4,
+                      color=colors[run.name], label=run.name)
+    if base_steps is None:
+        ax_s.text(0.5, 0.5, f"no step log of {base.name}", transform=ax_s.transAxes, ha="center", color="dimgray")
+    for ax, ylabel, ref in ((ax_m, "MAT (accepted tokens / step, bonus token incl.)", "AR = 1.00"),
+                            (ax_s, f"step-time speedup over {base.name} (x)", "AR = 1.00x")):
+        for edge in edges:
+            ax.axvline(edge, color="lightgray", linewidth=0.8)
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label=ref)
+        ax.set_xlabel("context length (prompt + output tokens)")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)   # (vertical lines are the bin edges)
+        ax.legend(loc="best", fontsize=7)
+    ax_m.set_title("MAT along the trace")
+    ax_s.set_title("Step-time speedup along the trace")
+    fig.suptitle(f"Acceptance by context length  ({_subtitle(base)})", fontsize=10)
+    fig.text(0.5, 0.01, "each point: the steps of one context bin (grey lines: bin edges), at their mean context; "
+             "speedup = baseline s/token / method s/token in the bin (drafting + verifying seconds, prefill not "
+             "counted)", fontsize=7, color="dimgray", ha="center")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(plt, fig, out_dir, prefix + CONTEXT_FIGURE)
+
+
 def _stem(path: str) -> str:
     return os.path.basename(speed.config_path(path))[: -len(".config.json")]
 
@@ -639,12 +719,16 @@ def main(argv=None) -> int:
                         help=f"write only the {SWEEP_FIGURE} figure (throughput and speedup at the same batch size "
                              "against --batch-size; files of one method at several batch sizes form one line); "
                              "implied when the files span more than one batch size")
+    parser.add_argument("--context-buckets", metavar="EDGES",
+                        help=f"context-length bin edges of {CONTEXT_FIGURE} in tokens, as speed.py's (e.g. "
+                             "1k,2k,4k,8k; k = 1024); default: 8 equal-width bins over the context lengths logged")
 
     def warn(msg):
         print(f"warning: {msg}", file=sys.stderr)
 
     try:
         args = parser.parse_args(argv)
+        edges = speed.parse_context_edges(args.context_buckets) if args.context_buckets else None
         bases = [Run(path, label=None) for path in args.base_path]
         runs = [Run(path) for path in args.file_path]
         if args.batch_sweep or len({run.batch_size for run in bases + runs}) > 1:
@@ -670,6 +754,7 @@ def main(argv=None) -> int:
         written += figure_progressive(plt, runs, base, args.out_dir, args.prefix)
         written += figure_speedup_vs_mat(plt, runs, base, args.out_dir, args.prefix, warn)
         written += figure_time_and_acceptance(plt, runs, base, args.out_dir, args.prefix)
+        written += figure_acceptance_by_context(plt, runs, base, args.out_dir, args.prefix, edges, warn)
     except speed.SpeedError as exc:
         print("error: " + " ".join(str(exc).split("\n")), file=sys.stderr)
         return 2
