@@ -491,3 +491,16 @@ def test_bad_context_buckets_are_one_line_errors(context_files, capsys):
     assert speed.main(["--file-path", str(m), "--base-path", str(b), "--context-buckets", "4k,2k"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --context-buckets: the edges must increase") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"question_id": [1]}, "'question_id' must be an integer or a string"),
+    ({"turn": "0"}, "'turn' must be an integer"),
+    ({"accepted": -1}, "'accepted' must be a non-negative number"),
+    ({"context_length": None}, "'context_length' must be a non-negative number"),
+])
+def test_bad_step_lines_skip_the_section_naming_the_line(tmp_path, bad, reason):
+    write_jsonl(tmp_path / "m.steps.jsonl", [step(1, 0, 2, 10), {**step(1, 0, 2, 11), **bad}, step(1, 0, 2, 12)])
+    rows = [row(1, "c", [2], [1.0], accept=[[2]])]
+    section = speed.by_context(str(tmp_path / "m.jsonl"), str(tmp_path / "b.jsonl"), rows, rows, [1024])
+    assert section["skipped"] == f"{tmp_path / 'm.steps.jsonl'}:2: {reason}"

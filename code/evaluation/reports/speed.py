@@ -3,7 +3,7 @@
 
 Run from code/:
     python evaluation/speed.py --file-path METHOD.jsonl --base-path BASELINE.jsonl \
-        [--json-out summary.json] [--markdown-out table.md]
+        [--json-out summary.json] [--markdown-out table.md] [--by-context] [--context-buckets 1k,2k,4k,8k]
 
 Both files are FastChat-style JSONL answer files (one question per line); only
 choices[0] is read. A "turn" is a round (multi-round thinking) or a sample
@@ -16,6 +16,14 @@ Runs at --batch-size B > 1 (config "batch_size"; both files must have the same B
 same --batch-size: ...` line): tok/s is batch throughput (tokens of all rows / wall time of each batch counted once),
 the speedup is the ratio of batch throughputs with its interval over units of questions that shared a batch, and the
 table adds per-sequence latency and tokens/s (reports/batch.py). At B = 1 nothing changes.
+
+Accuracy = correct / (correct + wrong): a turn whose grade is unknown ("correct": null, "grade_error" says why: a
+math_verify timeout or parse failure, no reference) is left out, and a line counts correct / wrong / unknown when
+there are any.
+
+--by-context adds MAT and the step-time speedup by context-length bucket (default 0-1k, 1k-2k, 2k-4k, 4k-8k, 8k+
+tokens; --context-buckets sets the edges) from the two files' per-step logs (<stem>.steps.jsonl); STEP_SPEEDUP below
+defines that speedup. Without the flag the output is as before.
 
 accept_lengths is read in both layouts: one flat list per choice plus
 accept_lengths_per_turn (files written now; what the seed's and Spec-Bench's
@@ -569,6 +577,10 @@ def _check_step(step):
         if name not in step:
             hint = " (step logs written before it was recorded lack it)" if name == "context_length" else ""
             return f"no '{name}'{hint}"
+    if isinstance(step["question_id"], bool) or not isinstance(step["question_id"], (int, str)):
+        return "'question_id' must be an integer or a string"
+    if isinstance(step["turn"], bool) or not isinstance(step["turn"], int):
+        return "'turn' must be an integer"
     for name in ("accepted", "context_length"):
         if not _non_negative(step[name]):
             return f"'{name}' must be a non-negative number"
