@@ -17,7 +17,7 @@ QUESTIONS = [
 ]
 TURN_FIELDS = ("turns", "new_tokens", "decoding_steps", "wall_time", "accept_lengths_per_turn", "draft_seconds",
                "verify_seconds", "forced_tokens", "prompt_tokens", "stopped", "extracted", "reference", "correct",
-               "token_ids_sha1")
+               "grade_error", "token_ids_sha1")
 STEP_FIELDS = {"question_id", "choice", "turn", "step", "draft_size", "proposed_size", "accepted", "draft_source", "draft_seconds",
                "verify_seconds", "context_length"}
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from evaluation.data.grading import grade_output
 from evaluation.data.questions import load_questions
+from evaluation.reports.divergence import near_tie_rule, near_ties
 from evaluation.run import paradigms
 from evaluation.run.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
@@ -32,6 +33,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "turns_per_question": paradigms.turns_per_question(args), "seed": args.seed, "num_choices": args.num_choices,
         "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup,
         "warmup_tokens": args.warmup_tokens, "save_token_ids": args.save_token_ids,
+        "near_tie_rule": near_tie_rule(args.dtype) if records_margins(args, drafter) else None,
         "batch_size": args.batch_size, "cross_sample": not args.no_cross_sample,
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
@@ -48,7 +50,7 @@ class Runner:
     # Answer fields with one entry per turn ("turns", the output text, as well).
     TURN_FIELDS = ("new_tokens", "decoding_steps", "wall_time", "accept_lengths_per_turn", "draft_seconds",
                    "verify_seconds", "forced_tokens", "prompt_tokens", "stopped", "extracted", "reference",
-                   "correct", "token_ids_sha1")
+                   "correct", "grade_error", "token_ids_sha1", "prompt_sha1")
     # ... and with --batch-size > 1: the batch each turn was decoded in, its rows and its wall time (throughput is
     # the tokens of all its rows over that time); wall_time is then the turn's own latency within the batch.
     BATCH_FIELDS = ("batch_id", "batch_size", "batch_wall_time")
@@ -137,13 +139,18 @@ class Runner:
             answer = {"question_id": question["question_id"], "category": question["category"],
                       "answer_id": uuid.uuid4().hex, "model_id": self.args.model_id, "tstamp": time.time(),
                       "paradigm": self.args.paradigm, "method": self.drafter.name, "drafter_restore": restore,
-                      "choices": [chain.record(self.TURN_FIELDS + self.batch_fields(), self.args.save_token_ids)
+                      "choices": [chain.record(self.TURN_FIELDS + self.batch_fields() + self.margin_fields(),
+                                               self.args.save_token_ids)
                                   for chain in own]}
             results.append((answer, steps))
         return results
 
     def batch_fields(self) -> tuple[str, ...]:
         return self.BATCH_FIELDS if self.batch_size > 1 else ()
+
+    def margin_fields(self) -> tuple[str, ...]:
+        """The greedy baseline's near-ties per turn (reports/divergence.py)."""
+        return ("near_ties",) if self.engine.record_margins else ()
 
     def _batches(self, chains: list["_Chain"]):
         """The group's turns as batches of (chain, turn, row), in the order they can run."""
@@ -207,7 +214,10 @@ class Runner:
                       "forced_tokens": gen.forced_tokens, "prompt_tokens": len(prompt),
                       "stopped": gen.stopped, "extracted": graded["extracted"],
                       "reference": graded["reference"], "correct": graded["correct"],
-                      "token_ids_sha1": hashlib.sha1(str(gen.tokens).encode()).hexdigest()}
+                      "grade_error": graded["grade_error"], "token_ids_sha1": hashlib.sha1(str(gen.tokens).encode()).hexdigest(),
+                      "prompt_sha1": hashlib.sha1(str(prompt).encode()).hexdigest()}
+            if gen.margins is not None:
+                values["near_ties"] = near_ties(gen.margins)
             if batch_id is not None:
                 values.update(batch_id=batch_id, batch_size=len(todo), batch_wall_time=seconds)
             steps = []
@@ -264,6 +274,11 @@ class Runner:
         return isinstance(drafter, PiaDrafter)
 
 
+def records_margins(args, drafter: Drafter) -> bool:
+    """The greedy AR baseline records where its top two logits nearly tie (reports/divergence.py)."""
+    return drafter.name == "ar" and args.temperature == 0
+
+
 def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], args) -> ForwardCostProfile:
     """t(n)/t(1) for this model, dtype and device, up to twice the largest draft the methods send (every run
     records it; --cost-aware verification decides with it)."""
@@ -292,9 +307,12 @@ def open_run(args, make_drafter, model, tokenizer, device) -> tuple[AnswerStore,
         raise UserError(str(exc)) from None
     if args.draft_state_scope is None:
         args.draft_state_scope = drafter.default_scope
+    if args.temperature == 0:   # greedy turns are compared token by token (reports/divergence.py): keep the ids
+        args.save_token_ids = True
     budget = None if args.no_thinking_budget else paradigms.thinking_budget(tokenizer, args.max_new_tokens)
     store = AnswerStore(args.answer_file, run_config(args, drafter, device, budget, tokenizer))
-    engine = SpeculativeEngine(model, max_tree_nodes=args.max_tree_nodes)
+    engine = SpeculativeEngine(model, max_tree_nodes=args.max_tree_nodes,
+                               record_margins=records_margins(args, drafter))
     runner = Runner(args, engine, drafter, tokenizer, paradigms.stop_tokens(tokenizer, model.generation_config),
                     budget)
     runner.store = store   # turns are checkpointed and resumed (Runner.answer) by every loop that uses open_run
