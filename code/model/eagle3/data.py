@@ -109,11 +109,16 @@ def _jsonl(path: str):
                     raise UserError(f"{path}:{number}: not JSON ({exc.msg})") from None
 
 
+PROBES = ("a", "b")   # two replies that differ in their first and last character
+
+
 def encode(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[bool]]:
     """Tokens of the templated conversation and, per token, whether it belongs to an assistant reply.
 
-    A reply's span is what its message adds to the templated text after the assistant header, found by rendering
-    the conversation's prefixes (no template-specific separators)."""
+    A reply is its message's content as the template writes it in this conversation, plus the end-of-turn token when
+    the template closes the turn with the tokenizer's eos (the target writes it, so the draft learns where replies
+    end); not the header before it, not what the template adds around it (Qwen3's empty `<think>` block on the last
+    turn), not what follows the eos. See `reply_span`: no template-specific strings."""
     if not getattr(tokenizer, "chat_template", None):
         text = "\n\n".join(m["content"] for m in messages)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
@@ -122,17 +127,57 @@ def encode(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int],
         messages = messages[1:]
     if not messages:
         return [], []
-    render = lambda upto, prompt: tokenizer.apply_chat_template(  # noqa: E731
-        messages[:upto], tokenize=False, add_generation_prompt=prompt)
-    text = render(len(messages), False)
-    spans = [(len(render(i, True)), len(render(i + 1, False)))
-             for i, m in enumerate(messages) if m["role"] == "assistant"]
+    text = render(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"][:max_length]
-    starts = [start for start, _ in encoded["offset_mapping"][:max_length]]
-    mask, span = [], 0
-    for start in starts:
-        while span < len(spans) and start >= spans[span][1]:
-            span += 1
-        mask.append(span < len(spans) and spans[span][0] <= start)
-    return ids, mask
+    offsets = encoded["offset_mapping"][:max_length]
+    kept = offsets[-1][1] if offsets else 0   # characters the kept tokens cover
+    spans = []
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:turn], prompt=True)
+        if len(prompt) >= kept and text.startswith(prompt):
+            break   # this reply and the later ones are cut off: not rendered again for nothing
+        span = reply_span(tokenizer, messages, turn, text, prompt)
+        if span is not None:
+            spans.append(span)
+    return ids, [any(begin <= start < end for begin, end in spans) for start, _ in offsets]
+
+
+def render(tokenizer, messages: list[dict], prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+
+def reply_span(tokenizer, messages: list[dict], turn: int, text: str, prompt: str) -> tuple[int, int] | None:
+    """Where, in `text` (the whole conversation rendered), the reply of assistant message `turn` lies, as character
+    offsets [start, end) (`prompt`: the conversation before it, rendered with the generation prompt); None when the
+    template writes it in a way this cannot place (that turn is then not trained on).
+
+    A template may write a turn differently depending on where it stands (Qwen3 puts an empty `<think>` block in the
+    last assistant turn only), so the reply is found in the whole conversation's own rendering: rendered again with
+    that reply replaced by each probe, what the two renderings share before the probe is the template's text before
+    the reply, what they share after it the text after. The reply starts after the longer of that text and the
+    generation prompt (rendering the turn as the one to generate), whichever `text` begins with: the generation
+    prompt covers a last turn whose content the template restructures (Qwen3 with a `<think>` part in the reply)."""
+    probed = [render(tokenizer, [dict(m, content=probe) if i == turn else m for i, m in enumerate(messages)])
+              for probe in PROBES]
+    before, after = common_prefix(*probed), common_suffix(*probed)
+    if not text.endswith(after):
+        return None
+    end = len(text) - len(after)
+    heads = [len(head) for head in (before, prompt) if text.startswith(head) and len(head) <= end]
+    if not heads:
+        return None
+    eos = tokenizer.eos_token
+    if eos and after.startswith(eos):
+        end += len(eos)
+    return max(heads), end
+
+
+def common_prefix(a: str, b: str) -> str:
+    return os.path.commonprefix([a, b])
+
+
+def common_suffix(a: str, b: str) -> str:
+    return os.path.commonprefix([a[::-1], b[::-1]])[::-1]
