@@ -188,3 +188,89 @@ def test_cli_reports_a_bad_combination_as_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == \
         ["error: --num-replicas runs CPU replicas: add --device cpu (GPU replicas: --num-gpus-total N "
          "--num-gpus-per-model M)"]
+
+
+@pytest.fixture
+def ray_user(tmp_path, monkeypatch):
+    """A user with a home of their own and no Ray authentication settings."""
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_the_token_goes_where_the_user_named_one_or_to_this_machine(ray_user, monkeypatch):
+    remote, here = "10.255.255.1:6379", "127.0.0.1:6379"
+    assert not replicas.send_token(here)  # no token anywhere: nothing to send
+    (ray_user / ".ray").mkdir()
+    (ray_user / ".ray" / "auth_token").write_text("t" * 64)  # what `ray start` / ray.init() leave behind
+    assert replicas.send_token(here) and replicas.send_token("auto") and replicas.send_token("localhost:6379")
+    assert not replicas.send_token(remote)  # a local token is not sent to another machine unasked
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_user / ".ray" / "auth_token"))
+    assert replicas.send_token(remote)  # ... unless the user named it
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert not replicas.send_token(here)  # RAY_AUTH_MODE, when set, decides
+
+
+def test_an_unreadable_token_path_is_one_line(ray_user, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_user / "missing"))
+    with pytest.raises(UserError, match="RAY_AUTH_TOKEN_PATH=.*missing: cannot read the Ray token"):
+        replicas.check_token_path()
+    (ray_user / "empty").write_text("\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_user / "empty"))
+    with pytest.raises(UserError, match="is empty"):
+        replicas.check_token_path()
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """CUDA as this process would see `count` GPUs (free memory 1000, 2000, ... bytes), and from_pretrained that
+    records its placement arguments and loads on the CPU, reporting the device map it is told to."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    state = {"count": 0, "calls": [], "device_map": None}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: state["count"] > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: state["count"])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (1000 * (i + 1), 10 ** 6))
+    real = AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(path, **kwargs):
+        state["calls"].append(kwargs)
+        model = real(path, dtype=kwargs["dtype"])
+        model.hf_device_map = state["device_map"] or {"model.embed_tokens": 0, "lm_head": 1}
+        return model
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    return state
+
+
+@pytest.mark.parametrize("visible", [2, 4])
+def test_num_gpus_per_model_places_the_model_on_exactly_that_many_gpus(tiny_model_dir, fake_gpus, visible):
+    from model.engine.loading import load_model
+    fake_gpus["count"] = visible
+    _, _, device = load_model(tiny_model_dir, "float32", "cuda", num_gpus=2)
+    (kwargs,) = fake_gpus["calls"]
+    assert kwargs["device_map"] == "auto"
+    assert kwargs["max_memory"] == {0: 900, 1: 1800}  # GPUs 0 and 1 alone, 90% of their free memory
+    assert device.type == "cuda"
+
+
+@pytest.mark.parametrize("visible, device, message", [
+    (1, "cuda", "--num-gpus-per-model 2 asks for 2 GPUs, but this process sees 1 (CUDA_VISIBLE_DEVICES=5)"),
+    (0, "cpu", "--num-gpus-per-model 2 spreads the model over 2 GPUs, but this run's device is cpu"),
+])
+def test_more_gpus_per_model_than_visible_is_one_line(tiny_model_dir, fake_gpus, monkeypatch, visible, device,
+                                                       message):
+    from model.engine.loading import load_model
+    fake_gpus["count"] = visible
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    with pytest.raises(UserError) as failure:
+        load_model(tiny_model_dir, "float32", device, num_gpus=2)
+    assert str(failure.value) == message
+    assert fake_gpus["calls"] == []  # refused before any weight is read
+
+
+def test_a_model_too_big_for_its_gpus_is_one_line(tiny_model_dir, fake_gpus):
+    from model.engine.loading import load_model
+    fake_gpus["count"], fake_gpus["device_map"] = 2, {"model.embed_tokens": 0, "model.layers.1": "cpu"}
+    with pytest.raises(UserError, match="does not fit in the free memory of --num-gpus-per-model 2 GPUs"):
+        load_model(tiny_model_dir, "float32", "cuda", num_gpus=2)

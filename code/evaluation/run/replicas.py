@@ -3,9 +3,12 @@ answer file.
 
 Replicas: `--num-gpus-total N --num-gpus-per-model M` gives N/M replicas, each a Ray task holding M GPUs;
 `--num-replicas K --device cpu` gives K CPU replicas, each a Ray task with its own torch thread pool of
-max(1, cluster CPUs // K) threads. Without `--ray-address` a local Ray cluster is started (and stopped at the end);
-with it the run joins that cluster, whose nodes must see the repository and the answer folder at the same paths (a
-shared file system: the replicas write their shards there and this process merges them).
+max(1, cluster CPUs // K) threads. Without `--ray-address` a local Ray cluster of the run's own is started (and
+stopped at the end); with it the run joins that cluster, whose nodes must see the repository and the answer folder at
+the same paths (a shared file system: the replicas write their shards there and this process merges them), and
+leaves it running. A cluster with token authentication (Ray's default for local clusters since 2.59) is joined with
+its token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (see send_token); a refusal is one line
+naming what to set.
 
 Split: round-robin over the selected questions (the i-th question of --question-begin/--question-end goes to
 replica i mod K), so replicas get alike mixes of categories and lengths, and the split does not depend on what is
@@ -161,21 +164,112 @@ def import_ray():
     return ray
 
 
+TOKEN_HELP = ("set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or in a file named by "
+              "RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token); `ray get-auth-token` on the head node prints it")
+
+
+def default_token_file() -> str:
+    return os.path.join(os.path.expanduser("~"), ".ray", "auth_token")  # where Ray itself looks last
+
+
+def token_source() -> str | None:
+    """Where Ray will read its authentication token from, in Ray's own order of precedence; None without one."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    return default_token_file() if os.path.isfile(default_token_file()) else None
+
+
+def this_machine(address: str) -> bool:
+    """Whether a cluster address names this machine (loopback, its host name or one of its addresses)."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    if host in ("auto", "localhost", "::1"):
+        return True
+    try:
+        ip = socket.gethostbyname(host)
+        own = {socket.gethostbyname(socket.gethostname())}
+    except OSError:
+        return False
+    return ip.startswith("127.") or ip in own
+
+
+def send_token(address: str) -> bool:
+    """Whether joining `address` should turn token authentication on, as Ray documents it (on by default for
+    local clusters since Ray 2.59). RAY_AUTH_MODE, when set, decides alone. Unset, Ray 2.60 never sends a token to
+    an explicit address, so `--ray-address 127.0.0.1:6379` of a `ray start --head` cluster is refused; here the token
+    is sent when the user named one (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH), or when the cluster is on this machine and
+    ~/.ray/auth_token exists (what Ray does itself for address "auto"): never to another machine's cluster unasked."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return False
+    source = token_source()
+    return source is not None and (source != default_token_file() or this_machine(address))
+
+
+def use_token_auth() -> None:
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray read its configuration when it was imported: read it again (as ray.init does for a new cluster)
+        from ray._raylet import Config
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
+
+
+def check_token_path() -> None:
+    """An unreadable or empty RAY_AUTH_TOKEN_PATH in one line (Ray says it in a paragraph, as a refusal)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and not os.environ.get("RAY_AUTH_TOKEN"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                empty = not f.read().strip()
+        except OSError as exc:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the Ray token: {exc.strerror or exc}") from None
+        if empty:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH={path} is empty: it must hold the Ray cluster's token")
+
+
+def auth_failure(exc: BaseException) -> bool:
+    """Whether ray.init failed on token authentication (Ray wraps that error's text into ConnectionError's cause)."""
+    while exc is not None:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc) \
+                or "no authentication token was found" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def start_ray(ray, address: str | None, gpus: int = 0) -> bool:
     """Join the cluster at `address`, or start a local one; False when this process was already connected."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    check_token_path()
+    if address and send_token(address):
+        use_token_auth()
     try:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=True)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, num_gpus=gpus, include_dashboard=False,
+            # "local": a new cluster of this run's own, even when RAY_ADDRESS names another (ray.init would join it)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=gpus, include_dashboard=False,
                      object_store_memory=128 << 20)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise UserError(f"cannot start or join {where}: {str(exc).strip().splitlines()[0]}") from None
+        if auth_failure(exc):
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                what = "asks for a token and this process sent none"
+            elif token_source() is None:
+                what = "is on (RAY_AUTH_MODE=token) but no token was found"
+            else:
+                what = f"refused this process's token (from {token_source()})"
+            raise UserError(f"cannot join {where}: Ray's token authentication {what}: {TOKEN_HELP}") from None
+        raise UserError(f"cannot start or join {where}: {first_line(exc)}") from None
     return True
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def check_stale_shards(answer_file: str, count: int, merged: set) -> None:

@@ -50,6 +50,22 @@ def load_tokenizer(path: str):
         raise UserError(f"cannot load a tokenizer from {path}: {first_line(exc)}") from None
 
 
+def spread_over(num_gpus: int, torch_device: torch.device) -> dict:
+    """from_pretrained's placement for one model on exactly `num_gpus` GPUs: the first ones this process sees (a Ray
+    replica sees only its own). device_map "auto" alone would take every visible GPU, so max_memory names the M
+    devices, each with 90% of its free memory (what transformers leaves when it picks the budget itself)."""
+    flag = f"--num-gpus-per-model {num_gpus}"
+    if torch_device.type != "cuda":
+        raise UserError(f"{flag} spreads the model over {num_gpus} GPUs, but this run's device is {torch_device.type}")
+    visible = torch.cuda.device_count()
+    if num_gpus > visible:
+        where = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise UserError(f"{flag} asks for {num_gpus} GPUs, but this process sees {visible}"
+                        + (f" (CUDA_VISIBLE_DEVICES={where})" if where is not None else ""))
+    return {"device_map": "auto",
+            "max_memory": {i: int(torch.cuda.mem_get_info(i)[0] * 0.9) for i in range(num_gpus)}}
+
+
 def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus: int = 1,
                flag: str = "--model-path"):
     """Returns (model, tokenizer, torch.device). `path` is a local directory or a hub id; `flag` names it in errors."""
@@ -69,8 +85,8 @@ def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus
     check_causal_config(config, f"{flag} {path}")
     torch_device = resolve_device(device)
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
-    if num_gpus > 1 and torch_device.type == "cuda":
-        kwargs["device_map"] = "auto"
+    if num_gpus > 1:
+        kwargs.update(spread_over(num_gpus, torch_device))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ValueError as exc:
@@ -85,6 +101,9 @@ def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus
         raise UserError(f"cannot load model weights from {flag} {path}: {first_line(exc)}") from None
     if "device_map" not in kwargs:
         model.to(torch_device)
+    elif {"cpu", "disk"} & set(getattr(model, "hf_device_map", {}).values()):
+        raise UserError(f"{flag} {path} does not fit in the free memory of --num-gpus-per-model {num_gpus} GPUs "
+                        "(accelerate offloaded part of it to the CPU or disk)")
     model.eval()
     return model, load_tokenizer(path), torch_device
 
