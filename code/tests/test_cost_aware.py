@@ -9,8 +9,8 @@ import torch
 from conftest import ARCHS, tiny_model, two_questions_file
 from methods import METHODS, SAMPLED_DRAFTS
 from model.engine import Drafter, DraftError, DraftTree, SamplingConfig, SpeculativeEngine
-from model.engine.cost import (AcceptanceEstimate, CostAwareVerifier, ForwardCostProfile, choose_nodes, cut,
-                               profile_widths)
+from model.engine.cost import (CACHE_ENV, AcceptanceEstimate, CostAwareVerifier, ForwardCostProfile, choose_nodes,
+                               cut, profile_widths)
 from model.pld import PromptLookupDrafter
 from model.samd.drafter import SamDrafter
 from stats import chi_square_pvalue
@@ -238,7 +238,8 @@ def test_sampling_follows_the_target_law_with_cost_aware_verification(method):
 
 @pytest.mark.parametrize("paradigm", [["--think-twice"], ["--BON", "--bon-n", "3", "--temperature", "0.8"]],
                          ids=["multi-round-T0", "best-of-3-T0.8"])
-def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir, tmp_path, paradigm):
+def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir, tmp_path, paradigm, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))   # each run measures its profile (no cache of others)
     questions = two_questions_file(tmp_path)
     reference = run_paradigm(tiny_model_dir, questions, tmp_path / "ar.jsonl", "ar", *paradigm)
     sampled = "--temperature" in paradigm
@@ -331,11 +332,12 @@ def test_the_run_s_own_verification_times_replace_the_profile_once_seen_often_en
     assert choose_nodes(pi, 0, lambda w: verifier.cost(w, 1)) == []
 
 
-def test_the_profile_covers_twice_the_largest_draft_and_the_baseline_only_the_dense_widths():
+def test_the_profile_covers_twice_the_largest_draft_and_the_baseline_only_the_dense_widths(tmp_path):
     from evaluation.run.loop import measure_cost_profile
 
     class Args:
         max_tree_nodes, cost_profile_contexts, cost_profile_repeats, seed, batch_size = 128, [8], 1, 0, 1
+        model_path, cost_profile_cache, remeasure_cost_profile = "tiny", str(tmp_path), False
 
     engine = SpeculativeEngine(tiny_model("llama"))
     assert measure_cost_profile(engine, [Drafter()], Args).widths[-1] == 16

@@ -68,6 +68,14 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--cost-profile-contexts", type=int, nargs="+", default=[256, 1024], metavar="N",
                    help="context lengths at which the forward cost t(n)/t(1) is measured before the run")
     p.add_argument("--cost-profile-repeats", type=int, default=3, help="timed forwards per width (median)")
+    p.add_argument("--cost-profile-cache", default=None, metavar="DIR",
+                   help="where measured forward-cost profiles are kept, one file per model, dtype, device, library "
+                        "versions and profile flags: a run whose profile is there reuses it, and a run killed while "
+                        "measuring continues the measurement next time (default: $SPECTTS_CACHE_DIR/cost-profiles, "
+                        "else ~/.cache/spectts/cost-profiles)")
+    p.add_argument("--remeasure-cost-profile", action="store_true",
+                   help="measure the forward-cost profile afresh instead of taking it from the cache (the new one "
+                        "replaces it there; a resumed run keeps the profile its first session recorded)")
     p.add_argument("--save-token-ids", action="store_true",
                    help="keep each turn's token ids in the answer file (`token_ids`), so `python -m "
                         "evaluation.replay` replays the exact trace")
@@ -87,6 +95,9 @@ def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     if min(args.cost_profile_contexts) < 1 or args.cost_profile_repeats < 1:
         raise UserError("--cost-profile-contexts and --cost-profile-repeats must be positive")
+    if args.cost_profile_cache is not None and os.path.exists(args.cost_profile_cache) and \
+            not os.path.isdir(args.cost_profile_cache):
+        raise UserError(f"--cost-profile-cache {args.cost_profile_cache} is a file, not a directory")
     if args.warmup < 0 or args.warmup_tokens <= 0:
         raise UserError("--warmup must be >= 0 and --warmup-tokens > 0")
     if args.temperature < 0:

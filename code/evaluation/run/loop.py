@@ -16,7 +16,8 @@ from evaluation.reports.divergence import near_tie_rule, near_ties
 from evaluation.run import paradigms
 from evaluation.run.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
-from model.engine.cost import DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile
+from model.engine.cost import (DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile, ProfileCache, cached_profile,
+                               default_cache_dir, profile_key)
 from model.engine.loading import load_model
 from model.errors import UserError
 
@@ -281,20 +282,27 @@ def records_margins(args, drafter: Drafter) -> bool:
 
 def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], args) -> ForwardCostProfile:
     """t(n)/t(1) for this model, dtype and device, up to twice the largest draft the methods send (every run
-    records it; --cost-aware verification decides with it)."""
+    records it; --cost-aware verification decides with it). Taken from the profile cache when a run with the same
+    key measured it (see cost.profile_key), else measured and saved there repeat by repeat."""
     bound = max(args.max_tree_nodes if d.max_draft_nodes() is None else d.max_draft_nodes() for d in drafters)
     max_width = min(args.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
     limit = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
     lengths = sorted({min(n, limit - max_width - 1) for n in args.cost_profile_contexts})
     rows = f", {args.batch_size} rows per forward" if args.batch_size > 1 else ""
-    print(f"measuring the forward cost t(n)/t(1): widths 1..{max_width} at {', '.join(map(str, lengths))} tokens of "
-          f"context{rows}, {args.cost_profile_repeats} repeat(s)", file=sys.stderr, flush=True)
+    cache = ProfileCache(args.cost_profile_cache or default_cache_dir())
+    print(f"forward cost t(n)/t(1): widths 1..{max_width} at {', '.join(map(str, lengths))} tokens of context{rows}, "
+          f"{args.cost_profile_repeats} repeat(s); profile cache {cache.directory}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    profile = ForwardCostProfile.measure(engine, max_width, lengths, args.cost_profile_repeats, args.seed,
-                                         args.batch_size)
+    key = profile_key(engine.model, args.model_path, engine.device, max_width, lengths, args.cost_profile_repeats,
+                      args.seed, args.batch_size)
+    profile = cached_profile(engine, cache, key, args.remeasure_cost_profile)
     ratios = " ".join(f"{w}:{r:.2f}" for w, r in zip(profile.widths, profile.to_dict()["ratio"][-1]))
-    print(f"forward cost t(n)/t(1) at {lengths[-1]} tokens of context ({time.perf_counter() - start:.1f} s to "
-          f"measure): {ratios}", file=sys.stderr)
+    origin = profile.origin
+    how = f"taken from {origin['file']}" if origin["source"] == "cache" else \
+        f"{time.perf_counter() - start:.1f} s to measure" + \
+        (f", continuing {origin['continued_repeats']} timed repeat(s) of an interrupted run"
+         if origin["continued_repeats"] else "")
+    print(f"forward cost t(n)/t(1) at {lengths[-1]} tokens of context ({how}): {ratios}", file=sys.stderr)
     return profile
 
 

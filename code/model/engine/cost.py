@@ -1,11 +1,13 @@
 """Cost-aware verification: the target's measured forward cost decides how much of a draft to verify.
 
 A verification forward of n tokens (root + draft nodes) costs t(n); t is not monotonic in n (matrix kernels change
-with the shape; on GPUs it is a step function of tile sizes). `ForwardCostProfile` measures t(n)/t(1) once per run,
-for the model, dtype and device at hand. `AcceptanceEstimate` keeps a running estimate, per draft source, of the
-probability that a node is accepted given that its parent was, keyed by the node's depth, its rank among its
-siblings (drafters list the likelier child first) and the size class of the proposal (a retrieval drafter proposes
-longer drafts for longer matches, which are right more often). A depth never observed takes the estimate of the
+with the shape; on GPUs it is a step function of tile sizes). `ForwardCostProfile` measures t(n)/t(1) for the model,
+dtype and device at hand; `ProfileCache` keeps it on disk, saved after every timed repeat, so later runs on the same
+model, dtype, device and libraries reuse it and a run killed while measuring continues where it was.
+`AcceptanceEstimate` keeps a running estimate, per draft source, of the probability that a node is accepted given
+that its parent was, keyed by the node's depth, its rank among its siblings (drafters list the likelier child
+first) and the size class of the proposal (a retrieval drafter proposes longer drafts for longer matches, which are
+right more often). A depth never observed takes the estimate of the
 deepest observed one above it. The chance that node i ends on the accepted path is then the
 product of those estimates along its ancestry, pi_i, and a verified subtree S yields 1 + sum(pi_i, i in S) tokens
 in expectation (the bonus token is the 1). `choose_nodes` picks the S, over every size, that maximises expected
@@ -15,7 +17,15 @@ still a tree of the proposal's nodes, verified by the same rule.
 from __future__ import annotations
 
 import bisect
+import glob
+import hashlib
+import json
+import os
+import platform
 import statistics
+import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +66,7 @@ class ForwardCostProfile:
     seconds: list[list[float]]             # [context][width]
     repeats: int = 0
     batch_size: int = 1                    # rows per forward (each of `width` tokens): t(B, n)
+    origin: dict | None = None             # where it came from: measured now, or taken from the profile cache
     _ratios: list[list[float]] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -79,49 +90,232 @@ class ForwardCostProfile:
         return at[i - 1] + share * (at[i] - at[i - 1])
 
     def to_dict(self) -> dict:
-        return {"widths": self.widths, "context_lengths": self.context_lengths, "repeats": self.repeats,
+        data = {"widths": self.widths, "context_lengths": self.context_lengths, "repeats": self.repeats,
                 "batch_size": self.batch_size,
                 "seconds": [[round(t, 6) for t in row] for row in self.seconds],
                 "ratio": [[round(r, 3) for r in row] for row in self._ratios]}
+        if self.origin is not None:
+            data["origin"] = self.origin
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ForwardCostProfile":
         return cls(list(data["widths"]), list(data["context_lengths"]), [list(r) for r in data["seconds"]],
-                   data.get("repeats", 0), data.get("batch_size", 1))
+                   data.get("repeats", 0), data.get("batch_size", 1), data.get("origin"))
 
     @classmethod
     @torch.inference_mode()
     def measure(cls, engine, max_width: int, context_lengths: list[int], repeats: int = 3,
-                seed: int = 0, batch_size: int = 1) -> "ForwardCostProfile":
+                seed: int = 0, batch_size: int = 1, done: dict | None = None,
+                on_repeat=None) -> "ForwardCostProfile":
         """Time forwards of 1..max_width tokens (random ids, causal) on caches of each context length, with
         `batch_size` rows of that many tokens each (a batched run's cost t(B, n)).
 
         Widths are interleaved within each repeat, so a burst of load hits all of them alike; one untimed pass
-        at the first context length lets the kernels of each shape settle."""
+        before the first timed repeat lets the kernels of each shape settle. `done` ({context length: [seconds
+        per width] per repeat}) holds repeats timed before, by a session that was killed: only the missing ones
+        are timed. `on_repeat(times)` is called after each timed repeat with all of them, so they can be saved."""
         widths = profile_widths(max_width)
+        times = {n: [list(row) for row in (done or {}).get(n, [])][:repeats] for n in context_lengths}
         g = torch.Generator().manual_seed(seed)
-        vocab = engine.vocab_size
-        seconds = []
+        settled = False
         for length in context_lengths:
+            if len(times[length]) >= repeats:
+                continue
             cache = PositionalKVCache(capacity=length + max_width + 1)
-            engine._append(cache, torch.randint(vocab, (length,), generator=g).tolist())
+            engine._append(cache, torch.randint(engine.vocab_size, (length,), generator=g).tolist())
             if batch_size > 1:
                 cache.select_rows([0] * batch_size)
-            times: dict[int, list[float]] = {w: [] for w in widths}
-            first = 0 if seconds else -1   # rep -1: the untimed pass
-            for rep in range(first, repeats):
-                for w in widths:
-                    ids = torch.randint(vocab, (w,), generator=g).tolist()
-                    causal = torch.ones(w, w, dtype=torch.bool, device=engine.device).tril()
-                    depths = torch.arange(w, device=engine.device)
-                    start = engine.clock()
-                    engine._forward(cache, [ids] * batch_size, [causal] * batch_size, [depths] * batch_size)
-                    elapsed = engine.clock() - start
-                    cache.crop(length)
-                    if rep >= 0:
-                        times[w].append(elapsed)
-            seconds.append([statistics.median(times[w]) for w in widths])
+            if not settled:   # the untimed pass: once per process, whatever was timed before
+                _time_widths(engine, cache, length, widths, batch_size, g)
+                settled = True
+            while len(times[length]) < repeats:
+                times[length].append(_time_widths(engine, cache, length, widths, batch_size, g))
+                if on_repeat is not None:
+                    on_repeat(times)
+        seconds = [[statistics.median(row[j] for row in times[n]) for j in range(len(widths))]
+                   for n in context_lengths]
         return cls(widths, list(context_lengths), seconds, repeats, batch_size)
+
+
+def _time_widths(engine, cache: PositionalKVCache, length: int, widths: list[int], batch_size: int,
+                 g: torch.Generator) -> list[float]:
+    """One repeat: seconds of one forward of each width on `cache` (cropped back to `length` after each)."""
+    seconds = []
+    for w in widths:
+        ids = torch.randint(engine.vocab_size, (w,), generator=g).tolist()
+        causal = torch.ones(w, w, dtype=torch.bool, device=engine.device).tril()
+        depths = torch.arange(w, device=engine.device)
+        start = engine.clock()
+        engine._forward(cache, [ids] * batch_size, [causal] * batch_size, [depths] * batch_size)
+        seconds.append(engine.clock() - start)
+        cache.crop(length)
+    return seconds
+
+
+# ------------------------------------------------------------------------------------- the profile cache
+
+CACHE_ENV = "SPECTTS_CACHE_DIR"
+
+
+def default_cache_dir() -> str:
+    """$SPECTTS_CACHE_DIR/cost-profiles, else $XDG_CACHE_HOME/spectts/cost-profiles (~/.cache when unset)."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "spectts")
+    return os.path.join(root, "cost-profiles")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def profile_key(model, model_path: str, device: torch.device, max_width: int, context_lengths: list[int],
+                repeats: int, seed: int, batch_size: int) -> dict:
+    """What a measured profile depends on: the model (its path and a hash of its configuration, which holds its
+    shapes and dtype), the device (GPU name and CUDA version; CPU model and thread count), the libraries and the
+    measurement's parameters. Two runs with equal keys may share one profile."""
+    import transformers
+    config = model.config.to_json_string(use_diff=False)
+    local = os.path.exists(model_path)
+    if device.type == "cuda":
+        hardware = {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+                    "devices": len({p.device for p in model.parameters()})}
+    else:
+        hardware = {"device_name": cpu_name(), "threads": torch.get_num_threads()}
+    return {"model_path": os.path.realpath(model_path) if local else model_path,
+            "model_config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "attention": getattr(model.config, "_attn_implementation", None),
+            "device_type": device.type, **hardware,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "widths": profile_widths(max_width), "context_lengths": list(context_lengths), "repeats": repeats,
+            "seed": seed, "batch_size": batch_size}
+
+
+class ProfileCache:
+    """Measured forward-cost profiles on disk, one JSON file per key (named by the key's hash; the key is kept inside
+    and must match on reading). A file holds `times` (every timed repeat so far, per context length), `complete`,
+    and once complete the `cost_profile`. It is rewritten atomically after each timed repeat, so a run killed while
+    measuring leaves what it timed for the next run to continue from."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def path(self, key: dict) -> str:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return os.path.join(self.directory, f"{digest}.json")
+
+    def load(self, key: dict) -> dict | None:
+        """The entry stored for `key`; None when there is none, or it is unreadable or for another key."""
+        try:
+            with open(self.path(key), encoding="utf-8") as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or not _valid_times(entry.get("times"), key):
+            return None
+        complete = entry.get("complete")
+        if not isinstance(complete, bool) or complete and not _readable(entry.get("cost_profile")):
+            return None
+        return entry
+
+    def save(self, key: dict, entry: dict) -> None:
+        """Write `entry` for `key` atomically (a temporary file in the same folder, then renamed over it)."""
+        os.makedirs(self.directory, exist_ok=True)
+        path = self.path(key)
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"key": key, **entry}, f, indent=1)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        _remove_stale(glob.glob(glob.escape(path) + ".*.tmp"))
+
+
+def _remove_stale(paths: list[str], age: float = 60.0) -> None:
+    """Temporary files a killed writer left (one still being written by another process is younger than `age`)."""
+    for path in paths:
+        try:
+            if time.time() - os.path.getmtime(path) > age:
+                os.remove(path)
+        except OSError:
+            pass
+
+
+def _readable(data) -> bool:
+    try:
+        ForwardCostProfile.from_dict(data)
+        return True
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
+        return False
+
+
+def _valid_times(times, key: dict) -> bool:
+    """`times` as saved: {str(context length): [[seconds per width] per repeat]} over the key's lengths."""
+    if not isinstance(times, dict):
+        return False
+    width_count = len(key["widths"])
+    return all(str(n) in map(str, key["context_lengths"]) and isinstance(rows, list)
+               and all(isinstance(row, list) and len(row) == width_count
+                       and all(isinstance(t, (int, float)) and t > 0 for t in row) for row in rows)
+               for n, rows in times.items())
+
+
+def cached_profile(engine, cache: ProfileCache | None, key: dict, remeasure: bool = False) -> ForwardCostProfile:
+    """The profile for `key`: the cache's complete one (unless `remeasure`), else measured now, continuing the
+    repeats an interrupted measurement saved and saving each new one as it is timed. `origin` says which, and from
+    which file. Without a cache (None, or one that cannot be written) it is measured in full here."""
+    entry = cache.load(key) if cache is not None else None
+    if entry is not None and entry["complete"] and not remeasure:
+        profile = ForwardCostProfile.from_dict(entry["cost_profile"])
+        profile.origin = {"source": "cache", "file": cache.path(key), "measured": entry.get("measured")}
+        return profile
+    interrupted = entry is not None and not entry["complete"]
+    done = {int(n): rows for n, rows in entry["times"].items()} if interrupted else {}
+    started = entry.get("started", time.time()) if interrupted else time.time()
+
+    def save(times: dict, profile: ForwardCostProfile | None = None) -> None:
+        nonlocal cache
+        if cache is None:
+            return
+        saved = {"complete": profile is not None, "started": started,
+                 "times": {str(n): rows for n, rows in times.items()}}
+        if profile is not None:
+            saved.update(measured=time.time(), cost_profile=profile.to_dict())
+        try:
+            cache.save(key, saved)
+        except OSError as exc:
+            print(f"warning: cannot write the forward-cost profile cache {cache.directory}: "
+                  f"{exc.strerror or exc}; measuring without it", file=sys.stderr)
+            cache = None
+
+    times = dict(done)
+
+    def keep(progress: dict) -> None:
+        times.update(progress)
+        save(times)
+
+    profile = ForwardCostProfile.measure(engine, key["widths"][-1], key["context_lengths"], key["repeats"],
+                                         key["seed"], key["batch_size"], done=done, on_repeat=keep)
+    save(times, profile)
+    # As recorded (rounded): a run that measured decides with the numbers a run that reads them back gets.
+    profile = ForwardCostProfile.from_dict(profile.to_dict())
+    profile.origin = {"source": "measured", "file": None if cache is None else cache.path(key),
+                      "continued_repeats": sum(map(len, done.values()))}
+    return profile
 
 
 def sibling_ranks(parents: list[int]) -> list[int]:
