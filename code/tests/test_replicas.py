@@ -274,3 +274,18 @@ def test_a_model_too_big_for_its_gpus_is_one_line(tiny_model_dir, fake_gpus):
     fake_gpus["count"], fake_gpus["device_map"] = 2, {"model.embed_tokens": 0, "model.layers.1": "cpu"}
     with pytest.raises(UserError, match="does not fit in the free memory of --num-gpus-per-model 2 GPUs"):
         load_model(tiny_model_dir, "float32", "cuda", num_gpus=2)
+
+
+def test_ray_address_in_the_environment_is_joined_not_replaced(tiny_model_dir, one_process, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # as `ray job submit` sets it for its driver
+    seen = []
+
+    def start_ray(ray, address, gpus=0):
+        seen.append(address)
+        raise UserError("stopped before joining")
+    monkeypatch.setattr(replicas, "start_ray", start_ray)
+    with pytest.raises(UserError, match="stopped before joining"):
+        evaluate(make_args(tiny_model_dir, one_process[0], tmp_path / "a.jsonl", "--num-replicas", "2"),
+                 inference_pld.make_drafter)
+    assert seen == ["auto"]

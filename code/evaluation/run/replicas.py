@@ -4,7 +4,7 @@ answer file.
 Replicas: `--num-gpus-total N --num-gpus-per-model M` gives N/M replicas, each a Ray task holding M GPUs;
 `--num-replicas K --device cpu` gives K CPU replicas, each a Ray task with its own torch thread pool of
 max(1, cluster CPUs // K) threads. Without `--ray-address` a local Ray cluster of the run's own is started (and
-stopped at the end); with it the run joins that cluster, whose nodes must see the repository and the answer folder at
+stopped at the end); with it (or with Ray's RAY_ADDRESS) the run joins that cluster, whose nodes must see the repository and the answer folder at
 the same paths (a shared file system: the replicas write their shards there and this process merges them), and
 leaves it running. A cluster with token authentication (Ray's default for local clusters since 2.59) is joined with
 its token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (see send_token); a refusal is one line
@@ -250,7 +250,7 @@ def start_ray(ray, address: str | None, gpus: int = 0) -> bool:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=True)
         else:
-            # "local": a new cluster of this run's own, even when RAY_ADDRESS names another (ray.init would join it)
+            # "local": a new cluster of this run's own, whatever Ray would otherwise find
             ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=gpus, include_dashboard=False,
                      object_store_memory=128 << 20)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
@@ -442,11 +442,13 @@ def run_replicated(args, make_drafter) -> None:
     questions = load_questions(args.question_file, args.question_begin, args.question_end)
     work = plan(args, questions, count)
     if work:
+        # RAY_ADDRESS is Ray's own way to name a cluster (a `ray job submit` driver gets "auto"): joined as the flag is
+        address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
         gpus = 0
-        if args.num_gpus_total // args.num_gpus_per_model > 1 and not args.ray_address:
+        if args.num_gpus_total // args.num_gpus_per_model > 1 and not address:
             import torch
             gpus = torch.cuda.device_count()
-        started = start_ray(ray, args.ray_address, gpus)
+        started = start_ray(ray, address, gpus)
         try:
             launch(ray, args, make_drafter, work, count)
         finally:
