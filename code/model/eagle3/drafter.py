@@ -115,7 +115,7 @@ class Eagle3Drafter(Drafter):
         positions = torch.tensor(lengths, device=device)[:, None] + torch.arange(n, device=device)
         mask = self._row_masks(lengths, [torch.ones(n, n, dtype=torch.bool, device=device).tril()] * len(members),
                                counts)
-        out = head.step(self.embedding(ids), head.fc(hidden), positions, batch.cache, mask)
+        out = head.step(self.embedding(ids), head.project(hidden), positions, batch.cache, mask)
         batch.cache.keep_rows(lengths, [list(range(count)) for count in counts])
         last = torch.zeros(len(members), out.shape[-1], dtype=out.dtype, device=device)
         for b, (d, count) in enumerate(zip(members, counts)):

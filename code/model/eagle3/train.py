@@ -1,6 +1,7 @@
 """Train an EAGLE-3 head for a target that has none, written in the published layout.
 
     python -m model.eagle3.train --target PATH --data FILES --output DIR [--minutes 30] [--draft-vocab 32000]
+        [--format eagle|speculators] [--ship-embedding]
 
 Recipe (EAGLE-3 / SpecForge, facts in DESIGN.md):
   * data: conversations (ShareGPT JSON or JSONL, `--data sharegpt` for the wheel), templated with the target's
@@ -17,6 +18,9 @@ Recipe (EAGLE-3 / SpecForge, facts in DESIGN.md):
   * AdamW (lr 1e-4), linear warm-up then cosine decay, gradient clipping 0.5; the target's embedding is shared
     and frozen. Departure, for CPU-sized budgets: lm_head and the final norm start from the target's own rows
     of the draft vocabulary and final norm (`--random-init` for EAGLE's random start).
+The head trains in float32 (its RoPE frequencies too) whatever the target's `--dtype`, and is written in the
+target's dtype: `--format eagle` (flat config.json, `midlayer.*`: what EAGLE's own code, SpecForge, SGLang and vLLM
+read) or `speculators` (vLLM's speculators layout); checkpoint.py's docstring lists the fields each one carries.
 Stops after `--epochs` passes, `--max-samples` sequences or `--minutes`, whichever comes first; a progress bar
 shows loss and step-0 accuracy; `train_log.json` beside the weights records the run.
 """
@@ -39,7 +43,7 @@ from tqdm import tqdm
 from ..engine.hidden import HiddenCapture, decoder_layers
 from ..engine.loading import DTYPES, load_model
 from ..errors import UserError, report_user_errors
-from .checkpoint import WEIGHT_FILES, default_layers, save_head
+from .checkpoint import FORMATS, WEIGHT_FILES, default_layers, portability_notes, save_head
 from .data import encode, read_conversations
 from .head import Eagle3Head, new_head
 
@@ -63,6 +67,11 @@ def parse_args(argv):
     p.add_argument("--layers", type=int, nargs=3, default=None,
                    help="target layers whose inputs feed the head (default: 2, L//2, L-3)")
     p.add_argument("--random-init", action="store_true", help="EAGLE's random lm_head instead of the target's rows")
+    p.add_argument("--format", default="eagle", choices=FORMATS,
+                   help="layout written: eagle (flat: EAGLE, SpecForge, SGLang, vLLM) or speculators (vLLM)")
+    p.add_argument("--ship-embedding", action="store_true",
+                   help="also write the target's input embedding into the head (for EAGLE's own loader with a "
+                        "single-file target, which it cannot take the embedding from)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="the target's dtype while training")
     p.add_argument("--bf16-autocast", action="store_true",
                    help="run the target and the head's matrix products in bfloat16 (weights stay float32)")
@@ -135,7 +144,7 @@ def ttt_loss(head: Eagle3Head, embedding, features, ids, target_p, scored, steps
     T = len(ids)
     rows = T - 1
     attn, layer = head.midlayer.self_attn, head.midlayer
-    hidden = head.fc(features[:rows])
+    hidden = head.project(features[:rows])
     keys, values, total, accuracy = [], [], 0.0, []
     positions = torch.arange(rows, device=ids.device)
     for k in range(steps):
@@ -149,7 +158,7 @@ def ttt_loss(head: Eagle3Head, embedding, features, ids, target_p, scored, steps
         keys.append(key)
         values.append(value)
         out = ttt_attention(attn, q, keys, values)
-        hidden = layer.finish(hidden, out[0])
+        hidden = head.carry(layer.finish(hidden, out[0]))
         logits = head.logits(hidden)[:valid].float()
         p = target_p[1 + k:]
         weight = scored[1 + k:].float()
@@ -179,6 +188,19 @@ class TrainingTimeTest(torch.nn.Module):
         return ttt_loss(self.head, self.embed, features, ids, target_p, scored, self.steps)
 
 
+def training_head(target, draft_ids: torch.Tensor, layers: tuple[int, ...], random_init: bool) -> Eagle3Head:
+    """A new head trained in float32 whatever the target's dtype (RoPE frequencies float32 too, as loaded later).
+    Unless `random_init`, lm_head and the final norm start from the target's own rows and final norm."""
+    head = new_head(target, draft_ids, len(layers)).float()
+    if not random_init:
+        with torch.no_grad():
+            head.lm_head.weight.copy_(target.get_output_embeddings().weight[draft_ids].float())
+            final_norm = getattr(target.get_decoder(), "norm", None)
+            if final_norm is not None and final_norm.weight.shape == head.norm.weight.shape:
+                head.norm.weight.copy_(final_norm.weight.float())
+    return head
+
+
 def train(args) -> dict:
     from accelerate import Accelerator
     torch.manual_seed(args.seed)
@@ -195,13 +217,7 @@ def train(args) -> dict:
     started = time.time()
     sequences = load_sequences(args.data, tokenizer, args.max_length, args.max_samples)
     draft_ids = draft_vocabulary(sequences, min(args.draft_vocab, vocab), vocab).to(device)
-    head = new_head(target, draft_ids).float()
-    if not args.random_init:
-        with torch.no_grad():
-            head.lm_head.weight.copy_(target.get_output_embeddings().weight[draft_ids].float())
-            final_norm = getattr(target.get_decoder(), "norm", None)
-            if final_norm is not None and final_norm.weight.shape == head.norm.weight.shape:
-                head.norm.weight.copy_(final_norm.weight.float())
+    head = training_head(target, draft_ids, layers, args.random_init)
     head.train()
     model = TrainingTimeTest(head, target.get_input_embeddings(), args.ttt_length)
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
@@ -277,7 +293,11 @@ def train(args) -> dict:
                head_parameters=sum(p.numel() for p in head.parameters()), command=" ".join(sys.argv))
     if accelerator.is_main_process:
         head.eval()
-        save_head(head.to(target.dtype), layers, args.output)
+        embedding = target.get_input_embeddings().weight if args.ship_embedding else None
+        save_head(head.to(target.dtype), layers, args.output, args.format, target_name=args.target,
+                  embedding=embedding, speculative_tokens=args.ttt_length)
+        for note in portability_notes(head, layers, num_layers, args.format):
+            print(f"note: {note}", file=sys.stderr)
         with open(os.path.join(args.output, "train_log.json"), "w") as f:
             json.dump(log, f, indent=2)
         print(f"head: {args.output} ({log['samples']} sequences, {log['tokens']} tokens, {log['seconds']:.0f} s; "
