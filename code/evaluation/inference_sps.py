@@ -6,6 +6,7 @@ tokens, constant schedule, drafting stops after a token whose draft probability 
 from evaluation.run.cli import run_method
 from model.engine.loading import DTYPES
 from model.errors import UserError
+from model.sps.drafter import SCHEDULES
 
 
 def add_args(parser):
@@ -16,8 +17,11 @@ def add_args(parser):
     parser.add_argument("--num-assistant-tokens", type=int, default=20, help="longest drafted chain")
     parser.add_argument("--assistant-confidence-threshold", type=float, default=0.4,
                         help="stop drafting after a token whose draft probability is below this (0: never)")
-    parser.add_argument("--num-assistant-tokens-schedule", choices=["constant", "heuristic"], default="constant",
-                        help="heuristic: +2 tokens after a fully accepted chain, -1 otherwise (transformers')")
+    parser.add_argument("--num-assistant-tokens-schedule", choices=SCHEDULES, default="constant",
+                        help="transformers' schedules. heuristic_transient: +2 tokens after a fully accepted chain, "
+                             "-1 otherwise, from --num-assistant-tokens at every sequence; heuristic: the same, each "
+                             "sequence starting at the length the previous one ended with (its default "
+                             "--draft-state-scope is global: across the run)")
 
 
 def check_args(args):

@@ -1,6 +1,8 @@
 """SpS: a separate draft model on the one engine. Identity with AR, KV bookkeeping of both models, the
 schedules, lossless rejection with a real draft's probabilities, and the CLI's errors."""
+import functools
 import json
+
 import pytest
 import torch
 
@@ -80,6 +82,71 @@ def test_heuristic_schedule_grows_on_full_acceptance_and_shrinks_otherwise():
     assert unrelated.length == 4
 
 
+def follows_the_heuristic_rule(gen, start: int) -> bool:
+    """Each draft size from the previous step's outcome: +2 after a fully accepted chain, -1 (down to 1) otherwise."""
+    expected = [start]
+    for step in gen.steps[:-1]:
+        expected.append(expected[-1] + 2 if step.accepted == step.draft_size + 1 else max(1, expected[-1] - 1))
+    return [s.draft_size for s in gen.steps] == expected
+
+
+@functools.lru_cache(maxsize=None)
+def ar_tokens(name: str, tokens: int = 16) -> list[int]:
+    return SpeculativeEngine(tiny_model("llama")).generate(PROMPTS[name], Drafter(), tokens, SamplingConfig()).tokens
+
+
+def adaptive_drafter(schedule: str) -> DraftModelDrafter:
+    """A draft often rejected (every rejection rolls its cache back), so the length moves away from 3."""
+    return DraftModelDrafter(noisy_draft(tiny_model("llama")), VOCAB, 3, confidence_threshold=0, schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", ["heuristic", "heuristic_transient"])
+def test_adaptive_schedules_across_sequences_are_token_identical_to_ar(schedule):
+    """heuristic_transient starts every sequence at num_tokens; heuristic at the length the last one ended with."""
+    engine = SpeculativeEngine(tiny_model("llama"))
+    drafter = adaptive_drafter(schedule)
+    starts, ends = [], []
+    for name in PROMPTS:
+        gen = engine.generate(PROMPTS[name], drafter, 16, SamplingConfig())
+        assert gen.tokens == ar_tokens(name)
+        assert follows_the_heuristic_rule(gen, gen.steps[0].draft_size)
+        starts.append(gen.steps[0].draft_size)
+        ends.append(drafter.length)
+    assert ends[0] != 3   # so that a start at 3 after it is a reset, not a coincidence
+    assert starts == ([3, ends[0]] if schedule == "heuristic" else [3, 3])
+    drafter.reset()   # a scope boundary: the carried length is forgotten too
+    assert engine.generate(PROMPTS["random"], drafter, 2, SamplingConfig()).steps[0].draft_size == 3
+
+
+@pytest.mark.parametrize("schedule", ["heuristic", "heuristic_transient"])
+def test_adaptive_schedules_in_a_batch_are_per_row_and_carried_through_shared_memory(schedule):
+    """Each row runs its own length (a transformers call decodes one sequence); at global scope (the heuristic
+    schedule's default) the rows share the carried length: the next sequences all start from it."""
+    engine = SpeculativeEngine(tiny_model("llama"))
+    first = adaptive_drafter(schedule)
+    assert first.default_scope == ("global" if schedule == "heuristic" else "sequence")
+    rows = [first, first.fork(share_memory=True)]
+    gens = engine.generate_batch(list(PROMPTS.values()), rows, 16, SamplingConfig())
+    for gen, name in zip(gens, PROMPTS):
+        assert gen.tokens == ar_tokens(name)
+        assert follows_the_heuristic_rule(gen, 3)
+    assert [s.draft_size for s in gens[0].steps] != [s.draft_size for s in gens[1].steps]
+    assert rows[1].carried is first.carried
+    carried = first.carried.value
+    if schedule == "heuristic":   # written by the row whose sequence ended last
+        assert len(gens[0].steps) > len(gens[1].steps) and carried == first.length != 3
+    again = engine.generate_batch(list(PROMPTS.values()), rows, 2, SamplingConfig())
+    assert [g.steps[0].draft_size for g in again] == [carried if schedule == "heuristic" else 3] * 2
+
+
+def test_unknown_schedule_is_a_one_line_error_naming_the_known_ones():
+    with pytest.raises(ValueError) as error:
+        DraftModelDrafter(tiny_model("llama"), VOCAB, schedule="heuristic-transient")
+    message = str(error.value)
+    assert "\n" not in message and "--num-assistant-tokens-schedule" in message
+    assert all(name in message for name in ("constant", "heuristic", "heuristic_transient"))
+
+
 def test_confidence_threshold_ends_the_chain_after_an_unsure_token():
     target = tiny_model("llama")
     engine = SpeculativeEngine(target)
@@ -104,7 +171,6 @@ def test_draft_logits_are_fitted_to_the_target_vocabulary():
 
 
 def test_sampled_drafts_carry_their_distribution():
-    target = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
     drafter = DraftModelDrafter(tiny_model("qwen2", vocab=SMALL_VOCAB, seed=9), SMALL_VOCAB, 3, 0)
     drafter.use_sampling(SamplingConfig(1.0), torch.Generator().manual_seed(0))
     drafter.begin_sequence([3, 4, 5])
@@ -178,6 +244,7 @@ def test_cli_runs_and_records_the_draft(tiny_model_dir, tmp_path):
     params = config["method_parameters"]
     assert config["method"] == "sps" and params["drafter_path"] == tiny_model_dir
     assert params["num_assistant_tokens"] == 20 and params["num_assistant_tokens_schedule"] == "heuristic"
+    assert config["draft_state_scope"] == "global"   # heuristic carries its length across the run by default
     assert params["assistant_confidence_threshold"] == 0.4 and params["drafter_dtype"] == "torch.float32"
     steps = [json.loads(line) for line in answers.with_suffix(".steps.jsonl").read_text().splitlines()]
     assert {s["draft_source"] for s in steps} == {"sps"}

@@ -9,8 +9,19 @@ then drafts a chain one token at a time:
     probability min(1, p(x)/q(x)) and resamples a rejection from norm(max(p - q, 0)): the output follows
     the target's law whatever the draft.
 Drafting stops after `num_tokens` tokens, or right after a token whose draft probability falls under
-`confidence_threshold` (that token is kept: transformers' assisted-generation stopping rule). The
-"heuristic" schedule is transformers' too: +2 tokens after a fully accepted chain, -1 (down to 1) otherwise.
+`confidence_threshold` (that token is kept: transformers' assisted-generation stopping rule).
+The schedules of the chain length are transformers' (`num_assistant_tokens_schedule`, same names):
+  * constant: always `num_tokens`;
+  * heuristic_transient: +2 tokens after a fully accepted chain, -1 (down to 1) otherwise, starting every sequence at
+    `num_tokens` (transformers resets it at each generate call);
+  * heuristic: the same rule, and a sequence starts at the length the previous one ended with (transformers writes it
+    back into the assistant model's generation config at the end of each call). That carried length is learned
+    state: it lives as long as the run's drafter-state scope says (this schedule's default scope is global: the
+    whole run, as transformers' over every call with one assistant model; warm-up does not count), and is reset at
+    the scope's boundaries.
+In a batch each row runs its own length through its sequence (a transformers call decodes one sequence: assisted
+generation takes batch size 1); at global scope the rows share the carried length, which a row writes when its
+sequence ends, so the next sequences start from the length of the last one to end.
 After verification the draft's cache is cut back to the accepted prefix: nothing is recomputed.
 
 The draft cache is a `DraftBatch` (model/engine/draft_batch.py): in a batch the rows' drafters share one, a row each,
@@ -28,7 +39,8 @@ from ..engine.forward import padded_forward, uses_additive_mask
 from ..engine.sampling import SamplingConfig, draw, target_probs
 from ..engine.tree import DraftTree
 
-SCHEDULES = ("constant", "heuristic")
+SCHEDULES = ("constant", "heuristic", "heuristic_transient")
+ADAPTIVE = ("heuristic", "heuristic_transient")
 
 
 def check_parameters(num_tokens: int, confidence_threshold: float, schedule: str) -> None:
@@ -41,9 +53,18 @@ def check_parameters(num_tokens: int, confidence_threshold: float, schedule: str
         raise ValueError(f"unknown --num-assistant-tokens-schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
 
 
+class CarriedLength:
+    """The chain length the next sequence starts with (schedule heuristic): an object, so that rows sharing learned
+    state (global scope) share it."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+
 class DraftModelDrafter(Drafter):
     name = "sps"
     default_scope = "sequence"
+    memory_attributes = ("carried",)
 
     def __init__(self, draft, vocab_size: int, num_tokens: int = 20, confidence_threshold: float = 0.4,
                  schedule: str = "constant"):
@@ -56,21 +77,27 @@ class DraftModelDrafter(Drafter):
         self.sampling, self.generator = SamplingConfig(), None
         self.cached = 0                         # context tokens whose entries the draft cache holds
         self.pending: tuple[int, int] | None = None   # (context length, chain length) of the unverified draft
-        self.length = float(num_tokens)         # the heuristic schedule's current chain length
+        self.length = num_tokens                # the chain length of this sequence's next proposal
+        self.carried = CarriedLength(num_tokens)
+        if schedule == "heuristic":
+            self.default_scope = "global"
         self.batch: _DraftBatch | None = None
 
     def reset(self) -> None:
-        self.length = float(self.num_tokens)
+        self.length = self.carried.value = self.num_tokens
 
     def use_sampling(self, sampling: SamplingConfig, generator: torch.Generator | None) -> None:
         self.sampling, self.generator = sampling, generator
 
     def begin_sequence(self, prompt: list[int]) -> None:
         self.cached, self.pending = 0, None
+        self.length = self.carried.value if self.schedule == "heuristic" else self.num_tokens
         if self.batch is not None:
             self.batch.leave(self)
 
     def end_sequence(self) -> None:
+        if self.schedule == "heuristic":
+            self.carried.value = self.length
         if self.batch is not None:   # its row of the batched draft cache is freed
             self.batch.finish(self)
 
@@ -110,7 +137,7 @@ class DraftModelDrafter(Drafter):
                      max_nodes: int) -> list[DraftTree | None]:
         """Every row's chain, with one draft forward per drafting step for all rows (see the module docstring)."""
         batch = _DraftBatch.of(rows, self.draft)
-        wants = [min(int(d.length), max_nodes) for d in rows]
+        wants = [min(d.length, max_nodes) for d in rows]
         feeds = [tokens[d.cached:] if want >= 1 else [] for d, tokens, want in zip(rows, contexts, wants)]
         chains = [[] for _ in rows]
         probs = [[] for _ in rows]
@@ -147,9 +174,9 @@ class DraftModelDrafter(Drafter):
         self.cached = start + min(accepted, drafted - 1, len(feedback.emitted) - 1)
         self.batch.cut(self, self.cached)
         self.pending = None
-        if self.schedule == "heuristic":   # judged on what was verified (cost-aware verification may cut the chain)
+        if self.schedule in ADAPTIVE:   # judged on what was verified (cost-aware verification may cut the chain)
             verified = len(feedback.tree.tokens) if feedback.tree is not None else drafted
-            self.length = self.length + 2 if accepted == verified else max(1.0, self.length - 1)
+            self.length = self.length + 2 if accepted == verified else max(1, self.length - 1)
 
     def max_draft_nodes(self) -> int | None:
         return self.num_tokens if self.schedule == "constant" else None   # the heuristic length has no bound
