@@ -491,7 +491,7 @@ def test_eagle_layout_fields(tmp_path):
             - reference_steps(weights, options, embed, states, tokens, positions)).abs().max() < 1e-9
 
 
-def test_bf16_training_keeps_the_loaders_rope():
+def test_bf16_training_keeps_the_loaders_rope(tmp_path):
     """The trainer's head of a bfloat16 target rotates with the float32 frequencies the loader rebuilds (rounding
     them to bfloat16 moved angles by radians at a distance of 1,000 tokens)."""
     from model.eagle3.train import training_head
@@ -499,8 +499,11 @@ def test_bf16_training_keeps_the_loaders_rope():
     head = training_head(target, torch.arange(0, VOCAB, 2), (2, 3, 3), random_init=False)
     exact = 1.0 / 10000.0 ** (torch.arange(0, 16, 2).float() / 16)
     assert head.rotary.inv_freq.dtype == torch.float32 and torch.equal(head.rotary.inv_freq, exact)
-    head.to(torch.bfloat16)   # what save_head's caller does: the frequencies stay exact
-    assert torch.equal(head.rotary.inv_freq, exact)
+    save_head(head.to(torch.bfloat16), (2, 3, 3), str(tmp_path))   # as the trainer saves it
+    loaded, _, _ = load_head(str(tmp_path), target)
+    assert torch.equal(head.rotary.inv_freq, loaded.rotary.inv_freq)
+    x, positions = torch.zeros(1, 1, 16, dtype=torch.bfloat16), torch.tensor([[1000]])
+    assert all(torch.equal(a, b) for a, b in zip(head.rope(x, positions), loaded.rope(x, positions)))
     rounded = exact.to(torch.bfloat16).float()
     assert (1000 * (exact - rounded)).abs().max() > 0.1   # the error the old cast made
 
