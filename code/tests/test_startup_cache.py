@@ -1,8 +1,9 @@
-"""Start-up work survives kills: the forward-cost profile is kept in a cache keyed by what it depends on, saved after
-every timed repeat, reused by later runs with the same key and recorded with where it came from; a run killed again
+"""Start-up work survives kills: the forward-cost profile is kept in a cache keyed by what it depends on, saved as it
+is measured, reused by later runs with the same key and recorded with where it came from; a run killed again
 and again, during the measurement and during its turns, finishes with the output of an uninterrupted run."""
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,10 +25,11 @@ from model.errors import UserError
 CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FLAGS = ("--dtype", "float64", "--device", "cpu", "--warmup", "0", "--cost-aware")
 SHORT = ("--question-end", "1", "--max-new-tokens", "8", "--cost-profile-contexts", "16", "--cost-profile-repeats", "1")
-# Two rounds of two questions; a profile of two context lengths x 1 repeat: two timed repeats, the units a killed
-# measurement keeps.
-KILLED = ("--think-twice", "--max-new-tokens", "24", "--cost-profile-contexts", "32", "64",
-          "--cost-profile-repeats", "1")
+# Two rounds of two questions; a profile of 18 widths (PLD's: 1..16, 20, 22) x 4 context lengths x 4 repeats = 288
+# timed forwards, long enough (~0.5 s here) for several saves of its progress (each ~10 ms: one every ~0.2 s).
+KILLED = ("--think-twice", "--max-new-tokens", "24", "--cost-profile-contexts", "32", "64", "128", "256",
+          "--cost-profile-repeats", "4")
+PROFILE_FORWARDS = 18 * 4 * 4
 
 
 def key_of(model, path="m", device=torch.device("cpu"), max_width=4, lengths=(32,), repeats=1, seed=0, batch=1):
@@ -81,7 +83,7 @@ def test_another_dtype_or_model_misses_the_cache(tmp_path):
     cache = ProfileCache(str(tmp_path))
     model = tiny_model("llama")
     first = cached_profile(SpeculativeEngine(model), cache, key_of(model))
-    assert first.origin == {"source": "measured", "file": cache.path(key_of(model)), "continued_repeats": 0}
+    assert first.origin == {"source": "measured", "file": cache.path(key_of(model)), "continued_forwards": 0}
     again = cached_profile(SpeculativeEngine(model), cache, key_of(model))
     assert again.origin["source"] == "cache" and again.seconds == first.seconds
     for other in (tiny_model("llama", dtype=torch.float32), tiny_model("qwen2")):
@@ -103,31 +105,36 @@ def test_a_file_for_another_key_or_a_torn_one_is_not_taken(tmp_path):
 
 
 def test_an_interrupted_measurement_is_continued_not_restarted(tmp_path, monkeypatch):
+    monkeypatch.setattr(cost, "SAVE_SHARE", math.inf)   # saved after every forward
     cache = ProfileCache(str(tmp_path))
     model = tiny_model("llama")
-    key = key_of(model, lengths=(16, 32), repeats=2)
-    real = cost._time_widths
+    key = key_of(model, lengths=(16, 32), repeats=2)   # widths 1..4
+    real = cost._time_forward
     calls = []
 
     def killed_after(count):
-        def time_widths(*args):
+        def time_forward(engine, kv, length, width, *args):
             if len(calls) == count:
                 raise KeyboardInterrupt   # as a kill: nothing after this point runs
-            calls.append(args[2])           # the context length of each pass
-            return real(*args)
-        return time_widths
+            calls.append((length, width))
+            return real(engine, kv, length, width, *args)
+        return time_forward
 
-    monkeypatch.setattr(cost, "_time_widths", killed_after(3))   # the untimed pass, then 2 timed repeats
+    # Killed after 10 forwards: at 16 tokens, widths 1-4 once each (after an untimed one), then widths 1-2 again.
+    monkeypatch.setattr(cost, "_time_forward", killed_after(10))
     with pytest.raises(KeyboardInterrupt):
         cached_profile(SpeculativeEngine(model), cache, key)
     saved = cache.load(key)
-    assert saved["complete"] is False and {n: len(rows) for n, rows in saved["times"].items()} == {"16": 2, "32": 0}
+    assert saved["complete"] is False
+    assert {n: list(map(len, rows)) for n, rows in saved["times"].items()} == {"16": [2, 2, 1, 1], "32": [0] * 4}
     calls.clear()
-    monkeypatch.setattr(cost, "_time_widths", killed_after(100))
+    monkeypatch.setattr(cost, "_time_forward", killed_after(100))
     profile = cached_profile(SpeculativeEngine(model), cache, key)
-    assert calls == [32, 32, 32]   # an untimed pass, then only the two repeats that were missing
-    assert profile.origin["continued_repeats"] == 2 and cache.load(key)["complete"] is True
-    assert profile.context_lengths == [16, 32] and len(profile.seconds) == 2
+    # Only what was missing, each width untimed once first in this process, interleaved as before.
+    assert calls == [(16, 3), (16, 3), (16, 4), (16, 4), (32, 1), (32, 1), (32, 2), (32, 2), (32, 3), (32, 4),
+                     (32, 1), (32, 2), (32, 3), (32, 4)]
+    assert profile.origin["continued_forwards"] == 6 and cache.load(key)["complete"] is True
+    assert profile.context_lengths == [16, 32] and [len(row) for row in profile.seconds] == [4, 4]
 
 
 def test_an_unwritable_cache_warns_and_measures(tmp_path, capsys):
@@ -152,7 +159,7 @@ def test_runs_take_the_profile_from_the_cache_and_record_where_it_came_from(tiny
     questions = two_questions_file(tmp_path)
     run_eval(make_args(tiny_model_dir, questions, tmp_path / "first.jsonl", *SHORT), pld)
     first = run_config(tmp_path / "first.jsonl")["cost_profile"]
-    assert first["origin"]["source"] == "measured" and first["origin"]["continued_repeats"] == 0
+    assert first["origin"]["source"] == "measured" and first["origin"]["continued_forwards"] == 0
     cache_file = first["origin"]["file"]
     assert os.path.dirname(cache_file) == str(tmp_path / "root" / "cost-profiles")
     assert json.load(open(cache_file))["cost_profile"]["seconds"] == first["seconds"]
@@ -167,7 +174,7 @@ def test_runs_take_the_profile_from_the_cache_and_record_where_it_came_from(tiny
     run_eval(make_args(tiny_model_dir, questions, tmp_path / "fresh.jsonl", *SHORT,
                        "--remeasure-cost-profile"), pld)
     fresh = run_config(tmp_path / "fresh.jsonl")["cost_profile"]
-    assert fresh["origin"] == {"source": "measured", "file": cache_file, "continued_repeats": 0}
+    assert fresh["origin"] == {"source": "measured", "file": cache_file, "continued_forwards": 0}
     assert json.load(open(cache_file))["cost_profile"]["seconds"] == fresh["seconds"]   # it replaced the old one
 
     run_eval(make_args(tiny_model_dir, questions, tmp_path / "other-dtype.jsonl", *SHORT,
@@ -179,15 +186,15 @@ def test_runs_take_the_profile_from_the_cache_and_record_where_it_came_from(tiny
 # ---------------------------------------------------------------------------------------- killed repeatedly
 
 def progress(answer_file, cache_dir) -> tuple[int, int, int, bool]:
-    """(timed repeats saved in the cache, checkpointed turns, answer lines, whether the cached profile is complete)."""
-    repeats, complete = 0, False
+    """(timed forwards saved in the cache, checkpointed turns, answer lines, whether the cached profile is complete)."""
+    forwards, complete = 0, False
     for path in glob.glob(os.path.join(cache_dir, "*.json")):
         try:
             with open(path) as f:
                 entry = json.load(f)
         except (OSError, ValueError):
             continue
-        repeats += sum(len(rows) for rows in entry["times"].values())
+        forwards += sum(len(timed) for rows in entry["times"].values() for timed in rows)
         complete = complete or entry["complete"]
 
     def lines(path):
@@ -196,13 +203,13 @@ def progress(answer_file, cache_dir) -> tuple[int, int, int, bool]:
         with open(path, "rb") as f:
             return f.read().count(b"\n")
     stem = str(answer_file)[: -len(".jsonl")]
-    return repeats, lines(stem + ".partial.jsonl"), lines(answer_file), complete
+    return forwards, lines(stem + ".partial.jsonl"), lines(answer_file), complete
 
 
 def run_killed_on_progress(argv, answer_file, cache_dir, log_dir, timeout: float = 600) -> list[tuple]:
-    """Start the run again and again, SIGKILLing each session as soon as it has saved something (a timed repeat of
-    the profile, a turn, an answer): every session that starts before the profile is complete, and the first one
-    after; then let one session finish. Returns, per session, what was saved when it started (see `progress`)."""
+    """Start the run again and again, SIGKILLing each session as soon as it has saved half of the profile's
+    forwards or a turn: every session that starts before the profile is complete, and the first one after; then let
+    one session finish. Returns, per session, what was saved when it started (see `progress`)."""
     starts = []
     deadline = time.monotonic() + timeout
     while True:
@@ -212,7 +219,8 @@ def run_killed_on_progress(argv, answer_file, cache_dir, log_dir, timeout: float
             starts.append(progress(answer_file, cache_dir))
             kill = not starts[-1][3] or sum(start[3] for start in starts) == 1
             while proc.poll() is None and time.monotonic() < deadline:
-                if kill and progress(answer_file, cache_dir)[:3] != starts[-1][:3]:
+                now = progress(answer_file, cache_dir)
+                if kill and (now[0] - starts[-1][0] >= PROFILE_FORWARDS // 2 or now[1:3] != starts[-1][1:3]):
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
                     break
@@ -232,13 +240,13 @@ def test_a_run_killed_again_and_again_finishes_with_the_uninterrupted_output(tin
     argv = ["--model-path", tiny_model_dir, "--question-file", questions, "--answer-file", str(killed), *RUN_FLAGS,
             *KILLED, "--cost-profile-cache", cache_dir]
     starts = run_killed_on_progress(argv, killed, cache_dir, str(tmp_path))
-    measuring = [repeats for repeats, _, _, complete in starts if not complete]
-    # Killed while measuring more than once, and each session went on from the repeats the ones before it saved.
+    measuring = [forwards for forwards, _, _, complete in starts if not complete]
+    # Killed while measuring more than once, and each session went on from the forwards the ones before it saved.
     assert len(measuring) >= 2 and measuring == sorted(set(measuring)), starts
     assert any(complete for *_, complete in starts[:-1]), starts   # ... and killed in its turns too
     profile = run_config(killed)["cost_profile"]
-    # (measured by the session that timed its last repeat, or taken from the cache when a kill fell in between)
-    assert profile["origin"]["source"] == "cache" or profile["origin"]["continued_repeats"] > 0, profile["origin"]
+    # (measured by the session that timed its last forward, or taken from the cache when a kill fell in between)
+    assert profile["origin"]["source"] == "cache" or profile["origin"]["continued_forwards"] > 0, profile["origin"]
     [cache_file] = glob.glob(os.path.join(cache_dir, "*.json"))
     saved = json.load(open(cache_file))
     assert saved["complete"] and saved["cost_profile"]["seconds"] == profile["seconds"]

@@ -283,7 +283,7 @@ def records_margins(args, drafter: Drafter) -> bool:
 def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], args) -> ForwardCostProfile:
     """t(n)/t(1) for this model, dtype and device, up to twice the largest draft the methods send (every run
     records it; --cost-aware verification decides with it). Taken from the profile cache when a run with the same
-    key measured it (see cost.profile_key), else measured and saved there repeat by repeat."""
+    key measured it (see cost.profile_key), else measured and saved there as it is measured."""
     bound = max(args.max_tree_nodes if d.max_draft_nodes() is None else d.max_draft_nodes() for d in drafters)
     max_width = min(args.max_tree_nodes + 1, max(DENSE_WIDTHS, 2 * (bound + 1)))
     limit = getattr(engine.model.config, "max_position_embeddings", None) or 1 << 30
@@ -300,8 +300,8 @@ def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], arg
     origin = profile.origin
     how = f"taken from {origin['file']}" if origin["source"] == "cache" else \
         f"{time.perf_counter() - start:.1f} s to measure" + \
-        (f", continuing {origin['continued_repeats']} timed repeat(s) of an interrupted run"
-         if origin["continued_repeats"] else "")
+        (f", continuing {origin['continued_forwards']} timed forward(s) of an interrupted run"
+         if origin["continued_forwards"] else "")
     print(f"forward cost t(n)/t(1) at {lengths[-1]} tokens of context ({how}): {ratios}", file=sys.stderr)
     return profile
 

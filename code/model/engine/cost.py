@@ -2,8 +2,8 @@
 
 A verification forward of n tokens (root + draft nodes) costs t(n); t is not monotonic in n (matrix kernels change
 with the shape; on GPUs it is a step function of tile sizes). `ForwardCostProfile` measures t(n)/t(1) for the model,
-dtype and device at hand; `ProfileCache` keeps it on disk, saved after every timed repeat, so later runs on the same
-model, dtype, device and libraries reuse it and a run killed while measuring continues where it was.
+dtype and device at hand; `ProfileCache` keeps it on disk, saved as it is measured, so later runs on the same model,
+dtype, device and libraries reuse it and a run killed while measuring continues where it was.
 `AcceptanceEstimate` keeps a running estimate, per draft source, of the probability that a node is accepted given
 that its parent was, keyed by the node's depth, its rank among its siblings (drafters list the likelier child
 first) and the size class of the proposal (a retrieval drafter proposes longer drafts for longer matches, which are
@@ -107,55 +107,57 @@ class ForwardCostProfile:
     @torch.inference_mode()
     def measure(cls, engine, max_width: int, context_lengths: list[int], repeats: int = 3,
                 seed: int = 0, batch_size: int = 1, done: dict | None = None,
-                on_repeat=None) -> "ForwardCostProfile":
+                on_forward=None) -> "ForwardCostProfile":
         """Time forwards of 1..max_width tokens (random ids, causal) on caches of each context length, with
         `batch_size` rows of that many tokens each (a batched run's cost t(B, n)).
 
-        Widths are interleaved within each repeat, so a burst of load hits all of them alike; one untimed pass
-        before the first timed repeat lets the kernels of each shape settle. `done` ({context length: [seconds
-        per width] per repeat}) holds repeats timed before, by a session that was killed: only the missing ones
-        are timed. `on_repeat(times)` is called after each timed repeat with all of them, so they can be saved."""
+        Widths are interleaved within each repeat, so a burst of load hits all of them alike; each width's first
+        forward in this process is untimed, so the kernels of its shape settle. `done` ({context length: [seconds
+        of the timed forwards] per width}) holds what an earlier, killed measurement timed: only what is missing is
+        timed. `on_forward(times)` is called after each timed forward with all of them, so they can be saved."""
         widths = profile_widths(max_width)
-        times = {n: [list(row) for row in (done or {}).get(n, [])][:repeats] for n in context_lengths}
+        times = {n: [list(row)[:repeats] for row in done[n]] if done and n in done else [[] for _ in widths]
+                 for n in context_lengths}
         g = torch.Generator().manual_seed(seed)
-        settled = False
+        settled = set()
         for length in context_lengths:
-            if len(times[length]) >= repeats:
+            if min(map(len, times[length])) >= repeats:
                 continue
             cache = PositionalKVCache(capacity=length + max_width + 1)
             engine._append(cache, torch.randint(engine.vocab_size, (length,), generator=g).tolist())
             if batch_size > 1:
                 cache.select_rows([0] * batch_size)
-            if not settled:   # the untimed pass: once per process, whatever was timed before
-                _time_widths(engine, cache, length, widths, batch_size, g)
-                settled = True
-            while len(times[length]) < repeats:
-                times[length].append(_time_widths(engine, cache, length, widths, batch_size, g))
-                if on_repeat is not None:
-                    on_repeat(times)
-        seconds = [[statistics.median(row[j] for row in times[n]) for j in range(len(widths))]
-                   for n in context_lengths]
+            for rep in range(repeats):
+                for w, timed in zip(widths, times[length]):
+                    if len(timed) > rep:
+                        continue
+                    if w not in settled:
+                        _time_forward(engine, cache, length, w, batch_size, g)
+                        settled.add(w)
+                    timed.append(_time_forward(engine, cache, length, w, batch_size, g))
+                    if on_forward is not None:
+                        on_forward(times)
+        seconds = [[statistics.median(timed) for timed in times[n]] for n in context_lengths]
         return cls(widths, list(context_lengths), seconds, repeats, batch_size)
 
 
-def _time_widths(engine, cache: PositionalKVCache, length: int, widths: list[int], batch_size: int,
-                 g: torch.Generator) -> list[float]:
-    """One repeat: seconds of one forward of each width on `cache` (cropped back to `length` after each)."""
-    seconds = []
-    for w in widths:
-        ids = torch.randint(engine.vocab_size, (w,), generator=g).tolist()
-        causal = torch.ones(w, w, dtype=torch.bool, device=engine.device).tril()
-        depths = torch.arange(w, device=engine.device)
-        start = engine.clock()
-        engine._forward(cache, [ids] * batch_size, [causal] * batch_size, [depths] * batch_size)
-        seconds.append(engine.clock() - start)
-        cache.crop(length)
+def _time_forward(engine, cache: PositionalKVCache, length: int, width: int, batch_size: int,
+                  g: torch.Generator) -> float:
+    """Seconds of one forward of `width` random tokens per row on `cache`, cropped back to `length` after it."""
+    ids = torch.randint(engine.vocab_size, (width,), generator=g).tolist()
+    causal = torch.ones(width, width, dtype=torch.bool, device=engine.device).tril()
+    depths = torch.arange(width, device=engine.device)
+    start = engine.clock()
+    engine._forward(cache, [ids] * batch_size, [causal] * batch_size, [depths] * batch_size)
+    seconds = engine.clock() - start
+    cache.crop(length)
     return seconds
 
 
 # ------------------------------------------------------------------------------------- the profile cache
 
 CACHE_ENV = "SPECTTS_CACHE_DIR"
+SAVE_SHARE = 0.05   # at most this share of the measuring time goes to saving its progress
 
 
 def default_cache_dir() -> str:
@@ -201,9 +203,9 @@ def profile_key(model, model_path: str, device: torch.device, max_width: int, co
 
 class ProfileCache:
     """Measured forward-cost profiles on disk, one JSON file per key (named by the key's hash; the key is kept inside
-    and must match on reading). A file holds `times` (every timed repeat so far, per context length), `complete`,
-    and once complete the `cost_profile`. It is rewritten atomically after each timed repeat, so a run killed while
-    measuring leaves what it timed for the next run to continue from."""
+    and must match on reading). A file holds `times` (the seconds of every timed forward so far, per context length
+    and width), `complete`, and once complete the `cost_profile`. It is rewritten atomically as the measurement goes,
+    so a run killed while measuring leaves what it timed for the next run to continue from."""
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -264,20 +266,21 @@ def _readable(data) -> bool:
 
 
 def _valid_times(times, key: dict) -> bool:
-    """`times` as saved: {str(context length): [[seconds per width] per repeat]} over the key's lengths."""
+    """`times` as saved: {str(context length): [seconds of the timed forwards] per width} over the key's lengths."""
     if not isinstance(times, dict):
         return False
-    width_count = len(key["widths"])
-    return all(str(n) in map(str, key["context_lengths"]) and isinstance(rows, list)
-               and all(isinstance(row, list) and len(row) == width_count
-                       and all(isinstance(t, (int, float)) and t > 0 for t in row) for row in rows)
+    lengths = set(map(str, key["context_lengths"]))
+    return all(n in lengths and isinstance(rows, list) and len(rows) == len(key["widths"])
+               and all(isinstance(timed, list) and len(timed) <= key["repeats"]
+                       and all(isinstance(t, (int, float)) and t > 0 for t in timed) for timed in rows)
                for n, rows in times.items())
 
 
 def cached_profile(engine, cache: ProfileCache | None, key: dict, remeasure: bool = False) -> ForwardCostProfile:
-    """The profile for `key`: the cache's complete one (unless `remeasure`), else measured now, continuing the
-    repeats an interrupted measurement saved and saving each new one as it is timed. `origin` says which, and from
-    which file. Without a cache (None, or one that cannot be written) it is measured in full here."""
+    """The profile for `key`: the cache's complete one (unless `remeasure`), else measured now, continuing from the
+    forwards an interrupted measurement saved and saving progress as it goes (after a forward, once the time since
+    the last save is 1 / SAVE_SHARE times what that save took). `origin` says which, and from which file. Without a
+    cache (None, or one that cannot be written) it is measured in full here."""
     entry = cache.load(key) if cache is not None else None
     if entry is not None and entry["complete"] and not remeasure:
         profile = ForwardCostProfile.from_dict(entry["cost_profile"])
@@ -302,19 +305,24 @@ def cached_profile(engine, cache: ProfileCache | None, key: dict, remeasure: boo
                   f"{exc.strerror or exc}; measuring without it", file=sys.stderr)
             cache = None
 
-    times = dict(done)
+    latest, saved_at, save_seconds = done, time.perf_counter(), 0.0
 
-    def keep(progress: dict) -> None:
-        times.update(progress)
-        save(times)
+    def keep(times: dict) -> None:
+        nonlocal latest, saved_at, save_seconds
+        latest = times
+        if time.perf_counter() - saved_at >= save_seconds / SAVE_SHARE:
+            start = time.perf_counter()
+            save(times)
+            saved_at = time.perf_counter()
+            save_seconds = saved_at - start
 
     profile = ForwardCostProfile.measure(engine, key["widths"][-1], key["context_lengths"], key["repeats"],
-                                         key["seed"], key["batch_size"], done=done, on_repeat=keep)
-    save(times, profile)
+                                         key["seed"], key["batch_size"], done=done, on_forward=keep)
+    save(latest, profile)
     # As recorded (rounded): a run that measured decides with the numbers a run that reads them back gets.
     profile = ForwardCostProfile.from_dict(profile.to_dict())
     profile.origin = {"source": "measured", "file": None if cache is None else cache.path(key),
-                      "continued_repeats": sum(map(len, done.values()))}
+                      "continued_forwards": sum(len(timed) for rows in done.values() for timed in rows)}
     return profile
 
 
