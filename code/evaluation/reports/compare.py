@@ -7,6 +7,9 @@ drafting share.
 Runs at --batch-size B > 1 (every file at the same B, else one `error: compare at the same --batch-size: ...` line):
 tok/s is batch throughput (each batch's wall time counted once), the speedup is the ratio of batch throughputs with its
 interval over units of questions that shared a batch (reports/batch.py), and a column gives the per-sequence latency.
+
+Greedy runs: each turn that differs from the baseline's is classified by its first differing token (near-tie,
+inherited, unexplained: reports/divergence.py), and the speedup is also given over the identical-or-near-tie turns.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import json
 import os
 import sys
 
-from evaluation.reports import batch, speed
+from evaluation.reports import batch, divergence, speed
 
 
 def method_name(path: str) -> str:
@@ -29,14 +32,16 @@ def summaries(base_path: str, paths: list[str]) -> list[dict]:
     """One speed.summarize per method file, against the same baseline; SpeedError on bad input or when the files were
     run at different batch sizes."""
     base = speed.load_answers(base_path)
-    base_size = (base_path, batch.run_batch_size(base_path, base, speed._config(base_path)))
+    base_config = speed._config(base_path)
+    base_size = (base_path, batch.run_batch_size(base_path, base, base_config))
     out = []
     for path in paths:
         rows = speed.load_answers(path)
         size = batch.check_same_batch_size((path, batch.run_batch_size(path, rows, speed._config(path))), base_size)
         summary = speed.summarize(rows, base)
         out.append({"name": method_name(path), "path": path, "overall": summary["overall"],
-                    "per_turn": summary["per_turn"], "warnings": summary["warnings"]})
+                    "per_turn": summary["per_turn"], "warnings": summary["warnings"],
+                    "divergence": divergence.classify(rows, base, speed._config(path), base_config)})
         if summary.get("batched"):
             out[-1]["batch_size"] = size
     names = [row["name"] for row in out]
@@ -69,7 +74,7 @@ def table(base_path: str, rows: list[dict]) -> str:
     turns = max((len(r["per_turn"]) for r in rows), default=0)
     header = ["Method", "tok/s", "Speedup [95% CI]"] + [f"Speedup turn {t + 1}" for t in range(turns)] + \
              ["MAT"] + [f"MAT turn {t + 1}" for t in range(turns)] + \
-             ["Drafting share", "Accuracy", "Identical turns"]
+             ["Drafting share", "Accuracy"] + DIVERGENCE_HEADER
     base_overall = rows[0]["overall"] if rows else None
     lines = [f"Baseline: {base_path}"
              + (f" ({speed._num(base_overall['base_tokens_per_s'])} tok/s)" if base_overall else ""), "",
@@ -80,14 +85,30 @@ def table(base_path: str, rows: list[dict]) -> str:
         cells += [speed.speedup_cell(per_turn[t]) if t < len(per_turn) else "" for t in range(turns)]
         cells += [speed._num(o["mat"])]
         cells += [speed._num(per_turn[t]["mat"]) if t < len(per_turn) else "" for t in range(turns)]
-        cells += [speed._pct(o["drafting_share"]), speed._pct(o["accuracy"]), f"{o['identical_turns']}/{o['n_turns']}"]
+        cells += [speed._pct(o["drafting_share"]), speed._pct(o["accuracy"])] + divergence_cells(r)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "MAT = mean accepted tokens per target decoding step, bonus token counted (AR = 1.00). "
               "Speedup intervals: 95% paired bootstrap over questions."]
     noisy = speed.noisy_baseline(base_overall) if base_overall else None
     if noisy:
         lines.append(f"Warning: {noisy}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + divergence_notes(rows)) + "\n"
+
+
+DIVERGENCE_HEADER = ["Identical / near-tie / inherited / unexplained turns", "Speedup (identical or near-tie turns)"]
+
+
+def divergence_cells(row: dict) -> list[str]:
+    d = row["divergence"]
+    return [divergence.counts_cell(d), divergence.speedup_cell(d)]
+
+
+def divergence_notes(rows: list[dict]) -> list[str]:
+    """What the divergence columns count, then each unexplained turn (where to look for a bug)."""
+    if not rows:
+        return []
+    notes = [divergence.rule_note(rows[0]["divergence"])]
+    return notes + [line for r in rows for line in divergence.unexplained_lines(r["name"], r["divergence"])]
 
 
 def batched_table(base_path: str, rows: list[dict]) -> str:
@@ -96,7 +117,7 @@ def batched_table(base_path: str, rows: list[dict]) -> str:
     turns = max((len(r["per_turn"]) for r in rows), default=0)
     header = ["Method", "tok/s (batch)", "Throughput speedup [95% CI]"] + \
              [f"Speedup turn {t + 1}" for t in range(turns)] + ["Latency s/turn", "Seq. tok/s", "MAT"] + \
-             [f"MAT turn {t + 1}" for t in range(turns)] + ["Drafting share", "Accuracy", "Identical turns"]
+             [f"MAT turn {t + 1}" for t in range(turns)] + ["Drafting share", "Accuracy"] + DIVERGENCE_HEADER
     base = rows[0]["overall"]
     size = rows[0]["batch_size"]
     lines = [f"Baseline: {base_path} ({speed._num(base['base_tokens_per_s'])} tok/s batch throughput, "
@@ -109,7 +130,7 @@ def batched_table(base_path: str, rows: list[dict]) -> str:
         cells += [speed.speedup_cell(per_turn[t]) if t < len(per_turn) else "" for t in range(turns)]
         cells += [speed._num(o.get("latency")), speed._num(o.get("sequence_tokens_per_s")), speed._num(o["mat"])]
         cells += [speed._num(per_turn[t]["mat"]) if t < len(per_turn) else "" for t in range(turns)]
-        cells += [speed._pct(o["drafting_share"]), speed._pct(o["accuracy"]), f"{o['identical_turns']}/{o['n_turns']}"]
+        cells += [speed._pct(o["drafting_share"]), speed._pct(o["accuracy"])] + divergence_cells(r)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", speed.batch_note({"batch_size": size}),
               "MAT = mean accepted tokens per target decoding step, bonus token counted (AR = 1.00). "
@@ -117,7 +138,7 @@ def batched_table(base_path: str, rows: list[dict]) -> str:
     noisy = speed.noisy_baseline(base)
     if noisy:
         lines.append(f"Warning: {noisy}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + divergence_notes(rows)) + "\n"
 
 
 def main(argv=None) -> int:

@@ -58,6 +58,9 @@ class Generation:
     forced_tokens: int = 0
     stopped: bool = False   # ended on a stop token (rather than the token budget)
     seconds: float = 0.0    # from the start of its batch (prefill included) to this sequence's last token
+    # With record_margins: before each emitted token, the target's (top-1 - top-2 logit) / (eps x |top-1 logit|), eps
+    # that of the model's dtype; inf for forced tokens (no logit chose them). How near a tie each choice was.
+    margins: list[float] | None = None
 
     @property
     def accept_lengths(self) -> list[int]:
@@ -67,8 +70,12 @@ class Generation:
 
 class SpeculativeEngine:
     def __init__(self, model, max_tree_nodes: int = 128, cache_capacity: int = 2048,
-                 cost_aware: CostAwareVerifier | None = None):
+                 cost_aware: CostAwareVerifier | None = None, record_margins: bool = False):
         self.model = model
+        # Keep each emitted token's top-1 / top-2 logit margin (Generation.margins): the baseline records where a
+        # rounding difference could flip its choice. Kept on the device until the sequence ends (no sync per step).
+        self.record_margins = record_margins
+        self.margin_eps = torch.finfo(next(model.parameters()).dtype).eps
         self.cost_aware = cost_aware   # None: verify every proposal whole, as each method was published
         self.device = next(model.parameters()).device
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
@@ -165,11 +172,15 @@ class SpeculativeEngine:
             starts = cache.lengths
             logits = self._forward(cache, [p.inputs for p in plans], [p.block for p in plans],
                                    [p.depths for p in plans])
+            # (one topk per step, left on the device: the margins are worked out when the sequence ends)
+            top2 = logits.topk(2, dim=-1).values if self.record_margins else None
             argmax = logits.argmax(-1).tolist() if sampling.greedy else None
             kept = []
             for b, (row, plan) in enumerate(zip(live, plans)):
                 kept.append(self._accept(row, plan, logits[b], argmax[b] if argmax else None, sampling,
                                          max_new_tokens, budget, stop_tokens))
+                if top2 is not None:
+                    row.keep_margins(top2[b], plan)
             cache.keep_rows(starts, kept)
             t2 = self.clock()
             for b, (row, plan, offsets) in enumerate(zip(live, plans, kept)):
@@ -204,6 +215,8 @@ class SpeculativeEngine:
         for row in rows:
             if not row.result.seconds:
                 row.result.seconds = self.clock() - start
+        if self.record_margins:
+            _read_margins(rows, self.margin_eps)
         return [row.result for row in rows]
 
     def _plan_rows(self, live: list["_Row"], max_new_tokens: int, budget: ThinkingBudget | None) -> list["_Plan"]:
@@ -368,9 +381,37 @@ class _Row:
     thinking_done: bool
     context: list[int] = field(default_factory=list)
     result: Generation = field(default_factory=Generation)
+    # With record_margins: per step, the top-2 logits of the row's forward positions (on the device), which of them
+    # chose the emitted tokens (None: a forced phrase) and how many tokens it emitted
+    margin_steps: list = field(default_factory=list)
 
     def __post_init__(self):
         self.context = list(self.prompt)
+
+    def keep_margins(self, top2: torch.Tensor, plan: "_Plan") -> None:
+        picks = None if plan.tree is None else ([0] + [i + 1 for i in plan.path])[: len(plan.emitted)]
+        self.margin_steps.append((top2[: len(plan.inputs)], picks, len(plan.emitted)))
+
+
+def _read_margins(rows: list[_Row], eps: float) -> None:
+    """Every row's top-2 logits in one transfer from the device, then each emitted token's relative margin
+    (top-1 - top-2) / (eps x |top-1|) into Generation.margins."""
+    steps = [step for row in rows for step in row.margin_steps]
+    values = torch.cat([top2 for top2, _, _ in steps]).double().tolist() if steps else []
+    at = 0
+    for row in rows:
+        row.result.margins = []
+        for top2, picks, emitted in row.margin_steps:
+            if picks is None:
+                row.result.margins += [float("inf")] * emitted
+            else:
+                row.result.margins += [_relative(*values[at + i], eps) for i in picks]
+            at += len(top2)
+        row.margin_steps = []
+
+
+def _relative(top1: float, top2: float, eps: float) -> float:
+    return (top1 - top2) / (max(abs(top1), 1e-30) * eps)
 
 
 @dataclass
