@@ -5,7 +5,6 @@ they mirror. Both average ONE flat `accept_lengths` list per choice (list.extend
 breaks; the new layout keeps the per-turn lists in `accept_lengths_per_turn`.
 """
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +183,36 @@ def test_compare_tells_two_runs_of_one_method_apart_by_their_files(run_files, tm
                                               str(method_file)])
     assert [r["name"] for r in rows] == ["recycling (rec-small)", "recycling (rec-large)", "recycling (recycling)"]
     assert compare.summaries(str(base_file), [str(method_file)])[0]["name"] == "recycling"   # alone: unchanged
+
+
+def test_compare_classifies_divergences_in_files_written_before_the_divergence_fields(run_files, tmp_path):
+    """Without token ids, prompt hashes or recorded near-ties (older files), a differing turn is `unclassified`
+    (never `unexplained`) and a later round of the same choice `inherited`; the speedup over identical-or-near-tie
+    turns leaves both out."""
+    method_file, base_file = run_files
+    rows, base_rows = read_jsonl(method_file), read_jsonl(base_file)
+    for row in rows + base_rows:
+        for choice in row["choices"]:
+            for key in ("token_ids", "prompt_sha1", "near_ties"):
+                choice.pop(key, None)
+    first = rows[0]["choices"][0]
+    for t in (0, 1):   # both rounds differ: the first (no ids: unclassified), so the second's prompt
+        first["token_ids_sha1"][t], first["turns"][t] = "0" * 40, first["turns"][t] + " (another text)"
+    for path, lines in ((tmp_path / "m.jsonl", rows), (tmp_path / "b.jsonl", base_rows)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = compare.summaries(str(tmp_path / "b.jsonl"), [str(tmp_path / "m.jsonl")])[0]["divergence"]
+    assert result["counts"] == {"identical": 4, "near_tie": 0, "inherited": 1, "unexplained": 0, "unclassified": 1}
+    assert result["speedup_identical_or_near_tie"]["n_turns"] == 4
+
+
+def test_greedy_runs_keep_token_ids_and_the_baseline_its_near_ties(run_files):
+    method_file, base_file = run_files
+    for path in run_files:
+        for row in read_jsonl(path):
+            choice = row["choices"][0]
+            assert [len(ids) for ids in choice["token_ids"]] == choice["new_tokens"]
+            assert len(choice["prompt_sha1"]) == 2 and choice["prompt_sha1"][0] != choice["prompt_sha1"][1]
+            assert ("near_ties" in choice) == (path == base_file)
+    rows = compare.summaries(str(base_file), [str(method_file)])
+    assert rows[0]["divergence"]["counts"]["identical"] == rows[0]["divergence"]["n_turns"] == 6   # float64
+    assert "| 6 / 0 / 0 / 0 | 1." in compare.table(str(base_file), rows)

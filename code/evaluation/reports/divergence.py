@@ -62,9 +62,25 @@ def _column(choice: dict, name: str, t: int):
     return values[t] if isinstance(values, list) and t < len(values) else None
 
 
+def _ids(choice: dict, t: int) -> list[int] | None:
+    """Turn t's token ids, None when not kept (or not a list of ids: a file this harness did not write)."""
+    ids = _column(choice, "token_ids", t)
+    ok = isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    return ids if ok else None
+
+
+def _ties(choice: dict, t: int) -> dict | None:
+    """Turn t's recorded near-ties as {position: margin}; None when not recorded (or malformed)."""
+    ties = _column(choice, "near_ties", t)
+    try:
+        return {int(p): float(m) for p, m in ties}
+    except (TypeError, ValueError):
+        return None
+
+
 def _same(method: dict, base: dict, t: int) -> bool:
     """Token ids when both sides kept them, else the hashes, else the text (as speed.py's identical count)."""
-    ids = _column(method, "token_ids", t), _column(base, "token_ids", t)
+    ids = _ids(method, t), _ids(base, t)
     if None not in ids:
         return ids[0] == ids[1]
     hashes = _column(method, "token_ids_sha1", t), _column(base, "token_ids_sha1", t)
@@ -86,16 +102,16 @@ def classify_turn(method: dict, base: dict, t: int, earlier_differed: bool, fact
     token), "baseline_margin" (relative; None: at or over what the baseline recorded), "reason"}."""
     if _same(method, base, t):
         return {"class": "identical"}
-    ids = _column(method, "token_ids", t), _column(base, "token_ids", t)
+    ids = _ids(method, t), _ids(base, t)
     at = first_difference(ids[0], ids[1]) if None not in ids else None
     if _prompt_differs(method, base, t, earlier_differed):
         return {"class": "inherited", "position": at}
     if at is None:
         return {"class": "unclassified", "reason": "no token ids (run at temperature 0 with this harness's loop)"}
-    ties = _column(base, "near_ties", t)
+    ties = _ties(base, t)
     if ties is None:
         return {"class": "unclassified", "position": at, "reason": "the baseline recorded no logit margins"}
-    margin = dict((int(p), m) for p, m in ties).get(at)
+    margin = ties.get(at)
     verdict = "near_tie" if margin is not None and margin < factor else "unexplained"
     out = {"class": verdict, "position": at, "baseline_margin": margin}
     if at < min(len(ids[0]), len(ids[1])):
