@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 MODEL := code/local_model/SmolLM2-135M-Instruct/config.json
 HEAD_MINUTES ?= 4
+# pytest-xdist workers for `make test` (one per core; each test file stays on one worker, its fixtures built once).
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo head test clean-demo sharegpt refs
 
@@ -43,7 +45,7 @@ head: setup sharegpt
 	cd code && PYTHON=$(PY) HEAD_MINUTES=$(HEAD_MINUTES) bash scripts/demo.sh head
 
 test: setup refs
-	cd code && $(PY) -m pytest -q
+	cd code && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean-demo:
 	rm -rf code/data/demo/model_answer

@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
+
+# `make test` runs two pytest-xdist workers on two cores: each worker, and the CLI runs it starts, then uses one
+# thread (two workers with two OpenMP threads each oversubscribe the cores, and spinning threads crawl).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 VOCAB = 384
 ARCHS = ("llama", "qwen2", "qwen3")
