@@ -9,6 +9,11 @@ token repeated gets its embeddings raised against the layers' sum until it does 
      every method's greedy output is token-identical to AR (our engine with no drafter), on a random and a
      repetitive prompt; and AR itself equals transformers `generate` (its own cache and masks). On a divergence
      the AR logit margin at that position tells a near-tie (rounding) from a bug.
+ (c) half precision: on random models of SmolLM2-135M's size (--tiny: the small ones of (a)) of each family, in
+     float16 and bfloat16 (--half-dtypes), two rounds per prompt (round 2 = round 1's prompt + its output + a fixed
+     request, as multi-round thinking quotes the previous answer), AR with its near-ties recorded, then every method;
+     each differing turn classified as evaluation/reports/divergence.py classifies the answer files (near-tie /
+     inherited / unexplained). Any unexplained divergence fails the check.
  (b) measurements on each real shape in bfloat16 (with --tiny: tiny shapes of the same families): our AR tokens/s
      against transformers `generate` (greedy, eos disabled) on the same random prompt; the forward cost t(n)/t(1),
      n = 1..--max-width, at each --contexts length (model.engine.cost.ForwardCostProfile); each method's MAT and
@@ -17,7 +22,8 @@ token repeated gets its embeddings raised against the layers' sum until it does 
      weights: MAT and speedups there say little about a trained model; costs, shares, the AR/HF ratio and AR's
      batching gain are what count.
 MAT counts the bonus token (AR = 1.00). Exit status 1 when any method is not identical to AR in (a), or AR differs
-from transformers `generate` other than at a near-tie; 2 when --device cuda has no CUDA device.
+from transformers `generate` other than at a near-tie, or a half-precision turn differs unexplained in (c); 2 when
+--device cuda has no CUDA device.
 
     cd code && python scripts/gpu_check.py --device cuda --json-out gpu_check.json
     cd code && python scripts/gpu_check.py --device cpu --tiny --contexts 64 256       # smoke run anywhere
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +43,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluation.reports import divergence  # noqa: E402
 from model.eagle3 import Eagle3Drafter  # noqa: E402
 from model.eagle3.checkpoint import default_layers  # noqa: E402
 from model.eagle3.head import new_head  # noqa: E402
@@ -53,7 +61,7 @@ from model.sps import DraftModelDrafter  # noqa: E402
 from model.stand import StandDrafter  # noqa: E402
 
 METHODS = ("pld", "samd", "recycling", "lookahead", "pia", "stand", "rest", "sps", "eagle3", "samd-eagle3")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOGIT_SCALE = 8.0   # final-norm gain: sharper distributions (SpS's confidence stop, sampling); greedy is unchanged
 NEAR_TIE = 1e-3       # |logit gap| under which a float32 divergence from transformers counts as rounding
 EMBEDDING_RATIOS = (2.0, 3.0, 4.0, 6.0)   # token embedding / layers' sum, tried in turn: avoid_degeneracy
@@ -88,6 +96,10 @@ SMALL = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key
              intermediate_size=128, vocab_size=512, max_position_embeddings=16384, bos_token_id=0, eos_token_id=1)
 SMALL_DRAFT = dict(SMALL, hidden_size=32, num_hidden_layers=2, intermediate_size=64, head_dim=8,
                    tie_word_embeddings=True)
+# (c)'s models without --tiny: deeper and wider than SMALL, so that half-precision rounding builds up as in a real
+# model and near-ties occur (SmolLM2-135M's size).
+MEDIUM = dict(SMALL, hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+              intermediate_size=1536, vocab_size=49152)
 EAGLE_DRAFT_VOCAB = 32000   # the draft vocabulary of the published EAGLE-3 heads for these targets
 
 
@@ -95,11 +107,11 @@ def log(message: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def small_config(shape: str, draft: bool = False) -> tuple[str, dict]:
+def small_config(shape: str, draft: bool = False, size: dict = SMALL) -> tuple[str, dict]:
     family, target, draft_config = SHAPES[shape]
     keep = ("rope_theta", "rope_parameters", "rms_norm_eps", "tie_word_embeddings")
     base = {k: v for k, v in (draft_config if draft else target).items() if k in keep}
-    return family, {**base, **(SMALL_DRAFT if draft else SMALL)}
+    return family, {**base, **(SMALL_DRAFT if draft else size)}
 
 
 def make_model(family: str, config: dict, dtype: torch.dtype, device: torch.device, seed: int,
@@ -323,6 +335,81 @@ def check_correctness(shape: str, device, dtype, new_tokens: int, seed: int) -> 
     del model, draft, head, engine
     free(device)
     return {"family": family, "config": config, "embedding_ratio": ratio, "rows": rows, "transformers": hf}
+
+
+# --- (c) half precision --------------------------------------------------------------------------------------
+
+def two_rounds(engine, prompt: list[int], drafter, new_tokens: int, request: list[int]) -> dict:
+    """Two greedy rounds, the second prompted with the first's prompt + output + `request`, as an answer file's
+    choice: token ids, prompt hashes and, when the engine records margins, near-ties per turn. The drafter keeps
+    its state across the rounds (question scope)."""
+    turn = {"turns": [], "token_ids": [], "new_tokens": [], "wall_time": [], "prompt_sha1": [], "near_ties": []}
+    for _ in range(2):
+        gen = engine.generate(prompt, drafter, new_tokens, SamplingConfig())
+        for key, value in (("turns", ""), ("token_ids", gen.tokens), ("new_tokens", len(gen.tokens)),
+                           ("wall_time", gen.seconds), ("prompt_sha1", hashlib.sha1(str(prompt).encode()).hexdigest()),
+                           ("near_ties", None if gen.margins is None else divergence.near_ties(gen.margins))):
+            turn[key].append(value)
+        prompt = prompt + gen.tokens + request
+    if not engine.record_margins:
+        del turn["near_ties"]
+    return turn
+
+
+def check_half_precision(shape: str, device, dtype_name: str, new_tokens: int, seed: int, tiny: bool = False) -> dict:
+    """(c): AR (near-ties recorded) and every method on a MEDIUM (`tiny`: SMALL) model in `dtype_name`, two rounds
+    per prompt; the divergence classes per method (reports/divergence.py)."""
+    family, config = small_config(shape, size=SMALL if tiny else MEDIUM)
+    model = make_model(family, config, DTYPES[dtype_name], device, seed)
+    vocab = vocab_of(model)
+    plain, recording = SpeculativeEngine(model), SpeculativeEngine(model, record_margins=True)
+    generator = torch.Generator().manual_seed(seed)
+    random_prompt = torch.randint(2, vocab - 1, (12,), generator=generator).tolist()
+    request = torch.randint(2, vocab - 1, (8,), generator=generator).tolist()
+    echo = plain.generate(random_prompt, Drafter(), 24, SamplingConfig()).tokens
+    prompts = [random_prompt, random_prompt + echo + random_prompt]
+    base = [{"question_id": i, "choices": [two_rounds(recording, p, Drafter(), new_tokens, request)]}
+            for i, p in enumerate(prompts)]
+    base_config = {"temperature": 0.0, "near_tie_rule": divergence.near_tie_rule(dtype_name)}
+    draft, head = noisy_draft(model), random_head(model, vocab)
+    rows = {}
+    for method in METHODS:
+        answers = []
+        for i, p in enumerate(prompts):
+            reference = base[i]["choices"][0]["token_ids"][0]
+            drafter = build_methods(model, chunks(reference), draft, head, small=True)[method]
+            answers.append({"question_id": i, "choices": [two_rounds(plain, p, drafter, new_tokens, request)]})
+        result = divergence.classify(answers, base, {"temperature": 0.0}, base_config)
+        rows[method] = {"counts": result["counts"], "n_turns": result["n_turns"],
+                        "unexplained": divergence.unexplained_lines(method, result)}
+        log(f"  {family} {dtype_name} {method}: {divergence.counts_cell(result)} "
+            "(identical / near-tie / inherited / unexplained)")
+    del model, draft, head, plain, recording
+    free(device)
+    return {"family": family, "dtype": dtype_name, "config": config, "factor": divergence.NEAR_TIE_FACTOR,
+            "rows": rows}
+
+
+def print_half_precision(checks: dict, new_tokens: int) -> None:
+    keys = list(checks)
+    size = "hidden {hidden_size}, {num_hidden_layers} layers, vocab {vocab_size}".format(**checks[keys[0]]["config"])
+    print(f"\n## (c) Half precision: divergence from AR (random models, {size}; 2 prompts x 2 rounds x {new_tokens} "
+          f"tokens, greedy); identical / near-tie / inherited / unexplained turns; near-tie = AR's top-1/top-2 "
+          f"margin at the first differing token < {divergence.NEAR_TIE_FACTOR:g} x eps(dtype) x |top-1 logit|\n")
+    header = ["Method"] + [f"{checks[k]['family']} {checks[k]['dtype']}" for k in keys]
+    rows = []
+    for method in METHODS:
+        cells = [method]
+        for k in keys:
+            c = checks[k]["rows"][method]["counts"]
+            cells.append(f"{c['identical']} / {c['near_tie']} / {c['inherited']} / {c['unexplained']}"
+                         + (f" (+{c['unclassified']} unclassified)" if c["unclassified"] else ""))
+        rows.append(cells)
+    print(table(header, rows))
+    for k in keys:
+        for method in METHODS:
+            for line in checks[k]["rows"][method]["unexplained"]:
+                print(f"- {checks[k]['family']} {checks[k]['dtype']}: {line}")
 
 
 # --- (b) measurements -----------------------------------------------------------------------------------------
@@ -564,7 +651,9 @@ def parse_args(argv=None):
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--check-dtype", choices=["float32", "float64"], default="float32",
                         help="dtype of the small correctness models (a)")
-    parser.add_argument("--check-tokens", type=int, default=64, help="new tokens per prompt in (a)")
+    parser.add_argument("--check-tokens", type=int, default=64, help="new tokens per prompt in (a) and per round in (c)")
+    parser.add_argument("--half-dtypes", nargs="*", choices=["float16", "bfloat16"], default=["float16", "bfloat16"],
+                        help="dtypes of the half-precision divergence check (c); none: skip it")
     parser.add_argument("--prompt-len", type=int, default=128, help="random prompt length in (b)")
     parser.add_argument("--new-tokens", type=int, default=256, help="new tokens per generation in (b)")
     parser.add_argument("--max-width", type=int, default=128, help="widest forward profiled in (b)")
@@ -598,6 +687,16 @@ def main(argv=None) -> int:
     print_correctness(report["correctness"], args.check_dtype, args.check_tokens)
     sys.stdout.flush()
 
+    report["half_precision"] = {}
+    for shape in args.shapes:
+        for dtype_name in args.half_dtypes:
+            log(f"(c) half precision on a small {SHAPES[shape][0]} model, {dtype_name}")
+            report["half_precision"][f"{shape}/{dtype_name}"] = check_half_precision(
+                shape, device, dtype_name, args.check_tokens, args.seed, args.tiny)
+    if report["half_precision"]:
+        print_half_precision(report["half_precision"], args.check_tokens)
+        sys.stdout.flush()
+
     if not args.skip_measure:
         for shape in args.shapes:
             log(f"(b) measuring {shape}{' (tiny stand-in)' if args.tiny else ''}")
@@ -612,14 +711,22 @@ def main(argv=None) -> int:
     failed += [f"{shape}/transformers-generate" for shape, c in report["correctness"].items()
                if not c["transformers"]["identical"] and not c["transformers"]["near_tie_only"]]
     report["not_identical"] = failed
+    unexplained = [f"{key}/{method}" for key, c in report["half_precision"].items()
+                   for method, r in c["rows"].items() if r["counts"]["unexplained"] or r["counts"]["unclassified"]]
+    report["half_precision_unexplained"] = unexplained
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
+    if unexplained:
+        print(f"\nUnexplained half-precision divergences: {', '.join(unexplained)}")
     if failed:
         print(f"\nNOT identical to AR: {', '.join(failed)}")
         log(f"FAILED: {len(failed)} method/model pairs differ from AR")
+    if failed or unexplained:
         return 1
     print("\nEvery method is token-identical to AR.")
+    if report["half_precision"]:
+        print("In half precision every divergence from AR is at a near-tie or inherited.")
     return 0
 
 

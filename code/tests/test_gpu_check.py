@@ -20,7 +20,7 @@ def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, c
     out = tmp_path / "check.json"
     rc = gpu_check.main(["--device", "cpu", "--tiny", "--check-tokens", "32", "--prompt-len", "24",
                          "--new-tokens", "32", "--max-width", "20", "--contexts", "16", "48", "--repeats", "1",
-                         "--batch-sizes", "1", "2",
+                         "--batch-sizes", "1", "2", "--half-dtypes", "bfloat16",
                          "--json-out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
@@ -60,6 +60,16 @@ def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, c
             assert all(0 <= row["rows_identical_to_ar"] <= int(size) and row["mat"] >= 1.0 for row in entry.values())
         assert sweep["1"]["ar"]["rows_identical_to_ar"] == 1   # (b) runs in bfloat16: batch shapes may flip a tie
 
+    # (c) bfloat16: every method's differing turns are near-ties or inherited, never unexplained.
+    assert report["half_precision_unexplained"] == []
+    assert set(report["half_precision"]) == {f"{shape}/bfloat16" for shape in shapes}
+    for check in report["half_precision"].values():
+        assert set(check["rows"]) == set(gpu_check.METHODS)
+        for method, row in check["rows"].items():
+            assert row["n_turns"] == 4 and sum(row["counts"].values()) == 4, (method, row)
+            assert row["counts"]["unexplained"] == row["counts"]["unclassified"] == 0, (method, row)
+    assert printed.count("## (c) Half precision") == 1
+
     # The markdown tables: one row per method saying "yes" for both families, profile rows, tok/s rows.
     for method in gpu_check.METHODS:
         assert f"| {method} | yes | yes |" in printed
@@ -80,7 +90,25 @@ def test_a_method_differing_from_ar_fails_the_run(gpu_check, monkeypatch, capsys
         return {"family": "qwen3", "config": {}, "rows": rows, "transformers": hf}
 
     monkeypatch.setattr(gpu_check, "check_correctness", fake)
-    assert gpu_check.main(["--device", "cpu", "--tiny", "--shapes", "qwen3-8b", "--skip-measure"]) == 1
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--shapes", "qwen3-8b", "--skip-measure", "--half-dtypes"]) == 1
     printed = capsys.readouterr().out
     assert "| pia | NO (random prompt at token 3, AR logit margin 5.00e-01) |" in printed
     assert "NOT identical to AR: qwen3-8b/pia" in printed
+
+
+def test_an_unexplained_half_precision_divergence_fails_the_run(gpu_check, monkeypatch, capsys):
+    def fake(shape, device, dtype_name, new_tokens, seed, tiny=False):
+        counts = {"identical": 2, "near_tie": 1, "inherited": 1, "unexplained": 0, "unclassified": 0}
+        rows = {m: {"counts": dict(counts), "n_turns": 4, "unexplained": []} for m in gpu_check.METHODS}
+        rows["pld"]["counts"].update(near_tie=0, unexplained=1)
+        rows["pld"]["unexplained"] = ["pld: question 0 turn 1, token 5: unexplained (baseline margin 40 x eps)"]
+        return {"family": "qwen3", "dtype": dtype_name, "factor": 4.0, "rows": rows,
+                "config": {"hidden_size": 64, "num_hidden_layers": 4, "vocab_size": 512}}
+
+    monkeypatch.setattr(gpu_check, "check_half_precision", fake)
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--shapes", "qwen3-8b", "--skip-measure",
+                           "--check-tokens", "8", "--half-dtypes", "float16"]) == 1
+    printed = capsys.readouterr().out
+    assert "| pld | 2 / 0 / 1 / 1 |" in printed and "| samd | 2 / 1 / 1 / 0 |" in printed
+    assert "- qwen3 float16: pld: question 0 turn 1, token 5: unexplained" in printed
+    assert "Unexplained half-precision divergences: qwen3-8b/float16/pld" in printed
