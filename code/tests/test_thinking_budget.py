@@ -85,6 +85,13 @@ def closing_at(position: int):
     return model
 
 
+@functools.lru_cache(maxsize=None)
+def ar_output(close_at: int | None, max_new_tokens: int, with_budget: bool) -> tuple[int, ...]:
+    """AR's output of the model closing at `close_at` (None: the never-closing one), with or without the budget."""
+    model = never_closing() if close_at is None else closing_at(close_at)
+    return tuple(greedy(model, Drafter(), max_new_tokens, budget(max_new_tokens) if with_budget else None).tokens)
+
+
 class Oracle(Drafter):
     """Drafts the next tokens of a known output: as a chain, or as a tree with a wrong sibling beside every right
     node. Every right node is accepted, so the closing token lands inside an accepted draft."""
@@ -137,7 +144,7 @@ def test_a_model_that_closes_its_thinking_itself_is_never_forced(where):
     trigger = budget(SHORT).trigger_at
     position = trigger // 2 + 5 if where == "early" else trigger - 1
     model = closing_at(position)
-    free = greedy(model, Drafter(), SHORT, None).tokens   # no budget at all
+    free = list(ar_output(position, SHORT, False))   # no budget at all
     assert free.index(end_token()) == position < trigger
     inside = {}
     for name in METHOD_NAMES:
@@ -155,10 +162,9 @@ def test_a_model_that_closes_its_thinking_itself_is_never_forced(where):
 def test_a_model_that_does_not_close_its_thinking_is_forced_the_phrase_at_the_trigger(method):
     model = never_closing()
     limits = budget(LONG)
-    free = greedy(model, Drafter(), LONG, None).tokens
-    reference = greedy(model, Drafter(), LONG, limits)
-    out = greedy(model, drafter(method, model, reference.tokens), LONG, limits)
-    assert out.tokens == reference.tokens
+    free, reference = list(ar_output(None, LONG, False)), list(ar_output(None, LONG, True))
+    out = greedy(model, drafter(method, model, reference), LONG, limits)
+    assert out.tokens == reference
     trigger, phrase = limits.trigger_at, limits.phrase
     assert end_token() not in out.tokens[:trigger] and out.tokens[:trigger] == free[:trigger]
     forced = LONG - trigger   # the phrase, cut at the token limit
@@ -171,7 +177,7 @@ def test_a_model_that_does_not_close_its_thinking_is_forced_the_phrase_at_the_tr
 def test_closing_at_the_trigger_itself_is_too_late():
     trigger = budget(SHORT).trigger_at
     model = closing_at(trigger)
-    free = greedy(model, Drafter(), SHORT, None).tokens
+    free = list(ar_output(trigger, SHORT, False))
     assert free.index(end_token()) == trigger   # left alone, it would close one token too late
     for name in METHOD_NAMES:
         out = greedy(model, drafter(name, model, free), SHORT, budget(SHORT))
