@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+# Forward-cost profiles the tests' runs measure go to a folder of this session (inherited by the CLI runs the tests
+# start), never to the user's ~/.cache, and no test reads a profile an earlier session left.
+os.environ["SPECTTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="spectts-test-cache-")
 
 VOCAB = 384
 ARCHS = ("llama", "qwen2", "qwen3")
