@@ -6,6 +6,8 @@ vocabulary size.
 """
 import copy
 import functools
+import json
+from collections import defaultdict
 
 import torch
 
@@ -58,8 +60,9 @@ def random_head(model, seed: int = 0):
 
 def eagle3(model, corpus):
     # Tiny targets have 2 layers: the head reads the inputs of layers 0, 1, 1. A wide first level (top-64, of which
-    # the 59 best stay) gets a random head's drafts accepted now and then.
-    top_k = min(64, vocab_of(model))
+    # the 59 best stay) gets a random head's drafts accepted now and then; never the whole vocabulary (a 12-token
+    # model's), where every first token would be accepted and no draft rejected at the root.
+    top_k = min(64, vocab_of(model) // 2)
     return Eagle3Drafter(random_head(model), model.get_input_embeddings(), (0, 1, 1), total_tokens=60, depth=3,
                          top_k=top_k)
 
@@ -82,3 +85,49 @@ METHODS = {
 # Drafts drawn with probabilities (rejection with residual resampling; STAND samples its drafts at temperature > 0):
 # equal to AR in law at temperature > 0, not token for token.
 SAMPLED_DRAFTS = {"sps", "stand"}
+
+
+# --- Did the drafter take part? ------------------------------------------------------------------------------------
+
+def _step(s) -> tuple[str, int, int]:
+    """(draft source, nodes verified, tokens emitted) of a StepRecord or of a per-step log line."""
+    if isinstance(s, dict):
+        return s["draft_source"], s["draft_size"], s["accepted"]
+    return s.source, s.draft_size, s.accepted
+
+
+def drafting_counts(sequences) -> tuple[int, int, int]:
+    """Over sequences of steps (each a Generation's `steps`, or one sequence's lines of a per-step log): the steps that
+    verified a draft, those that accepted some of it, and those that rejected some of it. A sequence's last step is
+    not counted as a rejection (the token limit may cut it); forced phrases are not drafting."""
+    verified = accepted = rejected = 0
+    for steps in sequences:
+        steps = [_step(s) for s in steps]
+        steps = [(size, emitted) for source, size, emitted in steps if source != "forced"]
+        for i, (size, emitted) in enumerate(steps):
+            if size:
+                verified += 1
+                accepted += emitted > 1
+                rejected += emitted <= size and i < len(steps) - 1
+    return verified, accepted, rejected
+
+
+def assert_drafted(sequences, what: str = "") -> None:
+    """An identity test proves little if nothing was drafted: drafts must have been verified, partly accepted and
+    partly rejected (a rollback) somewhere in these sequences (Generations, step lists or step-log lines)."""
+    sequences = [getattr(seq, "steps", seq) for seq in sequences]
+    verified, accepted, rejected = drafting_counts(sequences)
+    assert verified and accepted and rejected, \
+        f"{what}: {verified} steps verified a draft, {accepted} accepted some of it, {rejected} rejected some of it"
+
+
+def step_log(answer_file) -> list[list[dict]]:
+    """The per-step log beside an answer file, one list of step lines per sequence (question, choice, turn)."""
+    path = str(answer_file)
+    path = (path[: -len(".jsonl")] if path.endswith(".jsonl") else path) + ".steps.jsonl"
+    sequences = defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            s = json.loads(line)
+            sequences[(s["question_id"], s["choice"], s["turn"])].append(s)
+    return [sorted(steps, key=lambda s: s["step"]) for steps in sequences.values()]

@@ -164,10 +164,20 @@ def exact_two_token_law(model, cfg):
     return law
 
 
-def sample_pairs(model, drafter, cfg, n, engine=None):
+def sample_pairs(model, drafter, cfg, n, engine=None, runs=None, fresh=False):
+    """Counts of the first two tokens over n generations; each Generation is appended to `runs` when given. The one
+    drafter learns across the n samples unless `fresh` (reset before each)."""
     engine = engine or SpeculativeEngine(model)
     g = torch.Generator().manual_seed(7)
-    return Counter(tuple(engine.generate(PROMPT, drafter, 2, cfg, g).tokens) for _ in range(n))
+    counts = Counter()
+    for _ in range(n):
+        if fresh:
+            drafter.reset()
+        out = engine.generate(PROMPT, drafter, 2, cfg, g)
+        counts[tuple(out.tokens)] += 1
+        if runs is not None:
+            runs.append(out)
+    return counts
 
 
 SAMPLING_DRAFTERS = {"ar": Drafter, "random-tree": RandomTreeDrafter, "q-chain": DraftModelChain}
