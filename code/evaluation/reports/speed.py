@@ -38,7 +38,7 @@ import json
 import math
 import sys
 
-from evaluation.reports import uncertainty
+from evaluation.reports import divergence, uncertainty
 
 # Per-turn lists every answer line must carry.
 REQUIRED_TURN_FIELDS = ("new_tokens", "wall_time")
@@ -835,6 +835,10 @@ def render_markdown(summary):
     if noisy:
         lines.append(f"Warning: {noisy}.")
 
+    if summary.get("divergence"):
+        name = ((summary.get("sources") or {}).get("method") or {}).get("method") or "method"
+        lines += [""] + divergence.markdown_lines(summary["divergence"], name)
+
     per_turn = summary.get("per_turn") or []
     if len(per_turn) > 1:
         lines += ["", "Per turn (round / sample index):", ""]
@@ -947,6 +951,8 @@ def main(argv=None):
         summary = summarize(method_rows, base_rows)
         if summary.get("batched"):
             summary["batch_size"] = size
+        summary["divergence"] = divergence.classify(method_rows, base_rows, _config(args.file_path),
+                                                    _config(args.base_path))
         for msg in summary["warnings"]:
             warn(msg)
         summary["sources"] = {"method": _source(args.file_path, warn),
