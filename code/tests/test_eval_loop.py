@@ -1,6 +1,5 @@
 """The shared loop: paradigms, thinking budget, answer/step files, resume after a crash."""
 import json
-import os
 
 import pytest
 
