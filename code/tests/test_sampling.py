@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from methods import assert_drafted
 from model.engine import Drafter, DraftTree, SamplingConfig, SpeculativeEngine
 from model.engine.sampling import accept_sampled, draw, target_probs
 from stats import chi_square_pvalue
@@ -188,9 +189,11 @@ SAMPLING_DRAFTERS = {"ar": Drafter, "random-tree": RandomTreeDrafter, "q-chain":
 @pytest.mark.parametrize("name", sorted(SAMPLING_DRAFTERS))
 def test_engine_sampling_matches_the_target_law(name, cfg):
     model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
-    n = 1500
-    counts = sample_pairs(model, SAMPLING_DRAFTERS[name](), cfg, n)
+    n, runs = 1500, []
+    counts = sample_pairs(model, SAMPLING_DRAFTERS[name](), cfg, n, runs=runs)
     assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), n) > ALPHA
+    if name != "ar":   # the law was checked through verified drafts, some accepted, some rejected
+        assert_drafted(runs, name)
 
 
 def test_engine_level_check_rejects_a_broken_rule(monkeypatch):
