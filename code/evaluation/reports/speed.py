@@ -178,15 +178,20 @@ def _check_record(rec):
     return _check_accept_lengths(choice, len(turns))
 
 
-def load_answers(path):
-    """Read and validate a JSONL answer file; raise SpeedError naming file:line."""
+def _read_lines(path, missing):
+    """The file's lines as bytes; SpeedError "<path>: <missing>" when it is absent, naming the OS error otherwise."""
     try:
         with open(path, "rb") as f:
-            raw_lines = f.read().splitlines()
+            return f.read().splitlines()
     except FileNotFoundError:
-        raise SpeedError(f"{path}: no such file") from None
+        raise SpeedError(f"{path}: {missing}") from None
     except OSError as e:
         raise SpeedError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def load_answers(path):
+    """Read and validate a JSONL answer file; raise SpeedError naming file:line."""
+    raw_lines = _read_lines(path, "no such file")
     rows, first_seen = [], {}
     for lineno, raw in enumerate(raw_lines, 1):
         try:
@@ -601,13 +606,7 @@ def load_steps(path):
     """The decoding steps of choices[0] in a per-step log: (question_id, turn, accepted, context_length, seconds or
     None) each; forced thinking-budget steps are left out, as from MAT. SpeedError naming file:line when the log is
     absent or a line lacks what this needs (context_length: logs written before it was recorded)."""
-    try:
-        with open(path, "rb") as f:
-            raw_lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise SpeedError(f"{path}: no step log") from None
-    except OSError as e:
-        raise SpeedError(f"{path}: cannot read ({e.strerror or e})") from None
+    raw_lines = _read_lines(path, "no step log")
     steps = []
     for lineno, raw in enumerate(raw_lines, 1):
         if not raw.strip():
