@@ -117,7 +117,9 @@ def test_speed_script_prints_the_interval_and_no_warning_on_a_steady_baseline(tm
     assert proc.returncode == 0, proc.stderr
     assert "| **overall** | 4 | 8 |" in proc.stdout and "1.50x [1.50, 1.50]" in proc.stdout
     assert "| 2 | 4 |" in proc.stdout  # per-turn row, its interval too
-    assert proc.stdout.count("1.50x [1.50, 1.50]") == 4  # category, overall, turn 1, turn 2
+    # category, overall, turn 1, turn 2, and the speedup over identical-or-near-tie turns
+    assert proc.stdout.count("1.50x [1.50, 1.50]") == 5
+    assert "speedup over the 8 identical-or-near-tie turns: 1.50x [1.50, 1.50]" in proc.stdout
     assert "warning" not in proc.stderr.lower() and "Warning" not in proc.stdout
     summary = json.loads(json_out.read_text())
     assert summary["overall"]["speedup_ci"] == [approx(1.5), approx(1.5)]
