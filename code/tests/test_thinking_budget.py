@@ -15,13 +15,15 @@ import torch
 
 from conftest import make_tokenizer, tiny_model
 from evaluation.run import paradigms
-from methods import METHODS, vocab_of
+from methods import METHODS, assert_drafted, vocab_of
 from model.engine import Drafter, DraftTree, SamplingConfig, SpeculativeEngine
 
 SEED = 1              # a tiny Qwen3 whose output repeats (drafts get accepted)
 SHORT, LONG = 50, 100   # max new tokens: the trigger at 40 and 80 (the phrase, 74 tokens, is cut at the limit)
 QUESTION = "What is the sum of two and three? The answer is 5."
 METHOD_NAMES = ("ar", "pld", "recycling", "oracle-chain", "oracle-tree")
+# The drafters whose drafts are sometimes rejected (the oracle chain is always right): identity through a rollback.
+REJECTING = ("pld", "recycling", "oracle-tree")
 
 
 @functools.lru_cache(maxsize=None)
@@ -153,6 +155,8 @@ def test_a_model_that_closes_its_thinking_itself_is_never_forced(where):
         assert out.forced_tokens == 0 and all(s.source != "forced" for s in out.steps), name
         assert not contains(out.tokens, budget(SHORT).phrase[:8]), name
         inside[name] = closed_inside_a_draft(out, position)
+        if name in REJECTING:
+            assert_drafted([out], name)
     # Early, the closing token was a draft node followed by more tokens of its step, for the oracles at least (at
     # the last token before the trigger a step is always cut right after it: no step runs past the trigger).
     assert (inside["oracle-chain"] and inside["oracle-tree"]) == (where == "early"), inside
@@ -172,6 +176,8 @@ def test_a_model_that_does_not_close_its_thinking_is_forced_the_phrase_at_the_tr
     assert out.forced_tokens == forced and [s.accepted for s in out.steps if s.source == "forced"] == [forced]
     if method != "ar":
         assert len(out.steps) < trigger + 1, "drafts were accepted before the trigger"
+    if method in REJECTING:
+        assert_drafted([out], method)
 
 
 def test_closing_at_the_trigger_itself_is_too_late():
