@@ -508,11 +508,15 @@ def measure_shape(shape: str, args, device) -> dict:
 def batch_sweep(engine, prompt, reference, drafters: dict, sizes: list[int], new_tokens: int) -> dict:
     """Best-of-N-like batches of the same prompt: AR's throughput at each B (its batching gain) and each method's
     throughput over AR's at the same B, with its drafter forked per row (cross-sample drafting on at question scope);
-    and how many rows equal AR's batch-1 output (bfloat16: a near-tie may flip between batch shapes)."""
+    and how many rows equal AR's batch-1 output (bfloat16: a near-tie may flip between batch shapes).
+
+    AR runs first and again last at each B and its throughput is their mean: on the H200 the first timed run at B = 8
+    once came out at half the rate of every later one, so a single AR run can make every method look twice as fast.
+    `ar_spread` (|first - last| / mean) says how far to trust that B's speedups."""
     out = {}
     for size in sizes:
-        entry = {}
-        for name, drafter in {"ar": Drafter(), **drafters}.items():
+        entry, ar_runs = {}, []
+        for name, drafter in [("ar", Drafter()), *drafters.items(), ("ar", Drafter())]:
             rows = [drafter] + [drafter.fork(share_memory=drafter.default_scope == "global") for _ in range(size - 1)]
             for row in rows:
                 row.reset()
@@ -528,9 +532,13 @@ def batch_sweep(engine, prompt, reference, drafters: dict, sizes: list[int], new
             steps = sum(len(g.steps) for g in gens)
             entry[name] = {"tokens_per_s": tokens / seconds, "mat": tokens / steps,
                            "rows_identical_to_ar": sum(g.tokens == reference for g in gens), "rows": size}
-            log(f"batch {size}: {name} {entry[name]['tokens_per_s']:.1f} tok/s, MAT {entry[name]['mat']:.2f}")
+            if name == "ar":
+                ar_runs.append(tokens / seconds)
+            log(f"batch {size}: {name} {tokens / seconds:.1f} tok/s, MAT {entry[name]['mat']:.2f}")
+        mean = sum(ar_runs) / len(ar_runs)
+        entry["ar"].update(tokens_per_s=mean, runs_tokens_per_s=ar_runs, ar_spread=abs(ar_runs[0] - ar_runs[1]) / mean)
         for name, row in entry.items():
-            row["speedup"] = row["tokens_per_s"] / entry["ar"]["tokens_per_s"]
+            row["speedup"] = row["tokens_per_s"] / mean
         out[size] = entry
     first = out[sizes[0]]["ar"]["tokens_per_s"]
     for size in sizes:
@@ -619,15 +627,17 @@ def print_measurement(shape: str, m: dict, device_name: str) -> None:
         sizes = list(sweep)
         names = list(sweep[sizes[0]])
         print(f"\nBatch sweep: {', '.join(map(str, sizes))} rows of the same prompt, greedy; AR: batch throughput "
-              f"(tok/s of all rows) and its gain over B = {sizes[0]}; methods: throughput over AR's at the same B "
+              f"(tok/s of all rows, the mean of a run before and a run after the methods; spread = their difference "
+              f"over the mean) and its gain over B = {sizes[0]}; methods: throughput over AR's at the same B "
               f"(rows equal to AR's batch-1 output)\n")
         rows = []
         for size in sizes:
             ar = sweep[size]["ar"]
-            rows.append([str(size), f"{ar['tokens_per_s']:.1f}", f"{ar['batching_gain']:.2f}x"] +
+            rows.append([str(size), f"{ar['tokens_per_s']:.1f}", f"{100 * ar['ar_spread']:.0f}%",
+                         f"{ar['batching_gain']:.2f}x"] +
                         [f"{sweep[size][n]['speedup']:.2f}x ({sweep[size][n]['rows_identical_to_ar']}/{size})"
                          for n in names if n != "ar"])
-        print(table(["B", "AR tok/s", "AR gain"] + [n for n in names if n != "ar"], rows))
+        print(table(["B", "AR tok/s", "AR spread", "AR gain"] + [n for n in names if n != "ar"], rows))
     if "peak_gpu_memory_gib" in m:
         print(f"\npeak GPU memory {m['peak_gpu_memory_gib']:.1f} GiB")
 

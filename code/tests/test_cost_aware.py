@@ -420,9 +420,10 @@ def test_pld_drafts_whole_under_cost_aware_verification_so_one_rule_decides_the_
     assert drafter.parameters()["adaptive"] is adaptive   # what the run configuration records
 
 
-def test_auxiliary_nodes_ride_along_while_cheap_and_otherwise_only_on_probes():
+def test_auxiliary_nodes_ride_along_while_cheap_and_otherwise_only_on_probes_within_their_bound():
     """Lookahead's window (auxiliary nodes) feeds its future drafts but is never accepted: when no draft node is
-    worth verifying, a step where the window costs more than a plain step is plain, except on a probe."""
+    worth verifying, a step where the window costs more than a plain step is plain; a probe takes the window along
+    while the probe costs at most PROBE_COST plain steps, and leaves it out (probing the draft alone) otherwise."""
     aux = list(range(100, 127))
 
     def lookahead_tree(tokens):
@@ -430,19 +431,47 @@ def test_auxiliary_nodes_ride_along_while_cheap_and_otherwise_only_on_probes():
         tree.aux_tokens, tree.aux_depths, tree.aux_mask = aux, [1] * len(aux), None
         return tree
 
-    widths = list(range(1, 64))
-    dear = CostAwareVerifier(ForwardCostProfile(widths, [1], [[0.1] + [0.4] * (len(widths) - 1)]))
-    dear.gain = 0.5   # drafting has not been paying
-    for tokens in ([], [7, 8]):
-        dear.probing = False
-        planned = dear.plan(lookahead_tree(tokens), 1, lambda n: None)
-        assert planned.tokens == [] and planned.aux_tokens == []           # a plain step
-        dear.probing = True
-        planned = dear.plan(lookahead_tree(tokens), 1, lambda n: None)
-        assert planned.aux_tokens == aux and planned.tokens == tokens   # the probe explores
-    cheap = CostAwareVerifier(ForwardCostProfile(widths, [1], [[0.1] * len(widths)]))   # a GPU: width is free
+    def verifier(ratio: float) -> CostAwareVerifier:
+        widths = list(range(1, 64))
+        v = CostAwareVerifier(ForwardCostProfile(widths, [1], [[0.1] + [0.1 * ratio] * (len(widths) - 1)]))
+        v.gain = 0.5   # drafting has not been paying
+        v.estimate.path_probs = lambda t, size=None: [0.0] * len(t.tokens)   # and no node is worth its width
+        return v
+
+    for ratio, probed in ((1.4, "with the window"), (4.0, "without it")):   # a probe within PROBE_COST, or not
+        v = verifier(ratio)
+        for tokens in ([], [7, 8]):
+            v.probing = False
+            planned = v.plan(lookahead_tree(tokens), 1, lambda n: None)
+            assert planned.tokens == [] and planned.aux_tokens == []           # a plain step
+            v.probing = True
+            planned = v.plan(lookahead_tree(tokens), 1, lambda n: None)
+            if probed == "with the window":
+                assert planned.aux_tokens == aux and planned.tokens == tokens   # the probe explores
+            else:   # the draft's first node alone (one node at least), no window
+                assert planned.aux_tokens == [] and planned.tokens == tokens[:1]
+    cheap = CostAwareVerifier(ForwardCostProfile(list(range(1, 64)), [1], [[0.1] * 63]))   # a GPU: width is free
     planned = cheap.plan(lookahead_tree([]), 1, lambda n: None)
     assert planned.aux_tokens == aux
+
+
+def test_a_probe_verifies_the_likeliest_path_as_far_as_its_cost_bound_allows():
+    from model.engine.cost import PROBE_COST, probe_nodes
+    tree = DraftTree([10, 11, 12, 13, 14, 15], [-1, -1, 0, 2, 3, 1], source="t")   # path 0 -> 2 -> 3 -> 4
+    def cost(width):   # t(w)/t(1) grows by 0.2 a token
+        return 1.0 + 0.2 * (width - 1)
+    assert probe_nodes(tree, 0, cost) == ([0, 2], False)   # 3 tokens: 1.4 <= PROBE_COST < 1.6
+    assert cost(3) <= PROBE_COST < cost(4)
+    assert probe_nodes(tree, 0, lambda w: 1.0) == ([0, 2, 3, 4], False)   # free width: the whole path
+    assert probe_nodes(tree, 0, lambda w: 9.0) == ([0], False)             # one node at least
+    assert probe_nodes(tree, 2, lambda w: 1.0) == ([0, 2, 3, 4], True)     # auxiliary nodes ride while it is cheap
+    assert probe_nodes(tree, 1, cost) == ([0], True)                        # 1 + 1 + 1 tokens: 1.4
+    # At batch: no node worth its width (every estimate 0), so only the probe verifies, each row within the bound.
+    verifier = CostAwareVerifier(ForwardCostProfile([1, 2, 3, 4, 5], [1], [[1.0, 1.2, 1.4, 1.6, 1.8]]))
+    verifier.estimate.path_probs = lambda t, size=None: [0.0] * len(t.tokens)
+    verifier.probing = True
+    planned = verifier.plan_batch([tree, DraftTree.chain([1, 2, 3], source="t")], 1)
+    assert [t.tokens for t in planned] == [[10, 12], [1, 2]]
 
 
 def test_a_probe_with_only_auxiliary_nodes_is_spent_not_repeated_on_every_following_step():

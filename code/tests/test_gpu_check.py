@@ -57,6 +57,9 @@ def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, c
         assert list(sweep) == ["1", "2"] and set(sweep["2"]) == {"ar", *gpu_check.METHODS}
         for size, entry in sweep.items():
             assert entry["ar"]["tokens_per_s"] > 0 and entry["ar"]["batching_gain"] > 0
+            first, last = entry["ar"]["runs_tokens_per_s"]   # AR timed before and after the methods
+            assert entry["ar"]["tokens_per_s"] == (first + last) / 2
+            assert entry["ar"]["ar_spread"] == abs(first - last) / entry["ar"]["tokens_per_s"]
             assert all(0 <= row["rows_identical_to_ar"] <= int(size) and row["mat"] >= 1.0 for row in entry.values())
         assert sweep["1"]["ar"]["rows_identical_to_ar"] == 1   # (b) runs in bfloat16: batch shapes may flip a tie
 

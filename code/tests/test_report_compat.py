@@ -5,6 +5,7 @@ they mirror. Both average ONE flat `accept_lengths` list per choice (list.extend
 breaks; the new layout keeps the per-turn lists in `accept_lengths_per_turn`.
 """
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -215,4 +216,5 @@ def test_greedy_runs_keep_token_ids_and_the_baseline_its_near_ties(run_files):
             assert ("near_ties" in choice) == (path == base_file)
     rows = compare.summaries(str(base_file), [str(method_file)])
     assert rows[0]["divergence"]["counts"]["identical"] == rows[0]["divergence"]["n_turns"] == 6   # float64
-    assert "| 6 / 0 / 0 / 0 | 1." in compare.table(str(base_file), rows)
+    # (then the speedup over those turns, whatever the timing gave)
+    assert re.search(r"\| 6 / 0 / 0 / 0 \| \d+\.\d\dx", compare.table(str(base_file), rows))

@@ -43,6 +43,7 @@ GAIN_START = 1.5     # tokens per plain-step time assumed of a drafter before it
 STEP_EMA = 0.1       # weight of each new step in the gain and plain-step-time averages
 PROBE_EVERY = 8      # while drafting does not pay, the drafter is still asked after this many steps, ...
 PROBE_MAX = 64       # ... an interval that doubles after each probe that did not pay, up to this
+PROBE_COST = 1.5     # a probe verifies no more than a forward of this many plain steps' cost holds (one node at least)
 SKIP_BELOW = 0.95    # gain under which drafting is judged not to pay (a margin over 1 for timing noise)
 SEQUENCE_MEMORY = 8  # observations a group's counts are worth at most when a new sequence (round, sample) starts
 PRIOR_MEAN = 0.9     # the first draft node's acceptance before any is seen: optimistic, so drafts get tried
@@ -440,14 +441,32 @@ def likeliest_path(parents: list[int]) -> list[int]:
     return path
 
 
-def cut(tree: DraftTree, keep: list[int]) -> DraftTree:
-    """The subtree of the nodes in `keep` (ancestor-closed, ascending), with parents renumbered."""
-    if len(keep) == len(tree.tokens):
+def cut(tree: DraftTree, keep: list[int], aux: bool = True) -> DraftTree:
+    """The subtree of the nodes in `keep` (ancestor-closed, ascending), with parents renumbered; without the
+    auxiliary nodes when `aux` is false."""
+    if len(keep) == len(tree.tokens) and (aux or not tree.aux_tokens):
         return tree
     index = {old: new for new, old in enumerate(keep)}
+    extra = dict(aux_tokens=tree.aux_tokens, aux_depths=tree.aux_depths, aux_mask=tree.aux_mask) if aux else {}
     return DraftTree([tree.tokens[i] for i in keep], [index.get(tree.parents[i], -1) for i in keep],
-                     probs=None if tree.probs is None else tree.probs[keep], source=tree.source,
-                     aux_tokens=tree.aux_tokens, aux_depths=tree.aux_depths, aux_mask=tree.aux_mask)
+                     probs=None if tree.probs is None else tree.probs[keep], source=tree.source, **extra)
+
+
+def probe_nodes(tree: DraftTree, fixed: int, cost) -> tuple[list[int], bool]:
+    """What a probe verifies, and whether the auxiliary nodes (`fixed` of them) ride along: the longest prefix of the
+    likeliest path whose forward, with the auxiliary nodes, costs at most PROBE_COST plain steps; without them when
+    even one node with them costs more; at least the path's first node. A probe is a look, not a bet: at 8 rows on a
+    CPU a probe of PLD's whole 10-token path cost 2 plain steps, and Lookahead's 27-node window 4.6."""
+    path = likeliest_path(tree.parents)
+    if not path:
+        return [], bool(fixed) and cost(1 + fixed) <= PROBE_COST
+    for aux in ((True, False) if fixed else (False,)):
+        n = len(path)
+        while n and cost(1 + (fixed if aux else 0) + n) > PROBE_COST:
+            n -= 1
+        if n:
+            return path[:n], aux
+    return path[:1], False
 
 
 class CostAwareVerifier:
@@ -478,8 +497,8 @@ class CostAwareVerifier:
 
     Auxiliary nodes (Lookahead's window) are never accepted but feed the drafter's future drafts, which no estimate
     values: when no draft node is worth verifying they are dropped with the draft unless they are nearly free
-    (within 1 / SKIP_BELOW of a plain step, as on a GPU), and they always ride along on probes. A probe with nothing
-    but them to verify counts as a probe that did not pay.
+    (within 1 / SKIP_BELOW of a plain step, as on a GPU), and they ride along on probes while the probe stays within
+    PROBE_COST (`probe_nodes`). A probe with nothing but them to verify counts as a probe that did not pay.
     """
 
     def __init__(self, profile: ForwardCostProfile):
@@ -575,8 +594,9 @@ class CostAwareVerifier:
                     keep = choose_nodes(self.estimate.path_probs(tree, self.proposed), fixed, cost)
         if not keep:
             if self.probing:   # explore: the estimate learns only from what is verified
-                keep = likeliest_path(tree.parents)
-            elif tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
+                keep, aux = probe_nodes(tree, fixed, cost)
+                return cut(tree, keep, aux)
+            if tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
                 # A plain step. Auxiliary nodes (Lookahead's window) feed future drafts, which no estimate values:
                 # they ride along while (nearly) free, and otherwise on probes only.
                 return DraftTree([], [], source=tree.source)
@@ -606,8 +626,10 @@ class CostAwareVerifier:
             keep = sorted(order[:best_m])
             if not keep:
                 if self.probing:   # explore: the estimate learns only from what is verified
-                    keep = likeliest_path(tree.parents)
-                elif tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
+                    keep, aux = probe_nodes(tree, fixed, cost)
+                    planned.append(cut(tree, keep, aux))
+                    continue
+                if tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
                     planned.append(DraftTree([], [], source=tree.source))
                     continue
             planned.append(cut(tree, keep))
