@@ -592,15 +592,7 @@ class CostAwareVerifier:
                     # The added nodes are judged as the proposal's deeper nodes: same size class.
                     tree = bigger
                     keep = choose_nodes(self.estimate.path_probs(tree, self.proposed), fixed, cost)
-        if not keep:
-            if self.probing:   # explore: the estimate learns only from what is verified
-                keep, aux = probe_nodes(tree, fixed, cost)
-                return cut(tree, keep, aux)
-            if tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
-                # A plain step. Auxiliary nodes (Lookahead's window) feed future drafts, which no estimate values:
-                # they ride along while (nearly) free, and otherwise on probes only.
-                return DraftTree([], [], source=tree.source)
-        return cut(tree, keep)
+        return cut(tree, keep) if keep else self._nothing_pays(tree, fixed, cost)
 
     def plan_batch(self, trees: list[DraftTree], context_length: int) -> list[DraftTree]:
         """The parts of a batch's proposals to verify, under one budget for the whole forward. Every row is padded
@@ -624,16 +616,19 @@ class CostAwareVerifier:
         planned = []
         for tree, order in zip(trees, ranked):
             keep = sorted(order[:best_m])
-            if not keep:
-                if self.probing:   # explore: the estimate learns only from what is verified
-                    keep, aux = probe_nodes(tree, fixed, cost)
-                    planned.append(cut(tree, keep, aux))
-                    continue
-                if tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
-                    planned.append(DraftTree([], [], source=tree.source))
-                    continue
-            planned.append(cut(tree, keep))
+            planned.append(cut(tree, keep) if keep else self._nothing_pays(tree, fixed, cost))
         return planned
+
+    def _nothing_pays(self, tree: DraftTree, fixed: int, cost) -> DraftTree:
+        """What is verified of a proposal with no node worth its width: on a probe, what `probe_nodes` takes (the
+        estimate learns only from what is verified); else a plain step. Auxiliary nodes (Lookahead's window) feed
+        future drafts, which no estimate values: they ride along while (nearly) free, and otherwise on probes only."""
+        if self.probing:
+            keep, aux = probe_nodes(tree, fixed, cost)
+            return cut(tree, keep, aux)
+        if tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
+            return DraftTree([], [], source=tree.source)
+        return cut(tree, [])
 
     def update_row(self, tree: DraftTree, path: list[int], proposed: int) -> None:
         """After verifying one row's `tree` (a part of a proposal of `proposed` nodes)."""
