@@ -49,6 +49,7 @@ SEQUENCE_MEMORY = 8  # observations a group's counts are worth at most when a ne
 PRIOR_MEAN = 0.9     # the first draft node's acceptance before any is seen: optimistic, so drafts get tried
 PRIOR_WEIGHT = 2.0   # pseudo-observations of the estimate a group borrows, mixed with its own counts
 OBSERVED_MIN = 4     # verifications of a width (and plain steps) seen before their measured time replaces the profile
+CALIBRATION_WEIGHT = 4.0   # pseudo draft tokens of the calibration's prior (accepted = expected: a factor of 1)
 
 
 def profile_widths(max_width: int) -> list[int]:
@@ -416,17 +417,18 @@ def _depths(tree: DraftTree) -> list[int]:
     return depths
 
 
-def choose_nodes(pi: list[float], fixed: int, cost) -> list[int]:
+def choose_nodes(pi: list[float], fixed: int, cost, bound: float | None = None) -> list[int]:
     """The nodes to verify: of every size m, the m likeliest nodes (an ancestor-closed set, since a child is never
     likelier than its parent), taking the m that maximises (1 + sum pi) / cost(1 + fixed + m), where m = 0 is a plain
     step (one token at cost 1: auxiliary nodes go with the draft). `fixed` counts the auxiliary nodes verified with
-    any draft; `cost(width)` is t(width)/t(1). Ties go to fewer nodes."""
+    any draft; `cost(width)` is t(width)/t(1); sizes whose forward costs more than `bound` are passed over. Ties go to
+    fewer nodes."""
     order = sorted(range(len(pi)), key=lambda i: (-pi[i], i))
     best_m, best_rate, expected = 0, 1.0 / cost(1), 1.0
     for m, i in enumerate(order, start=1):
         expected += pi[i]
         rate = expected / cost(1 + fixed + m)
-        if rate > best_rate:
+        if rate > best_rate and (bound is None or cost(1 + fixed + m) <= bound):
             best_m, best_rate = m, rate
     return sorted(order[:best_m])
 
@@ -509,6 +511,7 @@ class CostAwareVerifier:
 
     def reset(self) -> None:
         self.estimate.reset()
+        self.calibration = [0.0, 0.0]   # decayed sums over verified drafts: draft tokens accepted, and expected
         self.gain = GAIN_START
         self.plain_seconds = None   # average seconds of a plain step; None: the profile's t(1)
         self.unverified = 0         # steps since a draft of this drafter was last verified (skipped or cut away)
@@ -523,6 +526,15 @@ class CostAwareVerifier:
         self.interval = PROBE_EVERY
         self.unverified = PROBE_EVERY - 1
         self.estimate.shrink(SEQUENCE_MEMORY)
+        if self.calibration[1] > SEQUENCE_MEMORY:
+            self.calibration = [a * SEQUENCE_MEMORY / self.calibration[1] for a in self.calibration]
+
+    def factor(self) -> float:
+        """Accepted over expected draft tokens of the drafts verified lately (at most 1): how optimistic the estimate
+        has been. A verified draft is one the chooser judged worth its cost, so its estimate is biased upward (the
+        winner's curse; the prior is optimistic on purpose); expected tokens are scaled down by this factor."""
+        accepted, expected = self.calibration
+        return min(1.0, (accepted + CALIBRATION_WEIGHT) / (expected + CALIBRATION_WEIGHT))
 
     def should_draft(self) -> bool:
         if self.unverified + 1 >= self.interval:
@@ -583,35 +595,48 @@ class CostAwareVerifier:
             return self.cost(width, context_length)
 
         fixed, self.proposed = len(tree.aux_tokens), len(tree.tokens)
-        keep = choose_nodes(self.estimate.path_probs(tree), fixed, cost)
-        if tree.tokens and len(keep) == len(tree.tokens):
+        bound = PROBE_COST if self.probing else None   # a probe is a look, not a bet
+        keep = choose_nodes(self._expected(tree), fixed, cost, bound)
+        if tree.tokens and len(keep) == len(tree.tokens) and bound is None:
             wider = self._wider(len(tree.tokens), fixed, cost)
             if wider:
                 bigger = extend(wider)
                 if bigger is not None and len(bigger.tokens) > len(tree.tokens):
                     # The added nodes are judged as the proposal's deeper nodes: same size class.
                     tree = bigger
-                    keep = choose_nodes(self.estimate.path_probs(tree, self.proposed), fixed, cost)
+                    keep = choose_nodes(self._expected(tree, self.proposed), fixed, cost)
         return cut(tree, keep) if keep else self._nothing_pays(tree, fixed, cost)
 
-    def plan_batch(self, trees: list[DraftTree], context_length: int) -> list[DraftTree]:
+    def _expected(self, tree: DraftTree, size: int | None = None) -> list[float]:
+        """Each node's chance of being on the accepted path, as the estimate has it, corrected by `factor`."""
+        factor = self.factor()
+        return [factor * p for p in self.estimate.path_probs(tree, size)]
+
+    def plan_batch(self, trees: list[DraftTree], context_length: int,
+                   remaining: list[int] | None = None) -> list[DraftTree]:
         """The parts of a batch's proposals to verify, under one budget for the whole forward. Every row is padded
         to the step's widest, so the forward costs t(B, W) whatever each row verifies within W: the chooser picks
-        the W that maximises the expected tokens of all rows per unit of that cost, each row verifying its W - 1
+        the W that maximises the rows' expected tokens per unit of that cost, each row verifying its W - 1
         likeliest nodes (fewer if it has fewer). W = 1 is a plain step for every row; a row with nothing worth
-        verifying adds nothing to W, and where no row's draft pays, the step is plain. (Drafts are not extended
-        at batch: propose_more is asked at batch 1 only.)"""
+        verifying adds nothing to W, and where no row's draft pays, the step is plain; a probe looks no wider than
+        PROBE_COST. (Drafts are not extended at batch: propose_more is asked at batch 1 only.)
+
+        `remaining[b]`: the tokens row b may still emit. The batch runs until its last row is done, so a token is
+        worth what it shortens that: a row's tokens are weighted by its remaining over the most any row has left (a
+        row ahead of the others leaves early whatever it accepts now; the rows behind set the number of steps)."""
         def cost(width):
             return self.cost(width, context_length)
 
+        most = max(remaining) if remaining else 0
+        weights = [r / most for r in remaining] if most > 0 else [1.0] * len(trees)
         fixed = max(len(t.aux_tokens) for t in trees)
-        probs = [self.estimate.path_probs(t) for t in trees]
+        probs = [self._expected(t) for t in trees]
         ranked = [sorted(range(len(pi)), key=lambda i: (-pi[i], i)) for pi in probs]
-        best_m, best_rate, expected = 0, len(trees) / cost(1), float(len(trees))
+        best_m, best_rate, expected = 0, sum(weights) / cost(1), sum(weights)
         for m in range(1, max(map(len, ranked), default=0) + 1):
-            expected += sum(pi[order[m - 1]] for pi, order in zip(probs, ranked) if len(order) >= m)
+            expected += sum(w * pi[order[m - 1]] for w, pi, order in zip(weights, probs, ranked) if len(order) >= m)
             rate = expected / cost(1 + fixed + m)
-            if rate > best_rate:
+            if rate > best_rate and not (self.probing and cost(1 + fixed + m) > PROBE_COST):
                 best_m, best_rate = m, rate
         planned = []
         for tree, order in zip(trees, ranked):
@@ -632,7 +657,13 @@ class CostAwareVerifier:
 
     def update_row(self, tree: DraftTree, path: list[int], proposed: int) -> None:
         """After verifying one row's `tree` (a part of a proposal of `proposed` nodes)."""
+        self._calibrate(tree, path, proposed)
         self.estimate.update(tree, path, proposed)
+
+    def _calibrate(self, tree: DraftTree, path: list[int], size: int) -> None:
+        if tree.tokens:
+            self.calibration = [self.calibration[0] * DECAY + len(path),
+                                self.calibration[1] * DECAY + sum(self.estimate.path_probs(tree, size))]
 
     def _wider(self, n: int, fixed: int, cost) -> int:
         """Node count of the widest measured forward, up to twice the draft, that costs no more than this one."""
@@ -643,4 +674,5 @@ class CostAwareVerifier:
 
     def update(self, tree: DraftTree, path: list[int]) -> None:
         """After verifying `tree` (the part of the last `plan`'s proposal that was verified)."""
+        self._calibrate(tree, path, self.proposed)
         self.estimate.update(tree, path, self.proposed)

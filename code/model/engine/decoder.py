@@ -236,7 +236,8 @@ class SpeculativeEngine:
             t0 = self.clock()
             drafts = [plan for plan in plans if plan.tree is not None]
             rows = [row for row, plan in zip(live, plans) if plan.tree is not None]
-            planned = self.cost_aware.plan_batch([p.tree for p in drafts], max(len(r.context) for r in rows))
+            planned = self.cost_aware.plan_batch([p.tree for p in drafts], max(len(r.context) for r in rows),
+                                                 [max_new_tokens - len(r.result.tokens) for r in rows])
             share = (self.clock() - t0) / len(drafts)
             for row, plan, tree in zip(rows, drafts, planned):
                 tree.validate(self.max_tree_nodes, self.vocab_size)
