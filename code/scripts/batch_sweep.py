@@ -11,6 +11,7 @@ import sys
 # name -> "[NAME=]MODULE [FLAGS]" of evaluation.interleaved; {datastore}, {drafter}, {head}: the paths given
 METHOD_SPECS = {
     "ar": "ar=baseline",
+    "ar-again": "ar-again=baseline",   # AR once more, last in each question's turn: the timing noise floor
     "pld": "pld",
     "samd": "samd",
     "samd-solo": "samd-solo=samd --no-cross-sample",   # SAM without cross-sample drafting
@@ -37,12 +38,13 @@ def specs(names: list[str], paths: dict, cost_aware: str) -> list[str]:
             print(f"skipping {name}: no --{FLAGS[need]}", file=sys.stderr)
             continue
         spec = METHOD_SPECS[name].format(**paths)
-        if cost_aware in ("off", "both") or name == "ar":
+        plain = name in ("ar", "ar-again")   # AR verifies no draft: cost-aware AR is AR
+        if cost_aware in ("off", "both") or plain:
             out.append(spec)
-        if cost_aware in ("on", "both") and name != "ar":   # AR verifies no draft: cost-aware AR is AR
+        if cost_aware in ("on", "both") and not plain:
             label, _, rest = spec.partition(" ")
             base, _, module = label.rpartition("=")
-            out.append(f"{base or module}+ca={module} {rest} --cost-aware".strip())
+            out.append(" ".join(filter(None, [f"{base or module}+ca={module}", rest, "--cost-aware"])))
     return out
 
 
@@ -69,8 +71,10 @@ def run(args) -> None:
         raise UserError(f"unknown --methods {unknown}; known: {' '.join(METHOD_SPECS)}")
     if "ar" not in names:
         names = ["ar"] + names
+    if "ar-again" in names:   # last: between it and AR every method ran, so their gap is the machine's drift
+        names = [n for n in names if n != "ar-again"] + ["ar-again"]
     runs = interleaved(specs(names, paths, args.cost_aware), common_flags(args), args.prefix, args.batch_sizes,
-                       args.out_dir)
+                       args.out_dir, lockstep=args.lockstep)
     files = {(size, name.rsplit("@b", 1)[0]): path for size, name, path in runs}
     from evaluation.reports import batch
     summary = batch.sweep_table(files, print_table=True)

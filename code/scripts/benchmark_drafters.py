@@ -110,6 +110,8 @@ def main():
     sweep.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     sweep.add_argument("--out-dir", default="bench_out/batch-sweep")
     sweep.add_argument("--prefix", default="sweep", help="answer files are <out-dir>/b<B>/<prefix>-<method>.jsonl")
+    sweep.add_argument("--lockstep", action="store_true",
+                       help="the runs take turns one engine step at a time (evaluation.interleaved --lockstep)")
     args = parser.parse_args()
     if args.batch_sizes:
         if min(args.batch_sizes) < 1:

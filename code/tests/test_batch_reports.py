@@ -287,3 +287,14 @@ def test_plot_figures_at_one_batch_size_use_batch_throughput(b2_files):
     method, base = plot.Run(b2_files[0]), plot.Run(b2_files[1])
     assert plot._speedup(plot._paired(method, base)) == approx(8 / 3)
     assert plot._speedup(plot._paired(method, base, category="math")) == approx((180 / 1.75) / (180 / 4.5))
+
+
+def test_sweep_runs_ar_again_last_and_plain_as_the_timing_noise_floor():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("batch_sweep", Path(__file__).parent.parent / "scripts" / "batch_sweep.py")
+    batch_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch_sweep)
+    assert batch_sweep.specs(["ar", "pld", "ar-again"], {}, "both") == [
+        "ar=baseline", "pld", "pld+ca=pld --cost-aware", "ar-again=baseline"]
+    assert batch_sweep.specs(["ar", "ar-again", "samd-solo"], {}, "on") == [
+        "ar=baseline", "ar-again=baseline", "samd-solo+ca=samd --no-cross-sample --cost-aware"]

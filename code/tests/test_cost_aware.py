@@ -488,3 +488,64 @@ def test_a_probe_with_only_auxiliary_nodes_is_spent_not_repeated_on_every_follow
         else:
             verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
     assert drafted == [0, 2 * PROBE_EVERY]   # the first step of the sequence, then the doubled interval
+
+
+def test_the_calibration_scales_expected_tokens_by_what_verified_drafts_delivered():
+    """The chooser verifies the drafts whose estimate looks best, so the estimate of what it verifies runs high (and
+    the prior is optimistic on purpose): accepted over expected draft tokens of recent verifications scales every
+    estimate down (never up), and a draft that paid under the raw estimate stops paying once drafts fall short."""
+    from model.engine.cost import CALIBRATION_WEIGHT
+    profile = ForwardCostProfile([1, 2, 3, 4, 5], [1], [[1.0, 1.3, 1.6, 1.9, 2.2]])
+    verifier = CostAwareVerifier(profile)
+    assert verifier.factor() == 1.0
+    chain = DraftTree.chain([1, 2, 3, 4], source="t")
+    assert verifier.plan(chain, 1, lambda n: None).tokens == [1, 2, 3, 4]   # the prior (0.9) says it pays
+    for _ in range(30):   # drafts half as good as their estimate: the first node accepted, never the rest
+        expected = sum(verifier.estimate.path_probs(chain, 4))
+        verifier.calibration = [verifier.calibration[0] * 0.98 + expected / 2, verifier.calibration[1] * 0.98 + expected]
+    assert verifier.factor() == pytest.approx(
+        (verifier.calibration[0] + CALIBRATION_WEIGHT) / (verifier.calibration[1] + CALIBRATION_WEIGHT))
+    assert 0.5 < verifier.factor() < 0.6
+    assert verifier._expected(chain) == pytest.approx([verifier.factor() * p for p in verifier.estimate.path_probs(chain)])
+    # Recorded through the engine's hook: a verified chain whose nodes all fail lowers the factor.
+    fresh = CostAwareVerifier(profile)
+    for _ in range(10):
+        fresh.update_row(chain, [], 4)
+    assert fresh.factor() < 0.5
+    assert fresh.plan(chain, 1, lambda n: None).tokens == []   # nothing pays any more: a plain step
+    fresh.calibration = [1000.0, 10.0]
+    assert fresh.factor() == 1.0   # better than estimated is left to the estimate itself
+    fresh.begin_sequence()         # a new sequence: the calibration, like the counts, weighs 8 draft tokens at most
+    assert fresh.calibration[1] == pytest.approx(8.0) and fresh.calibration[0] == pytest.approx(800.0)
+
+
+def test_a_probe_step_verifies_no_wider_than_the_probe_bound_even_where_the_estimate_says_more_pays():
+    from model.engine.cost import PROBE_COST
+    widths = list(range(1, 12))
+    profile = ForwardCostProfile(widths, [1], [[1.0 + 0.2 * (w - 1) for w in widths]])   # 3 tokens: 1.4 <= 1.5
+    chain = DraftTree.chain(list(range(1, 11)), source="t")
+    for planner in ("plan", "plan_batch"):
+        verifier = CostAwareVerifier(profile)
+        verifier.estimate.path_probs = lambda t, size=None: [1.0] * len(t.tokens)   # every node sure to pass
+        def planned(probing):
+            verifier.probing = probing
+            if planner == "plan":
+                return verifier.plan(chain, 1, lambda n: None).tokens
+            return verifier.plan_batch([chain, chain], 1)[0].tokens
+        assert planned(False) == chain.tokens               # a normal step bets on the whole chain
+        assert planned(True) == [1, 2]                      # a probe looks within PROBE_COST
+        assert profile.ratio(3, 1) <= PROBE_COST < profile.ratio(4, 1)
+
+
+def test_at_batch_a_row_counts_by_what_it_has_left_since_the_batch_runs_until_its_last_row_is_done():
+    widths = [1, 2, 3]
+    verifier = CostAwareVerifier(ForwardCostProfile(widths, [1], [[1.0, 1.5, 1.9]]))
+    verifier.estimate.path_probs = lambda t, size=None: [0.95] * len(t.tokens)
+    sure, nothing = DraftTree.chain([5, 6], source="t"), DraftTree([], [], source="t")
+    # Both rows equally far from their end: the sure draft of row 0 pays for the wider forward.
+    assert [t.tokens for t in verifier.plan_batch([sure, nothing], 1, [40, 40])] == [[5, 6], []]
+    assert [t.tokens for t in verifier.plan_batch([sure, nothing], 1)] == [[5, 6], []]   # (unweighted: the same)
+    # Row 0 has 2 tokens left while row 1 has 40: row 0 leaves soon whatever it accepts, so the step is plain.
+    assert [t.tokens for t in verifier.plan_batch([sure, nothing], 1, [2, 40])] == [[], []]
+    # The row that lags is the one whose draft counts.
+    assert [t.tokens for t in verifier.plan_batch([nothing, sure], 1, [2, 40])] == [[], [5, 6]]

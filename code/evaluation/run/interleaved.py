@@ -12,6 +12,11 @@ compare.py and plot.py read them unchanged.
 
 A --method is "[NAME=]MODULE [FLAGS]": MODULE names evaluation/inference_MODULE.py, NAME (default MODULE) the
 answer file `<prefix>-<NAME>.jsonl`; FLAGS are that method's own. Every other flag is shared by all methods.
+
+With --lockstep the runs take turns one engine step at a time instead of one question at a time (one thread per
+run, a baton passed after every batch step; evaluation/run/lockstep.py): drift in the machine's speed then hits every
+method within a fraction of a second. Methods that read the target's hidden states (EAGLE-3) are refused there:
+their capture hooks sit on the shared model for a whole generation.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import sys
 
 from evaluation.run.args import Parser, build_parser, finalize
 from evaluation.run.cli import run_reporting
+from evaluation.run.lockstep import Lockstep
 from model.errors import UserError
 
 SHARED = ("model_path", "dtype", "device", "num_gpus_per_model", "question_file", "question_begin", "question_end",
@@ -54,15 +60,17 @@ def main(argv=None) -> None:
     cli = Parser(prog="python -m evaluation.interleaved", description=__doc__.splitlines()[0])
     cli.add_argument("--method", action="append", required=True, metavar='"[NAME=]MODULE [FLAGS]"')
     cli.add_argument("--model-id-prefix", required=True, help="answer files are <prefix>-<NAME>.jsonl")
+    cli.add_argument("--lockstep", action="store_true",
+                     help="the runs take turns one engine step at a time (not one question at a time)")
     known, common = cli.parse_known_args(argv)
-    run_reporting(lambda: run(known.method, common, known.model_id_prefix))
+    run_reporting(lambda: run(known.method, common, known.model_id_prefix, lockstep=known.lockstep))
 
 
 def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int] | None = None,
-        out_dir: str | None = None) -> list[tuple[int, str, str]]:
-    """Answer the questions with every method, interleaved per question group; with `batch_sizes`, every method at
-    every batch size (answer files `<out_dir>/b<B>/<prefix>-<NAME>.jsonl`), interleaved as well. Returns
-    (batch size, name, answer file) per run."""
+        out_dir: str | None = None, lockstep: bool = False) -> list[tuple[int, str, str]]:
+    """Answer the questions with every method, interleaved per question group (with `lockstep`, per engine step);
+    with `batch_sizes`, every method at every batch size (answer files `<out_dir>/b<B>/<prefix>-<NAME>.jsonl`),
+    interleaved as well. Returns (batch size, name, answer file) per run."""
     if batch_sizes:
         specs = [f"{spec} --batch-size {b} --answer-file "
                  + shlex.quote(os.path.join(out_dir, f"b{b}", f"{prefix}-{spec_name(spec)}.jsonl"))
@@ -94,6 +102,11 @@ def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int]
     questions = load_questions(first.question_file, first.question_begin, first.question_end)
     model, tokenizer, device = load_model(first.model_path, first.dtype, first.device, first.num_gpus_per_model)
     opened = [(name, *open_run(args, module.make_drafter, model, tokenizer, device)) for name, module, args in runs]
+    if lockstep:
+        hooked = [name for name, _, runner in opened if runner.drafter.hidden_layers]
+        if hooked:
+            raise UserError(f"--lockstep: {', '.join(hooked)} read the target's hidden states through hooks on the "
+                            "shared model; interleave them per question (without --lockstep)")
     todo = [q for q in questions if any(q["question_id"] not in store.done for _, store, _ in opened)]
     done = [(runner.batch_size, name, store.answer_file) for name, store, runner in opened]
     if not todo:
@@ -114,16 +127,26 @@ def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int]
     bar = tqdm(total=len(todo), desc=f"{len(opened)} runs, interleaved", unit="q", dynamic_ncols=True)
     for i in range(0, len(todo), chunk):
         part = todo[i:i + chunk]
-        for (name, store, runner), size in zip(opened, sizes):
-            left = [q for q in part if q["question_id"] not in store.done]
-            for j in range(0, len(left), size):
-                for answer, steps in runner.answer_group(left[j:j + size]):
-                    store.write(answer, steps)
+        jobs = [(runner.engine, lambda store=store, runner=runner, size=size: _answer(store, runner, part, size))
+                for (_, store, runner), size in zip(opened, sizes)]
+        if lockstep:
+            Lockstep().run(jobs)
+        else:
+            for _, job in jobs:
+                job()
         bar.update(len(part))
     bar.close()
     for name, store, _ in opened:
         print(f"{name}: {store.answer_file}")
     return done
+
+
+def _answer(store, runner, questions: list[dict], size: int) -> None:
+    """One run's answers to these questions (those it has not answered yet), `size` questions per group."""
+    left = [q for q in questions if q["question_id"] not in store.done]
+    for j in range(0, len(left), size):
+        for answer, steps in runner.answer_group(left[j:j + size]):
+            store.write(answer, steps)
 
 
 def spec_name(spec: str) -> str:

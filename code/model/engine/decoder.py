@@ -84,11 +84,16 @@ class SpeculativeEngine:
         self.additive_mask = uses_additive_mask(model)
         devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
         self.synchronize = (lambda: [torch.cuda.synchronize(d) for d in devices]) if devices else (lambda: None)
+        # Called after each batch step, returning the seconds it waited (runs that take turns step by step:
+        # evaluation/run/lockstep.py); those seconds are not this engine's, so its clock leaves them out.
+        self.between_steps = None
+        self.paused = 0.0
 
     def clock(self) -> float:
-        """Seconds, read after the device finished its queued work (else GPU time lands in the wrong bucket)."""
+        """Seconds, read after the device finished its queued work (else GPU time lands in the wrong bucket), not
+        counting the time spent waiting in `between_steps`."""
         self.synchronize()
-        return time.perf_counter()
+        return time.perf_counter() - self.paused
 
     def _forward(self, cache: PositionalKVCache, inputs: list[list[int]], blocks: list, depths: list,
                  logits_to_keep: int = 0) -> torch.Tensor:
@@ -212,6 +217,8 @@ class SpeculativeEngine:
                     cache.select_rows(remaining)
                 live = [live[b] for b in remaining]
             step += 1
+            if self.between_steps is not None:
+                self.paused += self.between_steps()
         for row in rows:
             if not row.result.seconds:
                 row.result.seconds = self.clock() - start
