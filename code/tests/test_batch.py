@@ -277,11 +277,14 @@ def test_the_batch_chooser_spends_one_budget_on_the_rows_whose_drafts_pay():
     for _ in range(200):   # the estimate learns: "sure" drafts are accepted whole, "unsure" never
         verifier.update_row(sure, [0, 1, 2, 3], 4)
         verifier.update_row(unsure, [], 4)
-    planned = verifier.plan_batch([sure, unsure], 100)
-    # Width 5: about 1 + 4 + 1 tokens for both rows at t(5) = 1.6, i.e. 3.75 per unit, against 2 for a plain step.
+    # The "sure" row lags 5 tokens behind: its draft saves about 4 batch steps at t(5) = 1.6 (5 / 1.6 against 1 for
+    # a plain step), whatever the row ahead accepts.
+    planned = verifier.plan_batch([sure, unsure], 100, [100, 95])
     assert planned[0].tokens == [1, 2, 3, 4]
     assert len(planned[1].tokens) == 4                  # padded to the same width anyway: verified at no cost
-    both_unsure = verifier.plan_batch([unsure, unsure], 100)
+    # Level with it, the "unsure" row would need as many steps as before: nothing the sure row accepts saves any.
+    assert [t.tokens for t in verifier.plan_batch([sure, unsure], 100, [100, 100])] == [[], []]
+    both_unsure = verifier.plan_batch([unsure, unsure], 100, [100, 95])
     assert [t.tokens for t in both_unsure] == [[], []]  # no row's draft pays: a plain step for the batch
 
 

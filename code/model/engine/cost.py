@@ -433,6 +433,39 @@ def choose_nodes(pi: list[float], fixed: int, cost, bound: float | None = None) 
     return sorted(order[:best_m])
 
 
+def _at_least(depths: list[int], pi: list[float]) -> list[float]:
+    """P(a row accepts at least k draft tokens), k = 1, 2, ..., from the chance pi of each verified node to end on the
+    accepted path (one path is accepted: the nodes of one depth are exclusive events)."""
+    by_depth = [0.0] * max(depths, default=0)
+    for depth, p in zip(depths, pi):
+        by_depth[depth - 1] += p
+    return [min(1.0, p) for p in by_depth]
+
+
+def batch_steps_saved(reach: list[list[float]], remaining: list[int]) -> float:
+    """Expected batch steps a step saves beyond a plain one: the drop in the number of steps until the last row is
+    done, max_b (remaining_b - 1 - a_b) against max_b (remaining_b - 1), a_b the extra tokens row b accepts.
+
+    With g_b = max remaining - remaining_b (how far row b is ahead) and S_b(k) = P(a_b >= k) (`reach[b][k - 1]`; 1
+    for k <= 0; 0 past the row's remaining tokens), the rows independent: saved = sum over j >= 1 of
+    prod_b S_b(j - g_b). One row: its expected extra tokens. Rows level with each other: the steps all of them save."""
+    most = max(remaining)
+    saved, j = 0.0, 1
+    while True:
+        term = 1.0
+        for at_least, left in zip(reach, remaining):
+            k = j - (most - left)
+            if k <= 0:
+                continue
+            term *= at_least[k - 1] if k <= len(at_least) and k <= left - 1 else 0.0
+            if term == 0.0:
+                break
+        if term == 0.0:
+            return saved
+        saved += term
+        j += 1
+
+
 def likeliest_path(parents: list[int]) -> list[int]:
     """The root's first child, its first child, and so on (drafters list the likelier child first)."""
     path, tip = [], -1
@@ -616,27 +649,31 @@ class CostAwareVerifier:
                    remaining: list[int] | None = None) -> list[DraftTree]:
         """The parts of a batch's proposals to verify, under one budget for the whole forward. Every row is padded
         to the step's widest, so the forward costs t(B, W) whatever each row verifies within W: the chooser picks
-        the W that maximises the rows' expected tokens per unit of that cost, each row verifying its W - 1
-        likeliest nodes (fewer if it has fewer). W = 1 is a plain step for every row; a row with nothing worth
-        verifying adds nothing to W, and where no row's draft pays, the step is plain; a probe looks no wider than
-        PROBE_COST. (Drafts are not extended at batch: propose_more is asked at batch 1 only.)
+        the W that maximises what the step is worth per unit of that cost, each row verifying its W - 1 likeliest
+        nodes (fewer if it has fewer). W = 1 is a plain step for every row; where no row's draft pays, the step is
+        plain; a probe looks no wider than PROBE_COST. (Drafts are not extended at batch: propose_more is asked at
+        batch 1 only.)
 
-        `remaining[b]`: the tokens row b may still emit. The batch runs until its last row is done, so a token is
-        worth what it shortens that: a row's tokens are weighted by its remaining over the most any row has left (a
-        row ahead of the others leaves early whatever it accepts now; the rows behind set the number of steps)."""
+        What a step is worth: the batch runs until its last row is done, so a step is worth the batch steps it saves
+        (`batch_steps_saved`), not the tokens its rows accept: a row ahead of the others leaves early whatever it
+        accepts now, and rows level with each other finish together only as fast as the slowest of them.
+        `remaining[b]`: the tokens row b may still emit (None: every row has as many left)."""
         def cost(width):
             return self.cost(width, context_length)
 
-        most = max(remaining) if remaining else 0
-        weights = [r / most for r in remaining] if most > 0 else [1.0] * len(trees)
+        remaining = remaining or [1 << 30] * len(trees)
         fixed = max(len(t.aux_tokens) for t in trees)
         probs = [self._expected(t) for t in trees]
+        depths = [_depths(t) for t in trees]
         ranked = [sorted(range(len(pi)), key=lambda i: (-pi[i], i)) for pi in probs]
-        best_m, best_rate, expected = 0, sum(weights) / cost(1), sum(weights)
+        best_m, best_rate = 0, 1.0 / cost(1)
         for m in range(1, max(map(len, ranked), default=0) + 1):
-            expected += sum(w * pi[order[m - 1]] for w, pi, order in zip(weights, probs, ranked) if len(order) >= m)
-            rate = expected / cost(1 + fixed + m)
-            if rate > best_rate and not (self.probing and cost(1 + fixed + m) > PROBE_COST):
+            if self.probing and cost(1 + fixed + m) > PROBE_COST:
+                continue
+            reach = [_at_least([d[i] for i in order[:m]], [pi[i] for i in order[:m]])
+                     for pi, d, order in zip(probs, depths, ranked)]
+            rate = (1.0 + batch_steps_saved(reach, remaining)) / cost(1 + fixed + m)
+            if rate > best_rate:
                 best_m, best_rate = m, rate
         planned = []
         for tree, order in zip(trees, ranked):
