@@ -182,6 +182,20 @@ def test_cross_sample_drafting_drafts_from_a_siblings_text():
     alone.begin_sequence(prompt)
     alone.observe(StepFeedback([10, 11, 12], None, [], []))
     assert alone.propose(prompt + [10, 11, 12], 8) is None
+    # The prompt is every sibling's: a match counts only what the row generated, so two tokens in (under the
+    # threshold) there is no sibling draft yet, however long the shared prompt, and drafts grow with the shared text.
+    long_prompt = list(range(100, 140))
+    sibling, row = SamDrafter(len_threshold=3), SamDrafter(len_threshold=3)
+    row.share_with([sibling])
+    for d in (sibling, row):
+        d.begin_sequence(long_prompt)
+    sibling.observe(StepFeedback(list(range(10, 60)), None, [], []))
+    row.observe(StepFeedback([10, 11], None, [], []))
+    assert row.propose(long_prompt + [10, 11], 64) is None
+    row.observe(StepFeedback([12], None, [], []))
+    assert len(row.propose(long_prompt + [10, 11, 12], 64).tokens) == row.draft_length(3)
+    row.observe(StepFeedback([13, 14, 15], None, [], []))
+    assert len(row.propose(long_prompt + list(range(10, 16)), 64).tokens) == row.draft_length(6)
 
 
 def turn_hashes(answers):

@@ -55,6 +55,9 @@ class SamDrafter(Drafter):
         self.hidden_layers = fallback.hidden_layers if fallback is not None else ()
         self.dynamic = SuffixAutomaton()
         self.sequence_length = 0   # tokens of the current sequence: a match may not reach before it
+        self.prompt_length = 0     # ... of which the prompt: a sibling shares it, so a match with a sibling counts
+                                   # only what this row generated (siblings' matches would otherwise always win,
+                                   # with the longest drafts, from the first token on)
         self._match = None         # (automaton, state, shortest suffix allowed, source) of the last own draft
         self.siblings: list[tuple[SamDrafter, Matcher]] = []   # concurrent samples' drafters, our stream in theirs
 
@@ -66,7 +69,7 @@ class SamDrafter(Drafter):
 
     def reset(self) -> None:
         self.dynamic = SuffixAutomaton()
-        self.sequence_length = 0
+        self.sequence_length = self.prompt_length = 0
         self.siblings = []
         if self.static_matcher is not None:
             self.static_matcher.reset()
@@ -79,7 +82,7 @@ class SamDrafter(Drafter):
 
     def begin_sequence(self, prompt: list[int]) -> None:
         self.dynamic.extend_all(prompt)
-        self.sequence_length = len(prompt)
+        self.sequence_length = self.prompt_length = len(prompt)
         for _, matcher in self.siblings:
             matcher.reset()
             for token in prompt:
@@ -123,7 +126,8 @@ class SamDrafter(Drafter):
         # Our own text, or a concurrent sibling's: the longest match wins, the first (our own) on a tie.
         length, automaton, state, source = max(
             [(min(dyn_length, self.sequence_length), self.dynamic, dyn_state, "sam_dyn")] +
-            [(m.length, s.dynamic, m.state, "sam_sibling") for s, m in self.siblings], key=lambda match: match[0])
+            [(min(m.length, self.sequence_length - self.prompt_length), s.dynamic, m.state, "sam_sibling")
+             for s, m in self.siblings], key=lambda match: match[0])
         static_length = self.static_matcher.length - self.len_bias if self.static_matcher is not None else -1
         if max(length, static_length) < self.len_threshold:
             return FALLBACK if self.fallback is not None else None
