@@ -433,15 +433,6 @@ def choose_nodes(pi: list[float], fixed: int, cost, bound: float | None = None) 
     return sorted(order[:best_m])
 
 
-def _at_least(depths: list[int], pi: list[float]) -> list[float]:
-    """P(a row accepts at least k draft tokens), k = 1, 2, ..., from the chance pi of each verified node to end on the
-    accepted path (one path is accepted: the nodes of one depth are exclusive events)."""
-    by_depth = [0.0] * max(depths, default=0)
-    for depth, p in zip(depths, pi):
-        by_depth[depth - 1] += p
-    return [min(1.0, p) for p in by_depth]
-
-
 def batch_steps_saved(reach: list[list[float]], remaining: list[int]) -> float:
     """Expected batch steps a step saves beyond a plain one: the drop in the number of steps until the last row is
     done, max_b (remaining_b - 1 - a_b) against max_b (remaining_b - 1), a_b the extra tokens row b accepts.
@@ -666,12 +657,17 @@ class CostAwareVerifier:
         probs = [self._expected(t) for t in trees]
         depths = [_depths(t) for t in trees]
         ranked = [sorted(range(len(pi)), key=lambda i: (-pi[i], i)) for pi in probs]
+        # reach[b][k - 1] = P(row b accepts at least k draft tokens) from its m likeliest nodes, grown one node per
+        # m: one path is accepted, so the chances of the nodes of one depth add up.
+        reach = [[0.0] * max(d, default=0) for d in depths]
         best_m, best_rate = 0, 1.0 / cost(1)
         for m in range(1, max(map(len, ranked), default=0) + 1):
+            for pi, d, order, at_least in zip(probs, depths, ranked, reach):
+                if len(order) >= m:
+                    node = order[m - 1]
+                    at_least[d[node] - 1] = min(1.0, at_least[d[node] - 1] + pi[node])
             if self.probing and cost(1 + fixed + m) > PROBE_COST:
                 continue
-            reach = [_at_least([d[i] for i in order[:m]], [pi[i] for i in order[:m]])
-                     for pi, d, order in zip(probs, depths, ranked)]
             rate = (1.0 + batch_steps_saved(reach, remaining)) / cost(1 + fixed + m)
             if rate > best_rate:
                 best_m, best_rate = m, rate
