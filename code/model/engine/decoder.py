@@ -22,6 +22,7 @@ from .hidden import HiddenCapture
 from .kv_cache import PositionalKVCache
 from .sampling import SamplingConfig, accept_greedy, accept_sampled, target_probs
 from .tree import DraftError, DraftTree, draft_attention
+from .topk import topk
 
 # What a drafter that proposes nothing gets verified: the root alone, i.e. one autoregressive step.
 NO_DRAFT = DraftTree([], [], source="none")
@@ -178,7 +179,7 @@ class SpeculativeEngine:
             logits = self._forward(cache, [p.inputs for p in plans], [p.block for p in plans],
                                    [p.depths for p in plans])
             # (one topk per step, left on the device: the margins are worked out when the sequence ends)
-            top2 = logits.topk(2, dim=-1).values if self.record_margins else None
+            top2 = topk(logits, 2)[0] if self.record_margins else None
             argmax = logits.argmax(-1).tolist() if sampling.greedy else None
             kept = []
             for b, (row, plan) in enumerate(zip(live, plans)):
@@ -337,12 +338,12 @@ class SpeculativeEngine:
             return
         n = len(tree.tokens) + 1
         wants = row.drafter.wants_topk
-        topk = logits[:n].topk(wants, dim=-1).indices if wants else None
+        top = topk(logits[:n], wants)[1] if wants else None
         aux_argmax = logits[n:n + len(tree.aux_tokens)].argmax(-1).tolist() if tree.aux_tokens else None
         hidden = capture.take(kept, batch_row) if capture is not None else None
         distributions = self._distributions(row.drafter.wants_distributions, plan, logits) \
             if row.drafter.wants_distributions else None
-        row.drafter.observe(StepFeedback(plan.emitted, tree, plan.path, plan.inputs[:n], topk, aux_argmax, hidden,
+        row.drafter.observe(StepFeedback(plan.emitted, tree, plan.path, plan.inputs[:n], top, aux_argmax, hidden,
                                          distributions))
 
     @staticmethod
@@ -351,8 +352,8 @@ class SpeculativeEngine:
         top-k ids and probabilities: the one acceptance drew from when sampling (no second warping), else the softmax."""
         positions = ([0] + [i + 1 for i in plan.path])[: len(plan.emitted)]
         probs = plan.target[positions] if plan.target is not None else logits[positions].float().softmax(-1)
-        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
-        return top.indices.cpu(), top.values.float().cpu()
+        values, indices = topk(probs, k)
+        return indices.cpu(), values.float().cpu()
 
     def _plan(self, tree: DraftTree, drafter: Drafter, context: list[int]) -> DraftTree:
         """Cost-aware verification: the part of the proposal (or the larger draft) worth its forward cost."""
