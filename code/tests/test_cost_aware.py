@@ -566,3 +566,43 @@ def test_at_batch_a_step_is_worth_the_batch_steps_it_saves_not_the_tokens_its_ro
     assert batch_steps_saved([[0.5, 0.25], [0.5, 0.25]], [10, 10]) == pytest.approx(0.5 * 0.5 + 0.25 * 0.25)
     assert batch_steps_saved([[0.5, 0.25], []], [10, 9]) == pytest.approx(0.5)   # row 1 one token ahead
     assert batch_steps_saved([[1.0, 1.0, 1.0]], [2]) == pytest.approx(1.0)        # one token left to accept
+
+
+class _Oracle(Drafter):
+    """Drafts the next 3 tokens of a known continuation (all accepted), or 3 wrong ones where it has none."""
+
+    def __init__(self, prompt, continuation):
+        self.prompt, self.continuation = list(prompt), list(continuation)
+
+    def propose(self, tokens, max_nodes):
+        done = len(tokens) - len(self.prompt)
+        ahead = self.continuation[done:done + 3] if self.continuation else []
+        return DraftTree.chain(ahead or [0, 0, 0], source="oracle")
+
+
+def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_end():
+    """Row 0's drafts are always accepted (4 tokens a step), row 1's never: the mean row emits 2.5 tokens a step but
+    the batch ends no sooner than row 1, so each step is worth one batch step, and the gate measures that."""
+    model = tiny_model("llama")
+    plain = SpeculativeEngine(model)
+    prompts = [[5, 6, 7, 8, 9], [3, 17, 99, 250, 42]]
+    reference = plain.generate(prompts[0], Drafter(), 24, SamplingConfig()).tokens
+    worth = []
+
+    class Spy(CostAwareVerifier):
+        def record_step(self, proposed, emitted, *args, **kwargs):
+            if proposed:
+                worth.append(emitted)
+            super().record_step(proposed, emitted, *args, **kwargs)
+
+    engine = SpeculativeEngine(model, cost_aware=Spy(flat_profile()))
+    rows = engine.generate_batch(prompts, [_Oracle(prompts[0], reference), _Oracle(prompts[1], [])], 24,
+                                 SamplingConfig())
+    assert rows[0].tokens == reference
+    row0 = [s.accepted for s in rows[0].steps if s.draft_size]
+    assert row0 and min(row0) == 4                 # row 0 accepted whole drafts, alongside row 1
+    assert worth and set(worth) == {1}             # ... and each such step brought the batch's end one step nearer
+    worth.clear()
+    alone = SpeculativeEngine(model, cost_aware=Spy(flat_profile())).generate(
+        prompts[0], _Oracle(prompts[0], reference), 24, SamplingConfig())
+    assert alone.tokens == reference and set(worth[:-1]) == {4}   # at batch 1: its tokens (the last step cut short)

@@ -505,15 +505,16 @@ class CostAwareVerifier:
     included) corrects it where it was off, and a width it made look cheap is tried once and then judged on its
     real cost.
 
-    The gate is measured, not modelled: `gain` is an exponential average, over steps that drafted, of tokens
-    emitted per plain-step time spent (drafting + verifying seconds / the seconds of a plain one-token step, itself
-    an average over the plain steps seen, starting from the profile's t(1)). While the gain is under SKIP_BELOW the
-    drafter is asked only on probe steps, so the average keeps following it (a second round that repeats the first
-    is found): after PROBE_EVERY steps in which none of its drafts was verified, an interval that doubles (up to
-    PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one that did, so a drafter
-    that never pays costs little; each new sequence (round, sample) is probed on its first step. Steps whose
-    proposal was empty do not count: a drafter that often has nothing to say (SAM without a match) is not silenced
-    for it.
+    The gate is measured, not modelled: `gain` is an exponential average, over steps that drafted, of tokens emitted
+    per plain-step time spent (drafting + verifying seconds / the seconds of a plain one-token step, itself an
+    average over the plain steps seen, starting from the profile's t(1)); at batch > 1 the engine reports as emitted
+    how many batch steps nearer the step brought the batch's end, as `plan_batch` values a step. While the gain is
+    under SKIP_BELOW the drafter is asked only on probe steps, so the average keeps following it (a second round
+    that repeats the first is found): after PROBE_EVERY steps in which none of its drafts was verified, an interval
+    that doubles (up to PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one
+    that did, so a drafter that never pays costs little; each new sequence (round, sample) is probed on its first
+    step. Steps whose proposal was empty do not count: a drafter that often has nothing to say (SAM without a match)
+    is not silenced for it.
 
     Exploration: the estimate learns only from what is verified, so a source whose estimate fell below what any
     width costs would never be verified again, even once its drafts come right (round 2 quoting round 1). Proposals

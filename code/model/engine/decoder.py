@@ -174,6 +174,7 @@ class SpeculativeEngine:
                 break
             plans = self._plan_rows(live, max_new_tokens, budget)
             width = max(len(plan.inputs) for plan in plans)
+            longest = _longest_remaining(live, max_new_tokens)
             t1 = self.clock()
             starts = cache.lengths
             logits = self._forward(cache, [p.inputs for p in plans], [p.block for p in plans],
@@ -199,10 +200,14 @@ class SpeculativeEngine:
                     plan.draft_seconds, t2 - t1, len(row.context), plan.proposed, step, len(live), width))
             if self.cost_aware is not None:
                 drafts = [plan for plan in plans if plan.tree is not None]
-                if drafts:   # one step of the batch: tokens per row, against a plain step of the batch
+                if drafts:   # one step of the batch against a plain step of the batch
+                    # What the step was worth: at batch 1 its tokens; at batch > 1 the batch steps it brought the
+                    # batch's end nearer (its longest remaining run shortened: the chooser's objective, realised),
+                    # never more than a row emitted (a row leaving on a stop token is no drafting gain).
+                    worth = len(drafts[0].emitted) if len(live) == 1 else \
+                        min(longest - _longest_remaining(live, max_new_tokens), max(len(p.emitted) for p in plans))
                     self.cost_aware.record_forward(width, t2 - t1)
-                    self.cost_aware.record_step(sum(p.proposed for p in drafts),
-                                                sum(len(p.emitted) for p in drafts) / len(drafts),
+                    self.cost_aware.record_step(sum(p.proposed for p in drafts), worth,
                                                 self.clock() - min(p.started for p in plans),
                                                 max(len(row.context) for row in live),
                                                 sum(len(p.tree.tokens) for p in drafts))
@@ -400,6 +405,11 @@ class _Row:
     def keep_margins(self, top2: torch.Tensor, plan: "_Plan") -> None:
         picks = None if plan.tree is None else ([0] + [i + 1 for i in plan.path])[: len(plan.emitted)]
         self.margin_steps.append((top2[: len(plan.inputs)], picks, len(plan.emitted)))
+
+
+def _longest_remaining(rows: list["_Row"], max_new_tokens: int) -> int:
+    """Tokens the batch's furthest-behind row may still emit (a row that stopped has none left)."""
+    return max(0 if row.result.stopped else max_new_tokens - len(row.result.tokens) for row in rows)
 
 
 def _read_margins(rows: list[_Row], eps: float) -> None:
