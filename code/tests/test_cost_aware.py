@@ -327,6 +327,28 @@ def test_probes_that_do_not_pay_come_ever_more_rarely_and_one_that_pays_brings_t
     assert gaps_between_probes(2, emitted=1) == [1, 2 * PROBE_EVERY]   # that first probe did not pay
 
 
+def test_at_batch_b_probes_come_b_times_more_rarely_but_a_new_sequence_is_still_probed_first():
+    """A probe at batch B verifies B rows' drafts, at the cost of a forward of all B rows."""
+    from model.engine.cost import PROBE_EVERY
+    verifier = CostAwareVerifier(jagged_profile())
+    plain = verifier.profile.seconds[0][0]
+    verifier.gain = 0.5
+    verifier.begin_sequence()
+    probes = []
+    for step in range(1, 12 * PROBE_EVERY * 4):
+        if verifier.should_draft(rows=4):
+            probes.append(step)
+            verifier.record_step(proposed=4, emitted=1, seconds=2 * plain, context_length=1)
+        else:
+            verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
+    assert probes[:3] == [1, 1 + 2 * PROBE_EVERY * 4, 1 + 6 * PROBE_EVERY * 4]
+    # A probe whose drafter had nothing to propose is not spent: the next step is asked again.
+    verifier.begin_sequence()
+    assert verifier.should_draft(rows=4)
+    verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
+    assert verifier.should_draft(rows=4) and verifier.probing
+
+
 def test_the_run_s_own_verification_times_replace_the_profile_once_seen_often_enough():
     from model.engine.cost import OBSERVED_MIN
     profile = ForwardCostProfile([1, 2, 3, 4, 5], [1], [[1.0, 2.0, 2.0, 2.0, 1.2]])   # width 5 looks cheap

@@ -542,6 +542,7 @@ class CostAwareVerifier:
         self.unverified = 0         # steps since a draft of this drafter was last verified (skipped or cut away)
         self.interval = PROBE_EVERY
         self.probing = False
+        self.probe_next = False     # the next step probes (a new sequence's first step with a proposal)
         self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
 
     def begin_sequence(self) -> None:
@@ -549,7 +550,8 @@ class CostAwareVerifier:
         has not been paying is probed on its first step, the probe interval starts again from PROBE_EVERY, and the
         acceptance counts shrink to SEQUENCE_MEMORY observations."""
         self.interval = PROBE_EVERY
-        self.unverified = PROBE_EVERY - 1
+        self.unverified = 0
+        self.probe_next = True
         self.estimate.shrink(SEQUENCE_MEMORY)
         if self.calibration[1] > SEQUENCE_MEMORY:
             self.calibration = [a * SEQUENCE_MEMORY / self.calibration[1] for a in self.calibration]
@@ -561,8 +563,11 @@ class CostAwareVerifier:
         accepted, expected = self.calibration
         return min(1.0, (accepted + CALIBRATION_WEIGHT) / (expected + CALIBRATION_WEIGHT))
 
-    def should_draft(self) -> bool:
-        if self.unverified + 1 >= self.interval:
+    def should_draft(self, rows: int = 1) -> bool:
+        """Whether the drafters are asked this step (`rows`: the batch's rows). At batch B the probe interval is B
+        times longer: a probe verifies every row's draft, so the estimate learns as much per step of the batch as at
+        batch 1, while the probe's forward costs all B rows."""
+        if self.probe_next or self.unverified + 1 >= self.interval * rows:
             self.probing = True
             return True
         if self.gain >= SKIP_BELOW:
@@ -590,6 +595,7 @@ class CostAwareVerifier:
             else:
                 self.interval = PROBE_EVERY
             self.unverified = 0
+            self.probe_next = False
         elif proposed:
             self.unverified += 1
         self.probing = False

@@ -239,7 +239,7 @@ class SpeculativeEngine:
         plans = [self._forced_plan(row, max_new_tokens, budget) for row in live]
         if all(plans):
             return plans
-        drafted = self.cost_aware is None or self.cost_aware.should_draft()
+        drafted = self.cost_aware is None or self.cost_aware.should_draft(len(live))
         batched = self.cost_aware is not None and len(live) > 1
         rows = [row for row, plan in zip(live, plans) if plan is None]
         proposals, seconds = self._propose(rows) if drafted else ([SKIPPED] * len(rows), [0.0] * len(rows))
