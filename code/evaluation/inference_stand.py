@@ -15,6 +15,8 @@ def add_args(parser):
                         help="verifications between rebuilds of the tree shape from the acceptance counts")
     parser.add_argument("--no-prompt-ngrams", action="store_true",
                         help="do not index the prompt's n-grams (as point masses where no distribution is known)")
+    parser.add_argument("--accepted-only", action="store_true",
+                        help="learn only the distributions before emitted tokens, not those at rejected draft nodes")
 
 
 def check_args(args):
@@ -31,7 +33,8 @@ def make_drafter(args, model, tokenizer):
     from model.stand import StandDrafter
     vocab = model.get_output_embeddings().weight.shape[0]
     return StandDrafter(vocab, tuple(args.ngram_orders), args.topk, args.max_nodes, args.max_depth,
-                        args.max_children, args.rebuild_every, prompt_ngrams=not args.no_prompt_ngrams)
+                        args.max_children, args.rebuild_every, prompt_ngrams=not args.no_prompt_ngrams,
+                        learn_rejected=not args.accepted_only)
 
 
 if __name__ == "__main__":

@@ -66,15 +66,41 @@ def test_prompt_ngrams_fill_gaps_only_and_a_reset_forgets():
     assert len(drafter.memory) == 0 and drafter.memory.lookup([7]) is None
 
 
-def test_observe_stores_the_distribution_before_each_emitted_token():
-    drafter = StandDrafter(vocab_size=20, orders=(1, 2), topk=2, prompt_ngrams=False)
+@pytest.mark.parametrize("learn_rejected", [True, False])
+def test_observe_stores_the_distribution_at_each_verified_position(learn_rejected):
+    """Root context (1, 2); draft 3 -> 5 accepted, its sibling 7 rejected; bonus 8."""
+    from model.engine import DraftTree
+    drafter = StandDrafter(vocab_size=20, orders=(1, 2), topk=2, prompt_ngrams=False, learn_rejected=learn_rejected)
     drafter.begin_sequence([1, 2])
-    ids = torch.tensor([[3, 4], [5, 6]])
-    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
-    drafter.observe(StepFeedback([3, 5], None, [], [], distributions=(ids, probs)))
+    tree = DraftTree([3, 7, 5], [-1, -1, 0], source="stand")
+    ids = torch.tensor([[3, 4], [5, 6], [9, 10], [8, 11]])   # at the root, after 3, after 7, after 5
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.7, 0.3]])
+    drafter.observe(StepFeedback([3, 5, 8], tree, [0, 2], [2, 3, 7, 5], distributions=(ids, probs)))
     assert drafter.memory.lookup([1, 2])[0] == [3, 4]    # after (1, 2) the target said 3 (or 4)
     assert drafter.memory.lookup([2, 3])[0] == [5, 6]    # after (2, 3): 5 (or 6)
-    assert drafter.context == [1, 2, 3, 5]
+    assert drafter.memory.lookup([3, 5])[0] == [8, 11]   # after (3, 5): the bonus 8
+    rejected = drafter.memory.lookup([2, 7])              # what the target said after the rejected node
+    assert rejected == (([9, 10], pytest.approx([0.5, 0.5])) if learn_rejected else None)
+    assert drafter.context == [1, 2, 3, 5, 8]
+    assert drafter.memory.positions == (4 if learn_rejected else 3)
+
+
+def test_the_engine_hands_stand_the_distribution_at_every_verified_position():
+    model = tiny_model("llama")
+    seen = []
+
+    class Spy(StandDrafter):
+        def observe(self, feedback):
+            if feedback.tree is not None:
+                seen.append((len(feedback.input_tokens), feedback.distributions[0].shape))
+            super().observe(feedback)
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    drafter = Spy(vocab, topk=3)
+    SpeculativeEngine(model).generate([5, 6, 7, 5, 6, 7, 5, 6], drafter, 24, SamplingConfig(temperature=1.0),
+                                      generator=torch.Generator().manual_seed(0))
+    assert any(n > 1 for n, _ in seen)                    # some steps verified drafts
+    assert all(shape == (n, 3) for n, shape in seen)      # one top-3 per input position, rejected nodes included
 
 
 def test_siblings_of_a_shared_memory_merge_once_and_then_write_into_one_memory():

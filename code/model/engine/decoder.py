@@ -346,17 +346,17 @@ class SpeculativeEngine:
         top = topk(logits[:n], wants)[1] if wants else None
         aux_argmax = logits[n:n + len(tree.aux_tokens)].argmax(-1).tolist() if tree.aux_tokens else None
         hidden = capture.take(kept, batch_row) if capture is not None else None
-        distributions = self._distributions(row.drafter.wants_distributions, plan, logits) \
+        distributions = self._distributions(row.drafter.wants_distributions, plan, logits, n) \
             if row.drafter.wants_distributions else None
         row.drafter.observe(StepFeedback(plan.emitted, tree, plan.path, plan.inputs[:n], top, aux_argmax, hidden,
                                          distributions))
 
     @staticmethod
-    def _distributions(k: int, plan: "_Plan", logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target's distribution at the root and at each accepted node (those that chose the emitted tokens), as
-        top-k ids and probabilities: the one acceptance drew from when sampling (no second warping), else the softmax."""
-        positions = ([0] + [i + 1 for i in plan.path])[: len(plan.emitted)]
-        probs = plan.target[positions] if plan.target is not None else logits[positions].float().softmax(-1)
+    def _distributions(k: int, plan: "_Plan", logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's distribution at every verified position (the root, then each draft node, accepted or not:
+        what follows that node's context), as top-k ids and probabilities: the one acceptance drew from when
+        sampling (no second warping), else the softmax."""
+        probs = plan.target[:n] if plan.target is not None else logits[:n].float().softmax(-1)
         values, indices = topk(probs, k)
         return indices.cpu(), values.float().cpu()
 

@@ -29,9 +29,10 @@ class StepFeedback:
     # [len(emitted), layers x hidden]: the target's states (at `hidden_layers`) at the position before each emitted
     # token, i.e. those that predicted it; for drafters that ask for them
     hidden: torch.Tensor | None = None
-    # With `wants_distributions` = k: the target's distribution before each emitted token (the one it was drawn from
-    # at temperature > 0: temperature, top-p and top-k applied; at temperature 0 the softmax of the logits), as its
-    # top-k: ids [len(emitted), k] and probabilities [len(emitted), k] (float32, on the CPU)
+    # With `wants_distributions` = k: the target's next-token distribution at each input position (root, then every
+    # draft node, accepted or not; at temperature > 0 the one acceptance draws from: temperature, top-p and top-k
+    # applied; at temperature 0 the softmax of the logits), as its top-k: ids [len(input_tokens), k] and
+    # probabilities [len(input_tokens), k] (float32, on the CPU)
     distributions: tuple[torch.Tensor, torch.Tensor] | None = None
 
 

@@ -1,7 +1,10 @@
 """STAND (Song et al., arXiv 2506.04708): stochastic n-gram drafting from a memory of the target's distributions.
 
-Memory (memory.py): after every verification, the target's distribution before each emitted token (the engine
-hands it over: `wants_distributions`) is stored, as its top-k, under the n-grams that end the context there.
+Memory (memory.py): after every verification, the target's next-token distribution at each verified position (the
+engine hands them over: `wants_distributions`) is stored, as its top-k, under the n-grams that end the context there.
+A rejected draft node's position counts too (`learn_rejected`, the default): the target computed what follows that
+node's context, a real context of this trace up to its last few tokens, as Token Recycling learns from every node;
+the memory then learns from every position it verifies, not only from the 1-3 emitted per step.
 
 Drafting: the tree's shape is a template of (parent, sibling rank) nodes chosen from acceptance counts
 (tree_shape.py). At a template node the drafter looks up the longest stored n-gram ending the node's context and
@@ -34,7 +37,7 @@ class StandDrafter(Drafter):
 
     def __init__(self, vocab_size: int, orders: tuple[int, ...] = (1, 2, 3, 4), topk: int = 8,
                  max_nodes: int = 8, max_depth: int = 8, max_children: int = 4, rebuild_every: int = 8,
-                 prompt_ngrams: bool = True):
+                 prompt_ngrams: bool = True, learn_rejected: bool = True):
         if vocab_size <= 0:
             raise ValueError("vocab_size must be positive")
         self.vocab_size = vocab_size
@@ -44,6 +47,7 @@ class StandDrafter(Drafter):
         self.shape_args = dict(max_nodes=max_nodes, max_depth=max_depth, max_children=max_children,
                                rebuild_every=rebuild_every)
         self.prompt_ngrams = prompt_ngrams
+        self.learn_rejected = learn_rejected
         self.sampling = SamplingConfig()
         self.generator: torch.Generator | None = None
         self.reset()
@@ -146,16 +150,28 @@ class StandDrafter(Drafter):
         if feedback.tree is not None and feedback.tree.source == "stand":
             self.shape.record(feedback.tree.parents, feedback.accepted_nodes)
         dist = feedback.distributions
-        if dist is not None:
-            ids, probs = dist[0].tolist(), dist[1].tolist()
-            for j, token in enumerate(feedback.emitted):
-                self.memory.add(self.context[-self.span:], ids[j], probs[j])
-                self.context.append(token)
-        else:
+        if dist is None:
             self.context.extend(feedback.emitted)
+            return
+        ids, probs = dist[0].tolist(), dist[1].tolist()
+        tree, memory, span = feedback.tree, self.memory, self.span
+        if self.learn_rejected:
+            # Position 0 is the root (the context so far); node i's context is its parent's plus its token.
+            contexts = [self.context[-span:]]
+            for token, parent in zip(tree.tokens, tree.parents):
+                contexts.append((contexts[parent + 1] + [token])[-span:])
+            for context, top_ids, top_probs in zip(contexts, ids, probs):
+                memory.add(context, top_ids, top_probs)
+            self.context.extend(feedback.emitted)
+        else:
+            positions = [0] + [i + 1 for i in feedback.accepted_nodes]
+            for j, token in enumerate(feedback.emitted):
+                memory.add(self.context[-span:], ids[positions[j]], probs[positions[j]])
+                self.context.append(token)
 
     def parameters(self) -> dict:
         return {"orders": list(self.orders), "topk": self.topk, **self.shape_args,
-                "prompt_ngrams": self.prompt_ngrams, "tree": "data-driven (acceptance by depth and sibling rank)",
+                "prompt_ngrams": self.prompt_ngrams, "learn_rejected": self.learn_rejected,
+                "tree": "data-driven (acceptance by depth and sibling rank)",
                 "children": "Gumbel-Top-K without replacement (T > 0), most probable (T = 0)",
                 "memory_bound_bytes_per_position": self.memory.bound_per_position()}
