@@ -4,8 +4,8 @@ An entry is a top-k (token ids, probabilities) pair plus the number of distribut
 recurs, its new distribution is merged by the running mean over the union of ids, of which the k most probable stay:
 the entry estimates the average next-token distribution after that context. Entries live in one pool of fixed-width
 numpy rows (k int32 ids, k float32 probabilities, one int32 count), indexed by a dict from the n-gram tuple; a
-position of the trace adds at most one entry per order, so the payload grows by at most
-orders x (8k + 4) bytes per stored position.
+stored position (one distribution added: before an emitted token, or at a verified draft node) adds at most one
+entry per order, so the payload grows by at most orders x (8k + 4) bytes per stored position.
 
 Prompt tokens have no target distribution (the prefill keeps no logits): their n-grams enter as point masses on the
 token that followed, and only where the memory has no entry yet, so they never dilute a real distribution.
