@@ -628,3 +628,33 @@ def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_
     alone = SpeculativeEngine(model, cost_aware=Spy(flat_profile())).generate(
         prompts[0], _Oracle(prompts[0], reference), 24, SamplingConfig())
     assert alone.tokens == reference and set(worth[:-1]) == {4}   # at batch 1: its tokens (the last step cut short)
+
+
+def test_at_batch_drafters_whose_drafts_the_chooser_keeps_cutting_are_asked_only_on_probes():
+    """The gain says drafting pays when verified, but the chooser has verified nothing for PROBE_EVERY steps: at
+    batch B the drafters (whose asking costs every row's drafting time) wait for the next probe."""
+    from model.engine.cost import PROBE_EVERY
+    verifier = CostAwareVerifier(jagged_profile())
+    plain = verifier.profile.seconds[0][0]
+    verifier.begin_sequence()
+    verifier.gain = 2.0
+    asked = []
+    for step in range(1, 4 * PROBE_EVERY * 8):
+        if verifier.should_draft(rows=8):
+            asked.append(step)
+            verifier.record_step(proposed=4, emitted=1, seconds=1.02 * plain, context_length=1,
+                                 verified=4 if verifier.probing else 0)   # only probes verify anything
+        else:
+            verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
+    # The probe on the first step (it does not pay: the interval doubles), PROBE_EVERY steps whose drafts were all
+    # cut, then nothing until the next probe, 2 x PROBE_EVERY x 8 batch steps after the first.
+    second = 1 + 2 * PROBE_EVERY * 8
+    assert asked == list(range(1, PROBE_EVERY + 2)) + list(range(second, second + PROBE_EVERY + 1))
+    # At batch 1 the drafter is still asked on every step while verified drafts pay.
+    single = CostAwareVerifier(jagged_profile())
+    single.begin_sequence()
+    single.gain = 2.0
+    for _ in range(3 * PROBE_EVERY):
+        assert single.should_draft()
+        single.record_step(proposed=4, emitted=1, seconds=1.02 * plain, context_length=1,
+                           verified=4 if single.probing else 0)

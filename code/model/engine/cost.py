@@ -570,7 +570,10 @@ class CostAwareVerifier:
         if self.probe_next or self.unverified + 1 >= self.interval * rows:
             self.probing = True
             return True
-        if self.gain >= SKIP_BELOW:
+        # At batch > 1, once the chooser has cut every draft for PROBE_EVERY steps, the drafters are asked only on
+        # probes too, however well verified drafts paid: a step pays there only when every lagging row's draft is
+        # good, so cut steps are the common case, and asking costs every row's drafting time.
+        if self.gain >= SKIP_BELOW and (rows == 1 or self.unverified < PROBE_EVERY):
             return True
         self.unverified += 1
         return False
