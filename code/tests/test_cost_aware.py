@@ -327,28 +327,6 @@ def test_probes_that_do_not_pay_come_ever_more_rarely_and_one_that_pays_brings_t
     assert gaps_between_probes(2, emitted=1) == [1, 2 * PROBE_EVERY]   # that first probe did not pay
 
 
-def test_at_batch_b_probes_come_b_times_more_rarely_but_a_new_sequence_is_still_probed_first():
-    """A probe at batch B verifies B rows' drafts, at the cost of a forward of all B rows."""
-    from model.engine.cost import PROBE_EVERY
-    verifier = CostAwareVerifier(jagged_profile())
-    plain = verifier.profile.seconds[0][0]
-    verifier.gain = 0.5
-    verifier.begin_sequence()
-    probes = []
-    for step in range(1, 12 * PROBE_EVERY * 4):
-        if verifier.should_draft(rows=4):
-            probes.append(step)
-            verifier.record_step(proposed=4, emitted=1, seconds=2 * plain, context_length=1)
-        else:
-            verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
-    assert probes[:3] == [1, 1 + 2 * PROBE_EVERY * 4, 1 + 6 * PROBE_EVERY * 4]
-    # A probe whose drafter had nothing to propose is not spent: the next step is asked again.
-    verifier.begin_sequence()
-    assert verifier.should_draft(rows=4)
-    verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
-    assert verifier.should_draft(rows=4) and verifier.probing
-
-
 def test_the_run_s_own_verification_times_replace_the_profile_once_seen_often_enough():
     from model.engine.cost import OBSERVED_MIN
     profile = ForwardCostProfile([1, 2, 3, 4, 5], [1], [[1.0, 2.0, 2.0, 2.0, 1.2]])   # width 5 looks cheap
@@ -639,7 +617,7 @@ def test_at_batch_drafters_whose_drafts_the_chooser_keeps_cutting_are_asked_only
     verifier.begin_sequence()
     verifier.gain = 2.0
     asked = []
-    for step in range(1, 4 * PROBE_EVERY * 8):
+    for step in range(1, 3 * PROBE_EVERY + 2):
         if verifier.should_draft(rows=8):
             asked.append(step)
             verifier.record_step(proposed=4, emitted=1, seconds=1.02 * plain, context_length=1,
@@ -647,8 +625,8 @@ def test_at_batch_drafters_whose_drafts_the_chooser_keeps_cutting_are_asked_only
         else:
             verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
     # The probe on the first step (it does not pay: the interval doubles), PROBE_EVERY steps whose drafts were all
-    # cut, then nothing until the next probe, 2 x PROBE_EVERY x 8 batch steps after the first.
-    second = 1 + 2 * PROBE_EVERY * 8
+    # cut, then nothing until the next probe, 2 x PROBE_EVERY steps after the first.
+    second = 1 + 2 * PROBE_EVERY
     assert asked == list(range(1, PROBE_EVERY + 2)) + list(range(second, second + PROBE_EVERY + 1))
     # At batch 1 the drafter is still asked on every step while verified drafts pay.
     single = CostAwareVerifier(jagged_profile())

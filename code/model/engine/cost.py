@@ -564,10 +564,8 @@ class CostAwareVerifier:
         return min(1.0, (accepted + CALIBRATION_WEIGHT) / (expected + CALIBRATION_WEIGHT))
 
     def should_draft(self, rows: int = 1) -> bool:
-        """Whether the drafters are asked this step (`rows`: the batch's rows). At batch B the probe interval is B
-        times longer: a probe verifies every row's draft, so the estimate learns as much per step of the batch as at
-        batch 1, while the probe's forward costs all B rows."""
-        if self.probe_next or self.unverified + 1 >= self.interval * rows:
+        """Whether the drafters are asked this step (`rows`: the batch's rows)."""
+        if self.probe_next or self.unverified + 1 >= self.interval:
             self.probing = True
             return True
         # At batch > 1, once the chooser has cut every draft for PROBE_EVERY steps, the drafters are asked only on
