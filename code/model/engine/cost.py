@@ -542,7 +542,6 @@ class CostAwareVerifier:
         self.unverified = 0         # steps since a draft of this drafter was last verified (skipped or cut away)
         self.interval = PROBE_EVERY
         self.probing = False
-        self.probe_next = False     # the next step probes (a new sequence's first step with a proposal)
         self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
 
     def begin_sequence(self) -> None:
@@ -550,8 +549,7 @@ class CostAwareVerifier:
         has not been paying is probed on its first step, the probe interval starts again from PROBE_EVERY, and the
         acceptance counts shrink to SEQUENCE_MEMORY observations."""
         self.interval = PROBE_EVERY
-        self.unverified = 0
-        self.probe_next = True
+        self.unverified = PROBE_EVERY - 1
         self.estimate.shrink(SEQUENCE_MEMORY)
         if self.calibration[1] > SEQUENCE_MEMORY:
             self.calibration = [a * SEQUENCE_MEMORY / self.calibration[1] for a in self.calibration]
@@ -565,7 +563,7 @@ class CostAwareVerifier:
 
     def should_draft(self, rows: int = 1) -> bool:
         """Whether the drafters are asked this step (`rows`: the batch's rows)."""
-        if self.probe_next or self.unverified + 1 >= self.interval:
+        if self.unverified + 1 >= self.interval:
             self.probing = True
             return True
         # At batch > 1, once the chooser has cut every draft for PROBE_EVERY steps, the drafters are asked only on
@@ -596,7 +594,6 @@ class CostAwareVerifier:
             else:
                 self.interval = PROBE_EVERY
             self.unverified = 0
-            self.probe_next = False
         elif proposed:
             self.unverified += 1
         self.probing = False

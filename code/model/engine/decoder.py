@@ -174,7 +174,7 @@ class SpeculativeEngine:
                 break
             plans = self._plan_rows(live, max_new_tokens, budget)
             width = max(len(plan.inputs) for plan in plans)
-            longest = _longest_remaining(live, max_new_tokens)
+            longest = _longest_remaining(live, max_new_tokens) if self.cost_aware is not None else 0
             t1 = self.clock()
             starts = cache.lengths
             logits = self._forward(cache, [p.inputs for p in plans], [p.block for p in plans],
