@@ -625,9 +625,15 @@ def test_at_batch_drafters_whose_drafts_the_chooser_keeps_cutting_are_asked_only
         else:
             verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
     # The probe on the first step (it does not pay: the interval doubles), PROBE_EVERY steps whose drafts were all
-    # cut, then nothing until the next probe, 2 x PROBE_EVERY steps after the first.
+    # cut, then only the next probe, 2 x PROBE_EVERY steps after the first: it verified a draft but did not pay, so
+    # the drafters stay unasked until the probe after it.
     second = 1 + 2 * PROBE_EVERY
-    assert asked == list(range(1, PROBE_EVERY + 2)) + list(range(second, second + PROBE_EVERY + 1))
+    assert asked == list(range(1, PROBE_EVERY + 2)) + [second]
+    # A probe that pays reopens the asking.
+    verifier.unverified = verifier.interval - 1
+    assert verifier.should_draft(rows=8) and verifier.probing
+    verifier.record_step(proposed=4, emitted=3, seconds=1.02 * plain, context_length=1, verified=4)
+    assert verifier.should_draft(rows=8) and not verifier.probing
     # At batch 1 the drafter is still asked on every step while verified drafts pay.
     single = CostAwareVerifier(jagged_profile())
     single.begin_sequence()

@@ -514,7 +514,8 @@ class CostAwareVerifier:
     that doubles (up to PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one
     that did, so a drafter that never pays costs little; each new sequence (round, sample) is probed on its first
     step. Steps whose proposal was empty do not count: a drafter that often has nothing to say (SAM without a match)
-    is not silenced for it.
+    is not silenced for it. At batch > 1, once the chooser has cut every draft for PROBE_EVERY steps, the drafters
+    are asked only on probes, whatever the gain, until a probe pays.
 
     Exploration: the estimate learns only from what is verified, so a source whose estimate fell below what any
     width costs would never be verified again, even once its drafts come right (round 2 quoting round 1). Proposals
@@ -542,6 +543,7 @@ class CostAwareVerifier:
         self.unverified = 0         # steps since a draft of this drafter was last verified (skipped or cut away)
         self.interval = PROBE_EVERY
         self.probing = False
+        self.probes_only = False    # at batch > 1: asked only on probes until one pays (`should_draft`)
         self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
 
     def begin_sequence(self) -> None:
@@ -567,9 +569,12 @@ class CostAwareVerifier:
             self.probing = True
             return True
         # At batch > 1, once the chooser has cut every draft for PROBE_EVERY steps, the drafters are asked only on
-        # probes too, however well verified drafts paid: a step pays there only when every lagging row's draft is
-        # good, so cut steps are the common case, and asking costs every row's drafting time.
-        if self.gain >= SKIP_BELOW and (rows == 1 or self.unverified < PROBE_EVERY):
+        # probes too, however well verified drafts paid, until a probe pays: a step pays there only when every
+        # lagging row's draft is good, so cut steps are the common case, and asking costs every row's drafting time
+        # (and a probe that verified something unpaying must not reopen PROBE_EVERY steps of asking).
+        if rows > 1 and self.unverified >= PROBE_EVERY:
+            self.probes_only = True
+        if self.gain >= SKIP_BELOW and (rows == 1 or not self.probes_only):
             return True
         self.unverified += 1
         return False
@@ -591,6 +596,7 @@ class CostAwareVerifier:
             if self.probing:
                 paid = verified and step_gain >= 1.0
                 self.interval = PROBE_EVERY if paid else min(2 * self.interval, PROBE_MAX)
+                self.probes_only = self.probes_only and not paid
             else:
                 self.interval = PROBE_EVERY
             self.unverified = 0
