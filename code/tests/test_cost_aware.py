@@ -608,9 +608,10 @@ def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_
     assert alone.tokens == reference and set(worth[:-1]) == {4}   # at batch 1: its tokens (the last step cut short)
 
 
-def test_at_batch_drafters_whose_drafts_the_chooser_keeps_cutting_are_asked_only_on_probes():
-    """The gain says drafting pays when verified, but the chooser has verified nothing for PROBE_EVERY steps: at
-    batch B the drafters (whose asking costs every row's drafting time) wait for the next probe."""
+def test_at_batch_drafters_whose_drafts_do_not_pay_or_are_cut_are_asked_only_on_probes():
+    """The gain says drafting pays, but the last verified draft did not, or the chooser has verified nothing for
+    PROBE_EVERY steps: at batch B the drafters (whose asking costs every row's drafting time) wait for the next
+    probe, and are asked again once a verified draft pays."""
     from model.engine.cost import PROBE_EVERY
     verifier = CostAwareVerifier(jagged_profile())
     plain = verifier.profile.seconds[0][0]
@@ -624,16 +625,26 @@ def test_at_batch_drafters_whose_drafts_the_chooser_keeps_cutting_are_asked_only
                                  verified=4 if verifier.probing else 0)   # only probes verify anything
         else:
             verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
-    # The probe on the first step (it does not pay: the interval doubles), PROBE_EVERY steps whose drafts were all
-    # cut, then only the next probe, 2 x PROBE_EVERY steps after the first: it verified a draft but did not pay, so
-    # the drafters stay unasked until the probe after it.
+    # The probe on the first step verified a draft that did not pay (the interval doubles), so the drafters wait for
+    # the next probe, 2 x PROBE_EVERY steps later, which does not pay either.
     second = 1 + 2 * PROBE_EVERY
-    assert asked == list(range(1, PROBE_EVERY + 2)) + [second]
+    assert asked == [1, second]
     # A probe that pays reopens the asking.
     verifier.unverified = verifier.interval - 1
     assert verifier.should_draft(rows=8) and verifier.probing
     verifier.record_step(proposed=4, emitted=3, seconds=1.02 * plain, context_length=1, verified=4)
     assert verifier.should_draft(rows=8) and not verifier.probing
+    # ... until a verified draft does not pay (a batch step that brought the end only 1 step nearer at 1.4 plain steps'
+    # cost), or the chooser cuts every draft for PROBE_EVERY steps.
+    verifier.record_step(proposed=4, emitted=1, seconds=1.4 * plain, context_length=1, verified=4)
+    assert not verifier.should_draft(rows=8)
+    verifier.unverified = verifier.interval - 1
+    assert verifier.should_draft(rows=8) and verifier.probing
+    verifier.record_step(proposed=4, emitted=3, seconds=1.02 * plain, context_length=1, verified=4)
+    for _ in range(PROBE_EVERY):
+        assert verifier.should_draft(rows=8)
+        verifier.record_step(proposed=4, emitted=1, seconds=1.02 * plain, context_length=1, verified=0)
+    assert not verifier.should_draft(rows=8)
     # At batch 1 the drafter is still asked on every step while verified drafts pay.
     single = CostAwareVerifier(jagged_profile())
     single.begin_sequence()

@@ -514,8 +514,8 @@ class CostAwareVerifier:
     that doubles (up to PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one
     that did, so a drafter that never pays costs little; each new sequence (round, sample) is probed on its first
     step. Steps whose proposal was empty do not count: a drafter that often has nothing to say (SAM without a match)
-    is not silenced for it. At batch > 1, once the chooser has cut every draft for PROBE_EVERY steps, the drafters
-    are asked only on probes, whatever the gain, until a probe pays.
+    is not silenced for it. At batch > 1 the drafters are asked only on probes, whatever the gain, once the chooser
+    has cut every draft for PROBE_EVERY steps or a verified draft did not pay, until a verified draft pays.
 
     Exploration: the estimate learns only from what is verified, so a source whose estimate fell below what any
     width costs would never be verified again, even once its drafts come right (round 2 quoting round 1). Proposals
@@ -543,7 +543,7 @@ class CostAwareVerifier:
         self.unverified = 0         # steps since a draft of this drafter was last verified (skipped or cut away)
         self.interval = PROBE_EVERY
         self.probing = False
-        self.probes_only = False    # at batch > 1: asked only on probes until one pays (`should_draft`)
+        self.last_paid = True       # whether the last step that verified a draft paid (`should_draft` at batch)
         self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
 
     def begin_sequence(self) -> None:
@@ -568,13 +568,11 @@ class CostAwareVerifier:
         if self.unverified + 1 >= self.interval:
             self.probing = True
             return True
-        # At batch > 1, once the chooser has cut every draft for PROBE_EVERY steps, the drafters are asked only on
-        # probes too, however well verified drafts paid, until a probe pays: a step pays there only when every
-        # lagging row's draft is good, so cut steps are the common case, and asking costs every row's drafting time
-        # (and a probe that verified something unpaying must not reopen PROBE_EVERY steps of asking).
-        if rows > 1 and self.unverified >= PROBE_EVERY:
-            self.probes_only = True
-        if self.gain >= SKIP_BELOW and (rows == 1 or not self.probes_only):
+        # At batch > 1 the drafters are asked between probes only while the last verified draft paid and the chooser
+        # has not cut every draft for PROBE_EVERY steps, however well drafts paid on average: a step pays there only
+        # when every lagging row's draft is good, so unpaying and cut steps are the common case, and asking costs
+        # every row's drafting time.
+        if self.gain >= SKIP_BELOW and (rows == 1 or (self.last_paid and self.unverified < PROBE_EVERY)):
             return True
         self.unverified += 1
         return False
@@ -593,10 +591,10 @@ class CostAwareVerifier:
         # A probe is spent even when it had nothing to verify but auxiliary nodes (Lookahead before its pool has a
         # match): as one that did not pay, rather than repeated on every following step at their cost.
         if verified or (proposed and self.probing):
+            self.last_paid = bool(verified) and step_gain >= 1.0
             if self.probing:
                 paid = verified and step_gain >= 1.0
                 self.interval = PROBE_EVERY if paid else min(2 * self.interval, PROBE_MAX)
-                self.probes_only = self.probes_only and not paid
             else:
                 self.interval = PROBE_EVERY
             self.unverified = 0
