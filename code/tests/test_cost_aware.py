@@ -653,3 +653,14 @@ def test_at_batch_drafters_whose_drafts_do_not_pay_or_are_cut_are_asked_only_on_
         assert single.should_draft()
         single.record_step(proposed=4, emitted=1, seconds=1.02 * plain, context_length=1,
                            verified=4 if single.probing else 0)
+
+
+def test_a_probe_whose_drafter_had_nothing_to_propose_is_not_spent():
+    """A new sequence's first-step probe with an empty proposal: the next step is a probe again."""
+    verifier = CostAwareVerifier(jagged_profile())
+    plain = verifier.profile.seconds[0][0]
+    verifier.gain = 0.5
+    verifier.begin_sequence()
+    assert verifier.should_draft() and verifier.probing
+    verifier.record_step(proposed=0, emitted=1, seconds=plain, context_length=1)
+    assert verifier.should_draft() and verifier.probing

@@ -593,8 +593,7 @@ class CostAwareVerifier:
         if verified or (proposed and self.probing):
             self.last_paid = bool(verified) and step_gain >= 1.0
             if self.probing:
-                paid = verified and step_gain >= 1.0
-                self.interval = PROBE_EVERY if paid else min(2 * self.interval, PROBE_MAX)
+                self.interval = PROBE_EVERY if self.last_paid else min(2 * self.interval, PROBE_MAX)
             else:
                 self.interval = PROBE_EVERY
             self.unverified = 0
