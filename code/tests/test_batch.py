@@ -12,6 +12,7 @@ from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, step_log
 from model.engine import Drafter, DraftTree, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from model.engine.kv_cache import PositionalKVCache
 from model.engine.tree import tree_attention
+from model.pld import PromptLookupDrafter
 from model.samd.drafter import SamDrafter
 from stats import chi_square_pvalue
 from test_methods_lossless import run_answers as run_loop
@@ -133,6 +134,47 @@ def test_point_mass_sampling_rows_equal_batch_one_with_the_same_seeds(method):
     assert [r.tokens for r in rows] == alone
     if method != "ar":
         assert_drafted(rows, method)
+
+
+class _Told(PromptLookupDrafter):
+    """PLD (drafts of different sizes per row, some nodes rejected) that asks for the target's top-k and
+    distributions, and keeps what it was told."""
+    wants_topk = 3
+    wants_distributions = 4
+
+    def __init__(self):
+        super().__init__()
+        self.told = []
+
+    def observe(self, feedback):
+        super().observe(feedback)
+        if feedback.tree is not None:
+            ids, probs = feedback.distributions
+            self.told.append((feedback.input_tokens, feedback.topk.tolist(), ids.tolist(), probs))
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(0.6, top_p=0.9)])
+def test_at_batch_each_drafter_is_told_what_it_is_told_alone(sampling):
+    """The target's top-k and distributions a drafter asked for are worked out for all rows at once; each row's
+    drafter still gets its own verified positions' (ragged draft sizes, ragged row ends), as at batch 1."""
+    model = tiny_model("llama")
+    engine = SpeculativeEngine(model)
+    prompts = PROMPTS[:2] + [echo_prompt(engine, PROMPTS[2])]
+    seeds = [3, 4, 5]
+    alone = []
+    for prompt, seed in zip(prompts, seeds):
+        drafter = _Told()
+        engine.generate(prompt, drafter, NEW_TOKENS, sampling, torch.Generator().manual_seed(seed))
+        alone.append(drafter.told)
+    drafters = [_Told() for _ in prompts]
+    engine.generate_batch(prompts, drafters, NEW_TOKENS, sampling, [torch.Generator().manual_seed(s) for s in seeds])
+    assert any(len(inputs) > 1 for told in alone for inputs, *_ in told)   # drafts were verified
+    for drafter, want in zip(drafters, alone):
+        assert len(drafter.told) == len(want)
+        for (inputs, top, ids, probs), (inputs_1, top_1, ids_1, probs_1) in zip(drafter.told, want):
+            assert (inputs, top, ids) == (inputs_1, top_1, ids_1)
+            assert len(top) == len(inputs) and len(top[0]) == 3 and probs.shape == (len(inputs), 4)
+            torch.testing.assert_close(probs, probs_1)
 
 
 def test_residual_sampling_inside_a_batch_follows_the_target_law():

@@ -325,6 +325,13 @@ def test_probes_that_do_not_pay_come_ever_more_rarely_and_one_that_pays_brings_t
     # A new round or sample is probed on its first step, and the interval starts again.
     verifier.begin_sequence()
     assert gaps_between_probes(2, emitted=1) == [1, 2 * PROBE_EVERY]   # that first probe did not pay
+    # At batch > 1 the first step is probed too, but the interval stays as long as the probes before made it.
+    assert gaps_between_probes(1, emitted=1) == [4 * PROBE_EVERY]
+    verifier.begin_sequence(rows=8)
+    assert gaps_between_probes(2, emitted=1) == [1, PROBE_MAX]
+    assert gaps_between_probes(1, emitted=3) == [PROBE_MAX]   # one that pays brings the first interval back ...
+    verifier.begin_sequence(rows=8)
+    assert gaps_between_probes(2, emitted=1) == [1, 2 * PROBE_EVERY]   # ... across sequences too
 
 
 def test_the_run_s_own_verification_times_replace_the_profile_once_seen_often_enough():

@@ -513,8 +513,8 @@ class CostAwareVerifier:
     that repeats the first is found): after PROBE_EVERY steps in which none of its drafts was verified, an interval
     that doubles (up to PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one
     that did, so a drafter that never pays costs little; each new sequence (round, sample) is probed on its first
-    step. Steps whose proposal was empty do not count: a drafter that often has nothing to say (SAM without a match)
-    is not silenced for it. At batch > 1 the drafters are asked only on probes, whatever the gain, once the chooser
+    step (at batch > 1 without the interval starting again). Steps whose proposal was empty do not count: a drafter
+    that often has nothing to say (SAM without a match) is not silenced for it. At batch > 1 the drafters are asked only on probes, whatever the gain, once the chooser
     has cut every draft for PROBE_EVERY steps or a verified draft did not pay, until a verified draft pays.
 
     Exploration: the estimate learns only from what is verified, so a source whose estimate fell below what any
@@ -546,12 +546,15 @@ class CostAwareVerifier:
         self.last_paid = True       # whether the last step that verified a draft paid (`should_draft` at batch)
         self.forward_seconds: dict[int, list[float]] = {}   # verified width -> [running average seconds, count]
 
-    def begin_sequence(self) -> None:
-        """A new round or sample: its context may hold what drafts copy (round 2 quotes round 1), so a drafter that
-        has not been paying is probed on its first step, the probe interval starts again from PROBE_EVERY, and the
-        acceptance counts shrink to SEQUENCE_MEMORY observations."""
-        self.interval = PROBE_EVERY
-        self.unverified = PROBE_EVERY - 1
+    def begin_sequence(self, rows: int = 1) -> None:
+        """A new round or sample (`rows`: of a batch of that many): its context may hold what drafts copy (round 2
+        quotes round 1), so a drafter that has not been paying is probed on its first step, and the acceptance counts
+        shrink to SEQUENCE_MEMORY observations. At batch 1 the probe interval starts again from PROBE_EVERY; at
+        batch > 1 it stays as long as probes made it: there a draft pays only when every lagging row's does, which a
+        new question seldom changes, while a batch of short samples (64 tokens) would otherwise pay 3 probes each."""
+        if rows == 1:
+            self.interval = PROBE_EVERY
+        self.unverified = self.interval - 1
         self.estimate.shrink(SEQUENCE_MEMORY)
         if self.calibration[1] > SEQUENCE_MEMORY:
             self.calibration = [a * SEQUENCE_MEMORY / self.calibration[1] for a in self.calibration]

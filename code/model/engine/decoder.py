@@ -150,7 +150,7 @@ class SpeculativeEngine:
             row.drafter.use_sampling(sampling, row.generator)
             row.drafter.begin_sequence(list(row.prompt))
         if self.cost_aware is not None:
-            self.cost_aware.begin_sequence()
+            self.cost_aware.begin_sequence(len(rows))
         # Prefill each distinct prompt once (Best-of-N: one for all samples), then give every row its copy.
         unique: dict[tuple, int] = {}
         for row in rows:
@@ -190,11 +190,13 @@ class SpeculativeEngine:
                     row.keep_margins(top2[b], plan)
             cache.keep_rows(starts, kept)
             t2 = self.clock()
+            wanted = self._wanted(live, plans, logits)
+            share = (self.clock() - t2) / max(sum(plan.tree is not None for plan in plans), 1)
             for b, (row, plan, offsets) in enumerate(zip(live, plans, kept)):
                 t = self.clock()
-                self._observe(row, plan, logits[b], offsets, capture, b)
+                self._observe(row, plan, logits[b], offsets, capture, b, *wanted[b])
                 if plan.tree is not None:   # (a forced step drafts nothing: its time is the forward's)
-                    plan.draft_seconds += self.clock() - t
+                    plan.draft_seconds += self.clock() - t + share
                 row.result.steps.append(StepRecord(
                     plan.tree.size if plan.tree is not None else 0, len(plan.emitted), plan.source,
                     plan.draft_seconds, t2 - t1, len(row.context), plan.proposed, step, len(live), width))
@@ -335,30 +337,47 @@ class SpeculativeEngine:
         return [0] + [i + 1 for i in plan.path[: len(emitted) - 1]]
 
     def _observe(self, row: "_Row", plan: "_Plan", logits: torch.Tensor, kept: list[int], capture,
-                 batch_row: int) -> None:
+                 batch_row: int, top: torch.Tensor | None, distributions: tuple | None) -> None:
         tree = plan.tree
         if tree is None:
             hidden = capture.take(list(range(len(plan.inputs))), batch_row) if capture is not None else None
             row.drafter.observe(StepFeedback(list(plan.emitted), None, [], [], None, hidden=hidden))
             return
         n = len(tree.tokens) + 1
-        wants = row.drafter.wants_topk
-        top = topk(logits[:n], wants)[1] if wants else None
         aux_argmax = logits[n:n + len(tree.aux_tokens)].argmax(-1).tolist() if tree.aux_tokens else None
         hidden = capture.take(kept, batch_row) if capture is not None else None
-        distributions = self._distributions(row.drafter.wants_distributions, plan, logits, n) \
-            if row.drafter.wants_distributions else None
         row.drafter.observe(StepFeedback(plan.emitted, tree, plan.path, plan.inputs[:n], top, aux_argmax, hidden,
                                          distributions))
 
     @staticmethod
-    def _distributions(k: int, plan: "_Plan", logits: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target's distribution at every verified position (the root, then each draft node, accepted or not:
-        what follows that node's context), as top-k ids and probabilities: the one acceptance drew from when
-        sampling (no second warping), else the softmax."""
-        probs = plan.target[:n] if plan.target is not None else logits[:n].float().softmax(-1)
-        values, indices = topk(probs, k)
-        return indices.cpu(), values.float().cpu()
+    def _wanted(live: list["_Row"], plans: list["_Plan"], logits: torch.Tensor) -> list[tuple]:
+        """Per row, (top-k ids, distributions) of the target at its verified positions (root + draft nodes), as its
+        drafter asked (`wants_topk`, `wants_distributions`; None where not), each worked out for all rows in one op:
+        on CPU, 8 rows' top-k one row at a time cost 5x one op over the 8 (0.7 against 0.12 ms, 49k vocabulary).
+        Distributions: the one acceptance drew from when sampling (no second warping), else the softmax; as top-k
+        ids and probabilities, on the CPU."""
+        n = [len(plan.tree.tokens) + 1 if plan.tree is not None else 0 for plan in plans]
+        tops, dists = [None] * len(plans), [None] * len(plans)
+        k = max((row.drafter.wants_topk for row, m in zip(live, n) if m), default=0)
+        if k:
+            ids = topk(logits[:, :max(n)], k)[1]
+            for b, (row, m) in enumerate(zip(live, n)):
+                if m and row.drafter.wants_topk:
+                    tops[b] = ids[b, :m, :row.drafter.wants_topk]
+        wanting = [b for b, (row, m) in enumerate(zip(live, n)) if m and row.drafter.wants_distributions]
+        if wanting:
+            if plans[wanting[0]].target is not None:
+                probs = torch.cat([plans[b].target[:n[b]] for b in wanting])
+            else:
+                probs = torch.cat([logits[b, :n[b]] for b in wanting]).float().softmax(-1)
+            values, indices = topk(probs, max(live[b].drafter.wants_distributions for b in wanting))
+            values, indices = values.float().cpu(), indices.cpu()
+            at = 0
+            for b in wanting:
+                k = live[b].drafter.wants_distributions
+                dists[b] = (indices[at:at + n[b], :k], values[at:at + n[b], :k])
+                at += n[b]
+        return list(zip(tops, dists))
 
     def _plan(self, tree: DraftTree, drafter: Drafter, context: list[int]) -> DraftTree:
         """Cost-aware verification: the part of the proposal (or the larger draft) worth its forward cost."""
