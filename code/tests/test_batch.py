@@ -115,6 +115,21 @@ def test_kv_cache_after_ragged_accepts_equals_each_rows_sequential_decoding():
             torch.testing.assert_close(ours.values[row, :, :n], theirs.values[0, :, :n], rtol=0, atol=1e-12)
 
 
+def test_rows_of_different_lengths_write_their_new_entries_after_their_own():
+    """Each row's new keys and values land right after that row's entries, values narrower than keys too (MLA)."""
+    cache = PositionalKVCache(capacity=32, batch_size=3)
+    cache.update(torch.zeros(3, 2, 10, 8), torch.zeros(3, 2, 10, 4), 0)
+    cache.set_lengths([10, 7, 9])
+    keys, values = torch.randn(3, 2, 3, 8), torch.randn(3, 2, 3, 4)
+    seen_keys, seen_values = cache.update(keys, values, 0)
+    assert cache.lengths == [13, 10, 12] and seen_keys.shape[2] == 13
+    layer = cache.layers[0]
+    for row, start in enumerate([10, 7, 9]):
+        assert torch.equal(layer.keys[row, :, start:start + 3], keys[row])
+        assert torch.equal(layer.values[row, :, start:start + 3], values[row])
+        assert not layer.keys[row, :, :start].any() and not layer.keys[row, :, start + 3:].any()
+
+
 @pytest.mark.parametrize("method", sorted(set(METHODS) - SAMPLED_DRAFTS))
 def test_point_mass_sampling_rows_equal_batch_one_with_the_same_seeds(method):
     """At T = 0.3 on a repeating prompt, with REST's corpus cut from other seeds' samples: every method gets drafts
