@@ -475,12 +475,13 @@ def test_a_probe_verifies_the_likeliest_path_as_far_as_its_cost_bound_allows():
     assert probe_nodes(tree, 0, lambda w: 9.0) == ([0], False)             # one node at least
     assert probe_nodes(tree, 2, lambda w: 1.0) == ([0, 2, 3, 4], True)     # auxiliary nodes ride while it is cheap
     assert probe_nodes(tree, 1, cost) == ([0], True)                        # 1 + 1 + 1 tokens: 1.4
-    # At batch: no node worth its width (every estimate 0), so only the probe verifies, each row within the bound.
+    # At batch: no node worth its width (every estimate 0), so only the probe verifies, each row within the bound
+    # and PROBE_NODES_AT_BATCH (1) draft nodes.
     verifier = CostAwareVerifier(ForwardCostProfile([1, 2, 3, 4, 5], [1], [[1.0, 1.2, 1.4, 1.6, 1.8]]))
     verifier.estimate.path_probs = lambda t, size=None: [0.0] * len(t.tokens)
     verifier.probing = True
     planned = verifier.plan_batch([tree, DraftTree.chain([1, 2, 3], source="t")], 1)
-    assert [t.tokens for t in planned] == [[10, 12], [1, 2]]
+    assert [t.tokens for t in planned] == [[10], [1]]
 
 
 def test_a_probe_with_only_auxiliary_nodes_is_spent_not_repeated_on_every_following_step():
@@ -529,7 +530,8 @@ def test_the_calibration_scales_expected_tokens_by_what_verified_drafts_delivere
 
 
 def test_a_probe_step_verifies_no_wider_than_the_probe_bound_even_where_the_estimate_says_more_pays():
-    from model.engine.cost import PROBE_COST
+    """Within PROBE_COST; at batch > 1 also no more than PROBE_NODES_AT_BATCH draft nodes per row."""
+    from model.engine.cost import PROBE_COST, PROBE_NODES_AT_BATCH
     widths = list(range(1, 12))
     profile = ForwardCostProfile(widths, [1], [[1.0 + 0.2 * (w - 1) for w in widths]])   # 3 tokens: 1.4 <= 1.5
     chain = DraftTree.chain(list(range(1, 11)), source="t")
@@ -542,8 +544,9 @@ def test_a_probe_step_verifies_no_wider_than_the_probe_bound_even_where_the_esti
                 return verifier.plan(chain, 1, lambda n: None).tokens
             return verifier.plan_batch([chain, chain], 1)[0].tokens
         assert planned(False) == chain.tokens               # a normal step bets on the whole chain
-        assert planned(True) == [1, 2]                      # a probe looks within PROBE_COST
-        assert profile.ratio(3, 1) <= PROBE_COST < profile.ratio(4, 1)
+        # a probe looks within PROBE_COST (3 tokens), at batch within PROBE_NODES_AT_BATCH draft nodes as well
+        assert planned(True) == ([1, 2] if planner == "plan" else [1])
+        assert profile.ratio(3, 1) <= PROBE_COST < profile.ratio(4, 1) and PROBE_NODES_AT_BATCH == 1
 
 
 def test_at_batch_a_step_is_worth_the_batch_steps_it_saves_not_the_tokens_its_rows_accept():
@@ -607,7 +610,9 @@ def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_
                                  SamplingConfig())
     assert rows[0].tokens == reference
     row0 = [s.accepted for s in rows[0].steps if s.draft_size]
-    assert row0 and min(row0) == 4                 # row 0 accepted whole drafts, alongside row 1
+    # Row 0 accepted whole drafts alongside row 1, after the first step's probe (one node a row at batch) and
+    # until the token limit (24 tokens) cut the last.
+    assert row0 == [2, 4, 4, 4, 4, 4, 2]
     assert worth and set(worth) == {1}             # ... and each such step brought the batch's end one step nearer
     worth.clear()
     alone = SpeculativeEngine(model, cost_aware=Spy(flat_profile())).generate(

@@ -44,6 +44,7 @@ STEP_EMA = 0.1       # weight of each new step in the gain and plain-step-time a
 PROBE_EVERY = 8      # while drafting does not pay, the drafter is still asked after this many steps, ...
 PROBE_MAX = 64       # ... an interval that doubles after each probe that did not pay, up to this
 PROBE_COST = 1.5     # a probe verifies no more than a forward of this many plain steps' cost holds (one node at least)
+PROBE_NODES_AT_BATCH = 1   # ... and at batch > 1 no more than this many draft nodes per row
 SKIP_BELOW = 0.95    # gain under which drafting is judged not to pay (a margin over 1 for timing noise)
 SEQUENCE_MEMORY = 8  # observations a group's counts are worth at most when a new sequence (round, sample) starts
 PRIOR_MEAN = 0.9     # the first draft node's acceptance before any is seen: optimistic, so drafts get tried
@@ -478,12 +479,13 @@ def cut(tree: DraftTree, keep: list[int], aux: bool = True) -> DraftTree:
                      probs=None if tree.probs is None else tree.probs[keep], source=tree.source, **extra)
 
 
-def probe_nodes(tree: DraftTree, fixed: int, cost) -> tuple[list[int], bool]:
+def probe_nodes(tree: DraftTree, fixed: int, cost, most: int | None = None) -> tuple[list[int], bool]:
     """What a probe verifies, and whether the auxiliary nodes (`fixed` of them) ride along: the longest prefix of the
-    likeliest path whose forward, with the auxiliary nodes, costs at most PROBE_COST plain steps; without them when
-    even one node with them costs more; at least the path's first node. A probe is a look, not a bet: at 8 rows on a
-    CPU a probe of PLD's whole 10-token path cost 2 plain steps, and Lookahead's 27-node window 4.6."""
-    path = likeliest_path(tree.parents)
+    likeliest path (of at most `most` nodes) whose forward, with the auxiliary nodes, costs at most PROBE_COST plain
+    steps; without them when even one node with them costs more; at least the path's first node. A probe is a look,
+    not a bet: at 8 rows on a CPU a probe of PLD's whole 10-token path cost 2 plain steps, and Lookahead's 27-node
+    window 4.6."""
+    path = likeliest_path(tree.parents)[:most]
     if not path:
         return [], bool(fixed) and cost(1 + fixed) <= PROBE_COST
     for aux in ((True, False) if fixed else (False,)):
@@ -653,8 +655,10 @@ class CostAwareVerifier:
         to the step's widest, so the forward costs t(B, W) whatever each row verifies within W: the chooser picks
         the W that maximises what the step is worth per unit of that cost, each row verifying its W - 1 likeliest
         nodes (fewer if it has fewer). W = 1 is a plain step for every row; where no row's draft pays, the step is
-        plain; a probe looks no wider than PROBE_COST. (Drafts are not extended at batch: propose_more is asked at
-        batch 1 only.)
+        plain; a probe looks no wider than PROBE_COST, and at PROBE_NODES_AT_BATCH draft nodes per row at most:
+        whether drafting pays in a batch is whether every lagging row accepts its first draft token, and on this CPU a
+        6-token probe of 8 rows, judged 1.4 plain steps by the profile, cost 1.8-3.5 on a batch's first step. (Drafts
+        are not extended at batch: propose_more is asked at batch 1 only.)
 
         What a step is worth: the batch runs until its last row is done, so a step is worth the batch steps it saves
         (`batch_steps_saved`), not the tokens its rows accept: a row ahead of the others leaves early whatever it
@@ -677,7 +681,7 @@ class CostAwareVerifier:
                 if len(order) >= m:
                     node = order[m - 1]
                     at_least[d[node] - 1] = min(1.0, at_least[d[node] - 1] + pi[node])
-            if self.probing and cost(1 + fixed + m) > PROBE_COST:
+            if self.probing and (m > PROBE_NODES_AT_BATCH or cost(1 + fixed + m) > PROBE_COST):
                 continue
             rate = (1.0 + batch_steps_saved(reach, remaining)) / cost(1 + fixed + m)
             if rate > best_rate:
@@ -685,15 +689,15 @@ class CostAwareVerifier:
         planned = []
         for tree, order in zip(trees, ranked):
             keep = sorted(order[:best_m])
-            planned.append(cut(tree, keep) if keep else self._nothing_pays(tree, fixed, cost))
+            planned.append(cut(tree, keep) if keep else self._nothing_pays(tree, fixed, cost, PROBE_NODES_AT_BATCH))
         return planned
 
-    def _nothing_pays(self, tree: DraftTree, fixed: int, cost) -> DraftTree:
+    def _nothing_pays(self, tree: DraftTree, fixed: int, cost, most: int | None = None) -> DraftTree:
         """What is verified of a proposal with no node worth its width: on a probe, what `probe_nodes` takes (the
         estimate learns only from what is verified); else a plain step. Auxiliary nodes (Lookahead's window) feed
         future drafts, which no estimate values: they ride along while (nearly) free, and otherwise on probes only."""
         if self.probing:
-            keep, aux = probe_nodes(tree, fixed, cost)
+            keep, aux = probe_nodes(tree, fixed, cost, most)
             return cut(tree, keep, aux)
         if tree.aux_tokens and cost(1 + fixed) > 1 / SKIP_BELOW:
             return DraftTree([], [], source=tree.source)
