@@ -516,8 +516,9 @@ class CostAwareVerifier:
     that doubles (up to PROBE_MAX) after each probe that did not pay and starts again from PROBE_EVERY after one
     that did, so a drafter that never pays costs little; each new sequence (round, sample) is probed on its first
     step (at batch > 1 without the interval starting again). Steps whose proposal was empty do not count: a drafter
-    that often has nothing to say (SAM without a match) is not silenced for it. At batch > 1 the drafters are asked only on probes, whatever the gain, once the chooser
-    has cut every draft for PROBE_EVERY steps or a verified draft did not pay, until a verified draft pays.
+    that often has nothing to say (SAM without a match) is not silenced for it. At batch > 1 the drafters are asked
+    only on probes, whatever the gain, once the chooser has cut every draft for PROBE_EVERY steps or a verified draft
+    did not pay, until a verified draft pays; and a probe there verifies PROBE_NODES_AT_BATCH draft nodes per row.
 
     Exploration: the estimate learns only from what is verified, so a source whose estimate fell below what any
     width costs would never be verified again, even once its drafts come right (round 2 quoting round 1). Proposals
@@ -553,7 +554,7 @@ class CostAwareVerifier:
         quotes round 1), so a drafter that has not been paying is probed on its first step, and the acceptance counts
         shrink to SEQUENCE_MEMORY observations. At batch 1 the probe interval starts again from PROBE_EVERY; at
         batch > 1 it stays as long as probes made it: there a draft pays only when every lagging row's does, which a
-        new question seldom changes, while a batch of short samples (64 tokens) would otherwise pay 3 probes each."""
+        new question seldom changes, while a batch of short samples (48 tokens) would otherwise pay 3 probes each."""
         if rows == 1:
             self.interval = PROBE_EVERY
         self.unverified = self.interval - 1
