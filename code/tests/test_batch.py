@@ -130,6 +130,31 @@ def test_rows_of_different_lengths_write_their_new_entries_after_their_own():
         assert not layer.keys[row, :, :start].any() and not layer.keys[row, :, start + 3:].any()
 
 
+@pytest.mark.parametrize("leaving", [[0], [1], [3], [0, 2]])
+def test_rows_that_leave_take_nothing_of_the_rows_that_stay(leaving):
+    """Rows leave (moved in place) and the rest keep their entries, lengths and order; they write and grow as
+    before. Repeating a row (Best-of-N's prefill) copies it."""
+    cache = PositionalKVCache(capacity=16, batch_size=4)
+    keys, values = torch.randn(4, 2, 12, 8), torch.randn(4, 2, 12, 4)
+    cache.update(keys, values, 0)
+    cache.set_lengths([12, 9, 11, 10])
+    stay = [r for r in range(4) if r not in leaving]
+    cache.select_rows(stay)
+    assert cache.lengths == [[12, 9, 11, 10][r] for r in stay]
+    layer = cache.layers[0]
+    for i, r in enumerate(stay):
+        n = cache.lengths[i]
+        assert torch.equal(layer.keys[i, :, :n], keys[r, :, :n]) and torch.equal(layer.values[i, :, :n], values[r, :, :n])
+    more = torch.randn(len(stay), 2, 9, 8)   # past the capacity: the buffers grow
+    seen_keys, _ = cache.update(more, torch.randn(len(stay), 2, 9, 4), 0)
+    assert seen_keys.shape[0] == len(stay) and layer.capacity >= 21
+    for i, r in enumerate(stay):
+        n = [12, 9, 11, 10][r]
+        assert torch.equal(layer.keys[i, :, :n], keys[r, :, :n]) and torch.equal(layer.keys[i, :, n:n + 9], more[i])
+    cache.select_rows([0, 0])
+    assert torch.equal(layer.keys[1, :, :cache.lengths[1]], layer.keys[0, :, :cache.lengths[0]])
+
+
 @pytest.mark.parametrize("method", sorted(set(METHODS) - SAMPLED_DRAFTS))
 def test_point_mass_sampling_rows_equal_batch_one_with_the_same_seeds(method):
     """At T = 0.3 on a repeating prompt, with REST's corpus cut from other seeds' samples: every method gets drafts

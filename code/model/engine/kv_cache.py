@@ -78,7 +78,17 @@ class PositionalLayer(CacheLayerMixin):
 
     def select_rows(self, rows: list[int]) -> None:
         """Keep (or repeat) these batch rows, in this order. Only the live prefix is copied."""
-        if self.is_initialized:
+        if self.is_initialized and all(a < b for a, b in zip(rows, rows[1:])):
+            # Rows leaving (the rest in order): the kept rows move up in place, each its own entries only, and the
+            # buffers become their first len(rows) rows, a view. A row leaving last copies nothing: no new buffer
+            # and no copy of every kept row's prefix (10-20 ms at 4 rows of 350 positions on CPU, a fifth of a step).
+            for name in ("keys", "values"):
+                buffer = getattr(self, name)
+                for i, r in enumerate(rows):
+                    if r != i:
+                        buffer[i, :, :self.lengths[r]] = buffer[r, :, :self.lengths[r]]
+                setattr(self, name, buffer[:len(rows)])
+        elif self.is_initialized:
             index = torch.tensor(rows, device=self.keys.device)
             live = self.length
             for name in ("keys", "values"):
