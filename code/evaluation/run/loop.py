@@ -16,6 +16,7 @@ from evaluation.reports.divergence import near_tie_rule, near_ties
 from evaluation.run import paradigms
 from evaluation.run.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
+from model.engine import allocator
 from model.engine.cost import (DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile, ProfileCache, cached_profile,
                                default_cache_dir, profile_key)
 from model.engine.loading import load_model
@@ -39,6 +40,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
         "chat_template": bool(getattr(tokenizer, "chat_template", None)), "question_file": args.question_file,
+        "cpu_allocator": allocator.applied(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "command": " ".join(sys.argv), "created": time.time(),

@@ -6,6 +6,7 @@ import os
 import torch
 
 from ..errors import UserError
+from .allocator import keep_freed_memory
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
@@ -99,6 +100,8 @@ def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus
             raise UserError(f"cannot load model weights from {flag} {path}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"cannot load model weights from {flag} {path}: {first_line(exc)}") from None
+    if torch_device.type == "cpu":
+        keep_freed_memory()   # decoding's per-step temporaries stay in the heap (see allocator.py)
     if "device_map" not in kwargs:
         model.to(torch_device)
     elif {"cpu", "disk"} & set(getattr(model, "hf_device_map", {}).values()):
