@@ -4,12 +4,11 @@ By default glibc serves an allocation above its mmap threshold (128 KiB at first
 with a fresh mapping, and gives freed memory at the top of the heap back to the system past a trim threshold. On
 CPU a forward's large temporaries (logits, attention over a long cache, the MLP's activations) are allocated and
 freed at every step, so, depending on the process's allocation history, a run can page-fault fresh zeroed memory
-at every forward: here one 8-row step at 870 tokens of context took 390-490 ms in the first batch of a process and
-136-153 ms in later ones, and runs of one lockstep sweep ran at two speeds on the same question for that reason
-alone. Fixing both thresholds (the mmap one at glibc's ceiling, which also stops its adaptation; freed memory kept
-for the next step up to TRIM_THRESHOLD) made that first batch 156-165 ms. PyTorch's CPU guides give the same
-advice (or jemalloc / tcmalloc via LD_PRELOAD, which this leaves alone). Nothing changes elsewhere: another libc,
-or a run on an accelerator, whose CPU-side temporaries are small.
+at every forward: here an 8-row step at 870 tokens of context took 305-421 ms throughout a process's first batch
+and 136-200 ms in later ones. Fixing both thresholds (the mmap one at glibc's ceiling, which also stops its
+adaptation; freed memory kept for the next step up to TRIM_THRESHOLD) made that first batch 162-175 ms. PyTorch's
+CPU performance guides give the same advice (or jemalloc / tcmalloc via LD_PRELOAD, which this leaves alone).
+Nothing changes elsewhere: another libc, or a run on an accelerator, whose CPU-side temporaries are small.
 """
 from __future__ import annotations
 
