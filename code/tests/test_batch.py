@@ -144,7 +144,8 @@ def test_rows_that_leave_take_nothing_of_the_rows_that_stay(leaving):
     layer = cache.layers[0]
     for i, r in enumerate(stay):
         n = cache.lengths[i]
-        assert torch.equal(layer.keys[i, :, :n], keys[r, :, :n]) and torch.equal(layer.values[i, :, :n], values[r, :, :n])
+        assert torch.equal(layer.keys[i, :, :n], keys[r, :, :n])
+        assert torch.equal(layer.values[i, :, :n], values[r, :, :n])
     more = torch.randn(len(stay), 2, 9, 8)   # past the capacity: the buffers grow
     seen_keys, _ = cache.update(more, torch.randn(len(stay), 2, 9, 4), 0)
     assert seen_keys.shape[0] == len(stay) and layer.capacity >= 21

@@ -77,7 +77,7 @@ class PositionalLayer(CacheLayerMixin):
         self.lengths = list(plan.lengths)
 
     def select_rows(self, rows: list[int]) -> None:
-        """Keep (or repeat) these batch rows, in this order. Only the live prefix is copied."""
+        """Keep (or repeat) these batch rows, in this order. Only live entries are copied."""
         if self.is_initialized and all(a < b for a, b in zip(rows, rows[1:])):
             # Rows leaving (the rest in order): the kept rows move up in place, each its own entries only, and the
             # buffers become their first len(rows) rows, a view: no new buffer, and a row leaving last copies nothing.
