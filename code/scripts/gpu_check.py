@@ -48,6 +48,7 @@ from model.eagle3 import Eagle3Drafter  # noqa: E402
 from model.eagle3.checkpoint import default_layers  # noqa: E402
 from model.eagle3.head import new_head  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
+from model.engine.attention import use_grouped_sdpa  # noqa: E402
 from model.engine.cost import ForwardCostProfile  # noqa: E402
 from model.lade import LookaheadDrafter  # noqa: E402
 from model.pia.drafter import PiaDrafter  # noqa: E402
@@ -125,6 +126,7 @@ def make_model(family: str, config: dict, dtype: torch.dtype, device: torch.devi
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
     model.eval()
+    use_grouped_sdpa(model)   # as load_model does for runs
     with torch.no_grad():   # the final norm, not lm_head: a tied lm_head is also the input embedding
         model.get_decoder().norm.weight.mul_(LOGIT_SCALE)
     model.generation_config.eos_token_id = None   # random weights: never stop early, in our engine or in HF's

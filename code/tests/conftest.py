@@ -24,8 +24,13 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, dtype=torch.float64, attn: str = "sdpa"):
+def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, dtype=torch.float64,
+               attn: str = "sdpa_grouped"):
+    """`attn`: "sdpa_grouped" (what load_model gives runs: model/engine/attention.py), "sdpa" (transformers' own) or
+    "eager". Every tiny model has grouped-query attention (4 query heads on 2 key/value heads)."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from model.engine.attention import NAME, use_grouped_sdpa
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                   tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1)
@@ -33,7 +38,10 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, dtype=tor
         common["head_dim"] = 16
     config = AutoConfig.for_model(arch, **common)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa" if attn == NAME else attn)
+    model.eval()
+    if attn == NAME:
+        assert use_grouped_sdpa(model)
     # Larger weights than the default init: sharper, more repetitive distributions, like a real LM's.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)

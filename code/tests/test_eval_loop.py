@@ -67,6 +67,7 @@ def test_multi_round_writes_answers_steps_and_config(tiny_model_dir, question_fi
     config = json.load(open(str(answer_file).replace(".jsonl", ".config.json")))
     assert config["method"] == "ar" and config["paradigm"] == "multi_round" and config["turns_per_question"] == 2
     assert {"torch", "transformers"} <= set(config["versions"])
+    assert config["attention"] == "sdpa_grouped"   # load_model's grouped-query SDPA (model/engine/attention.py)
     # A CPU run keeps its freed memory in the heap on glibc (model/engine/allocator.py), and says so.
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert config["cpu_allocator"] == {"malloc": "glibc", "mmap_threshold": 32 << 20, "trim_threshold": 1 << 30}

@@ -23,7 +23,7 @@ from model.engine.loading import load_model
 from model.errors import UserError
 
 
-def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) -> dict:
+def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer, attention: str | None = None) -> dict:
     import transformers
     return {
         "method": drafter.name, "method_parameters": drafter.parameters(), "draft_state_scope": args.draft_state_scope,
@@ -40,7 +40,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer) 
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
         "chat_template": bool(getattr(tokenizer, "chat_template", None)), "question_file": args.question_file,
-        "cpu_allocator": allocator.applied(),
+        "cpu_allocator": allocator.applied(), "attention": attention,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "command": " ".join(sys.argv), "created": time.time(),
@@ -320,7 +320,8 @@ def open_run(args, make_drafter, model, tokenizer, device) -> tuple[AnswerStore,
     if args.temperature == 0:   # greedy turns are compared token by token (reports/divergence.py): keep the ids
         args.save_token_ids = True
     budget = None if args.no_thinking_budget else paradigms.thinking_budget(tokenizer, args.max_new_tokens)
-    store = AnswerStore(args.answer_file, run_config(args, drafter, device, budget, tokenizer))
+    store = AnswerStore(args.answer_file, run_config(args, drafter, device, budget, tokenizer,
+                                                      getattr(model.config, "_attn_implementation", None)))
     engine = SpeculativeEngine(model, max_tree_nodes=args.max_tree_nodes,
                                record_margins=records_margins(args, drafter))
     runner = Runner(args, engine, drafter, tokenizer, paradigms.stop_tokens(tokenizer, model.generation_config),

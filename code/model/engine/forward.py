@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from .attention import NAME as GROUPED_SDPA
+
 
 def uses_additive_mask(model) -> bool:
     """SDPA takes a boolean mask; eager attention adds the mask to the scores, so it needs 0 / -inf."""
-    return getattr(model.config, "_attn_implementation", "sdpa") != "sdpa"
+    return getattr(model.config, "_attn_implementation", "sdpa") not in ("sdpa", GROUPED_SDPA)
 
 
 def padded_forward(model, cache, inputs: list[list[int]], blocks: list, depths: list, additive_mask: bool,

@@ -7,6 +7,7 @@ import torch
 
 from ..errors import UserError
 from .allocator import keep_freed_memory
+from .attention import use_grouped_sdpa
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
@@ -100,6 +101,7 @@ def load_model(path: str, dtype: str = "float16", device: str = "auto", num_gpus
             raise UserError(f"cannot load model weights from {flag} {path}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"cannot load model weights from {flag} {path}: {first_line(exc)}") from None
+    use_grouped_sdpa(model)   # grouped-query attention under the engine's masks without repeated keys and values
     if torch_device.type == "cpu":
         keep_freed_memory()   # decoding's per-step temporaries stay in the heap (see allocator.py)
     if "device_map" not in kwargs:
