@@ -69,9 +69,10 @@ def main() -> None:
                 sys.exit(f"B={size}, question {i}: the outputs differ")
         ratios = [g / s for g, s in zip(rates[NAME], rates["sdpa"])]
         mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        each = " ".join(f"{r:.2f}" for r in ratios)
         print(f"B={size}, decoding: grouped {sum(rates[NAME]) / len(prompts):.1f} tok/s, transformers' SDPA "
-              f"{sum(rates['sdpa']) / len(prompts):.1f} tok/s; grouped/SDPA per question "
-              f"{' '.join(f'{r:.2f}' for r in ratios)} (geometric mean {mean:.2f}x, {min(ratios):.2f}-{max(ratios):.2f})")
+              f"{sum(rates['sdpa']) / len(prompts):.1f} tok/s; grouped/SDPA per question {each} "
+              f"(geometric mean {mean:.2f}x, {min(ratios):.2f}-{max(ratios):.2f})")
     model.set_attn_implementation(NAME)
 
 
