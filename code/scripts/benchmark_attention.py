@@ -13,7 +13,6 @@ import argparse
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluation.data.questions import load_questions  # noqa: E402
@@ -21,6 +20,7 @@ from evaluation.run import paradigms  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
 from model.engine.attention import NAME  # noqa: E402
 from model.engine.loading import load_model  # noqa: E402
+from model.errors import UserError  # noqa: E402
 
 IMPLEMENTATIONS = (NAME, "sdpa")
 
@@ -39,11 +39,16 @@ def main() -> None:
                    help="repeat each prompt up to this many tokens: the attention cost of a long reasoning trace")
     args = p.parse_args()
 
-    model, tokenizer, _ = load_model(args.model_path, args.dtype, args.device)
+    try:
+        model, tokenizer, _ = load_model(args.model_path, args.dtype, args.device)
+        questions = load_questions(args.question_file, args.question_begin, args.question_begin + args.questions)
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
     if model.config._attn_implementation != NAME:
-        sys.exit(f"{args.model_path} does not run the grouped path ({model.config._attn_implementation})")
+        sys.exit(f"error: {args.model_path} does not run the grouped path ({model.config._attn_implementation})")
+    if not questions:
+        sys.exit(f"error: no questions in {args.question_file} from row {args.question_begin}")
     engine = SpeculativeEngine(model)
-    questions = load_questions(args.question_file, args.question_begin, args.question_begin + args.questions)
     prompts = [paradigms.encode_prompt(tokenizer, paradigms.turn_messages(q, "best_of_n", 0, None))
                for q in questions]
     if args.context:
