@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ARCHS, tiny_model
+from conftest import ARCHS, VOCAB, tiny_model
 from model.engine import Drafter, DraftTree, SamplingConfig, SpeculativeEngine
 from model.engine import attention
 from model.engine.kv_cache import PositionalKVCache
@@ -27,7 +27,7 @@ def test_engine_forwards_equal_transformers_sdpa_and_never_repeat_keys(arch, mon
     trees = [DraftTree([7, 8, 9, 10], [-1, -1, 1, 2]), DraftTree([5, 6, 4, 3, 2], [-1, 0, -1, 2, 3]),
              DraftTree([], [])]
     for tree in trees:
-        tree.validate(64, 384)
+        tree.validate(64, VOCAB)
     stock = engine_forward(tiny_model(arch, attn="sdpa"), prefixes, trees)
     grouped_model = tiny_model(arch)
     assert grouped_model.config._attn_implementation == attention.NAME
