@@ -6,7 +6,8 @@ CPU a forward's large temporaries (logits, attention over a long cache, the MLP'
 freed at every step, so, depending on the process's allocation history, a run can page-fault fresh zeroed memory
 at every forward: here an 8-row step at 870 tokens of context took 305-421 ms throughout a process's first batch
 and 136-200 ms in later ones. Fixing both thresholds (the mmap one at glibc's ceiling, which also stops its
-adaptation; freed memory kept for the next step up to TRIM_THRESHOLD) made that first batch 162-175 ms. PyTorch's
+adaptation; freed memory kept for the next step up to TRIM_THRESHOLD) made that first batch 162-175 ms (measured
+while attention still repeated the key/value heads, the largest of those temporaries: see attention.py). PyTorch's
 CPU performance guides give the same advice (or jemalloc / tcmalloc via LD_PRELOAD, which this leaves alone).
 Nothing changes elsewhere: another libc, or a run on an accelerator, whose CPU-side temporaries are small.
 """
