@@ -74,7 +74,7 @@ def run(args) -> None:
     if "ar-again" in names:   # last: between it and AR every method ran, so their gap is the machine's drift
         names = [n for n in names if n != "ar-again"] + ["ar-again"]
     runs = interleaved(specs(names, paths, args.cost_aware), common_flags(args), args.prefix, args.batch_sizes,
-                       args.out_dir, lockstep=args.lockstep)
+                       args.out_dir, lockstep=args.lockstep, continuous=args.continuous_batching)
     files = {(size, name.rsplit("@b", 1)[0]): path for size, name, path in runs}
     from evaluation.reports import batch
     summary = batch.sweep_table(files, print_table=True)

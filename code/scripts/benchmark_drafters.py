@@ -112,10 +112,14 @@ def main():
     sweep.add_argument("--prefix", default="sweep", help="answer files are <out-dir>/b<B>/<prefix>-<method>.jsonl")
     sweep.add_argument("--lockstep", action="store_true",
                        help="the runs take turns one engine step at a time (evaluation.interleaved --lockstep)")
+    sweep.add_argument("--continuous-batching", action="store_true",
+                       help="at B > 1, a Best-of-N sample that finishes hands its row to the next at once")
     args = parser.parse_args()
     if args.batch_sizes:
         if min(args.batch_sizes) < 1:
             parser.error("--batch-sizes must be positive")
+        if args.continuous_batching and args.paradigm != "bon":
+            parser.error("--continuous-batching refills the rows of Best-of-N batches: use --paradigm bon")
         import batch_sweep
         from evaluation.run.cli import run_reporting
         run_reporting(lambda: batch_sweep.run(args))

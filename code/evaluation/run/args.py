@@ -54,6 +54,9 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--batch-size", type=int, default=1,
                    help="decode this many sequences together: with --BON the samples of a question, B at a time; "
                         "with --think-twice round r of B questions, then round r+1 (default 1: one at a time)")
+    p.add_argument("--continuous-batching", action="store_true",
+                   help="with --BON and --batch-size B < N: a sample that finishes hands its row to the next waiting "
+                        "sample at once (as vLLM serves n = N), rather than the batch of B waiting for its slowest row")
     p.add_argument("--no-cross-sample", action="store_true",
                    help="in a batch, question-scope drafters (SAM, PIA) draft only from their own sample's text, "
                         "not from what concurrent samples of the same question generate")
@@ -108,6 +111,9 @@ def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
     if args.think_twice and args.BON:
         raise UserError("--think-twice and --BON are two paradigms: choose one")
+    if args.continuous_batching and (not args.BON or args.batch_size < 2):
+        raise UserError("--continuous-batching refills the rows of a Best-of-N batch: add --BON and --batch-size 2 "
+                        "or more")
     if args.num_gpus_total % args.num_gpus_per_model:
         raise UserError("--num-gpus-total must be a multiple of --num-gpus-per-model")
     gpu_replicas = args.num_gpus_total // args.num_gpus_per_model

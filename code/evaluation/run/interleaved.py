@@ -67,12 +67,12 @@ def main(argv=None) -> None:
 
 
 def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int] | None = None,
-        out_dir: str | None = None, lockstep: bool = False) -> list[tuple[int, str, str]]:
+        out_dir: str | None = None, lockstep: bool = False, continuous: bool = False) -> list[tuple[int, str, str]]:
     """Answer the questions with every method, interleaved per question group (with `lockstep`, per engine step);
     with `batch_sizes`, every method at every batch size (answer files `<out_dir>/b<B>/<prefix>-<NAME>.jsonl`),
-    interleaved as well. Returns (batch size, name, answer file) per run."""
+    interleaved as well, with `continuous` batching at B > 1. Returns (batch size, name, answer file) per run."""
     if batch_sizes:
-        specs = [f"{spec} --batch-size {b} --answer-file "
+        specs = [f"{spec} --batch-size {b}{' --continuous-batching' if continuous and b > 1 else ''} --answer-file "
                  + shlex.quote(os.path.join(out_dir, f"b{b}", f"{prefix}-{spec_name(spec)}.jsonl"))
                  for b in batch_sizes for spec in specs]
         for b in batch_sizes:

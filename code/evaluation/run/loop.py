@@ -37,6 +37,7 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer, 
         "warmup_tokens": args.warmup_tokens, "save_token_ids": args.save_token_ids,
         "near_tie_rule": near_tie_rule(args.dtype) if records_margins(args, drafter) else None,
         "batch_size": args.batch_size, "cross_sample": not args.no_cross_sample,
+        "continuous_batching": args.continuous_batching,
         "thinking_budget": None if budget is None else
         {"trigger_at": budget.trigger_at, "phrase": paradigms.BUDGET_PHRASE},
         "chat_template": bool(getattr(tokenizer, "chat_template", None)), "question_file": args.question_file,
@@ -66,6 +67,7 @@ class Runner:
         self.turns = paradigms.turns_per_question(args)
         self.batch_size = args.batch_size
         self.cross_sample = not args.no_cross_sample
+        self.continuous = args.continuous_batching
         # One drafter per batch row: row 0's is `drafter`; the others are its forks, sharing its read-only resources
         # (models, corpora) and, at global scope, what it learns.
         self.slots = [drafter] + [drafter.fork(share_memory=args.draft_state_scope == "global")
@@ -107,8 +109,9 @@ class Runner:
         """Every turn of every choice of these questions: per question, its answer line and step-log lines.
 
         Turns run in batches of up to --batch-size rows (at batch 1, one after another). Best-of-N: a choice's
-        samples, B at a time (row = sample index mod B); multi-round and single: round r of every (question, choice)
-        chain of the group together, each chain keeping its row, then round r + 1.
+        samples, B at a time (row = sample index mod B), or with --continuous-batching all N in one batch of B rows,
+        each sample taking the row of the first to finish (the row recorded as it ran); multi-round and single:
+        round r of every (question, choice) chain of the group together, each chain keeping its row, then r + 1.
 
         With a store (`open_run` gives one), each completed turn is checkpointed in `<stem>.partial.jsonl`, and the
         turns a killed run had completed are taken from there instead of being generated again: the next turn gets
@@ -156,9 +159,13 @@ class Runner:
         return ("near_ties",) if self.engine.record_margins else ()
 
     def _batches(self, chains: list["_Chain"]):
-        """The group's turns as batches of (chain, turn, row), in the order they can run."""
+        """The group's turns as batches of (chain, turn, row), in the order they can run. With continuous batching a
+        Best-of-N choice's samples are one batch whose rows the engine assigns (row None) as samples finish."""
         size = self.batch_size
-        if self.args.paradigm == "best_of_n":
+        if self.continuous:
+            for chain in chains:
+                yield [(chain, t, None) for t in range(self.turns)]
+        elif self.args.paradigm == "best_of_n":
             for chain in chains:
                 turns = list(range(self.turns))
                 for i in range(0, len(turns), size):
@@ -181,30 +188,35 @@ class Runner:
                 chain.take(turn, entry["record"], entry["steps"], entry["tokens"])
                 chain.resumed.append((turn, row, prompt, entry))
                 continue
-            drafter = self.slots[row]
-            key = (chain.question["question_id"], chain.choice)
-            if scope == "sequence" or (scope == "question" and self.owner[row] != key):
-                drafter.reset()
-            self.owner[row] = key
-            if chain.saved and chain.restore is None:
-                chain.restore = self._restore_drafter(drafter, [r for r in chain.resumed if r[1] == row])
+            if row is not None:
+                self._take_row(chain, row)
             todo.append((chain, turn, row, prompt))
         if not todo:
             return
-        drafters = [self.slots[row] for _, _, row, _ in todo]
-        questions = [chain.question["question_id"] for chain, _, _, _ in todo]
+        # Continuous batching: B rows for the choice's samples, each sample joining as a row frees (its drafter
+        # readied then); the rows all hold samples of one question.
+        rows = list(range(min(self.batch_size, len(todo)))) if self.continuous else [row for _, _, row, _ in todo]
+        drafters = [self.slots[row] for row in rows]
+        questions = [todo[0][0].question["question_id"]] * len(rows) if self.continuous else \
+            [chain.question["question_id"] for chain, _, _, _ in todo]
         share = self.cross_sample and scope == "question"
         for drafter, question_id in zip(drafters, questions):
             # Cross-sample drafting: a question-scope drafter may draft from what its concurrent siblings generate.
             drafter.share_with([d for d, q in zip(drafters, questions)
                                 if share and q == question_id and d is not drafter])
+
+        def on_join(i: int, drafter: Drafter) -> None:
+            self._take_row(todo[i][0], self.slots.index(drafter))
+
         seeds = [self.args.seed + chain.choice * self.turns + turn for chain, turn, _, _ in todo]
         start = self.engine.clock()
         gens = self.engine.generate_batch([prompt for _, _, _, prompt in todo], drafters, self.args.max_new_tokens,
                                           self.sampling, [self.generator(seed) for seed in seeds], self.stop,
-                                          self.budget)
+                                          self.budget, on_join=on_join if self.continuous else None)
         seconds = self.engine.clock() - start
         batch_id = f"{uuid.uuid4().hex[:12]}" if self.batch_size > 1 else None
+        todo = [(chain, turn, gen.row if row is None else row, prompt) for (chain, turn, row, prompt), gen
+                in zip(todo, gens)]
         for (chain, turn, row, prompt), gen in zip(todo, gens):
             question = chain.question
             text = self.decode(gen.tokens)
@@ -222,7 +234,7 @@ class Runner:
             if gen.margins is not None:
                 values["near_ties"] = near_ties(gen.margins)
             if batch_id is not None:
-                values.update(batch_id=batch_id, batch_size=len(todo), batch_wall_time=seconds)
+                values.update(batch_id=batch_id, batch_size=len(rows), batch_wall_time=seconds)
             steps = []
             for i, s in enumerate(gen.steps):
                 line = {"question_id": question["question_id"], "choice": chain.choice, "turn": turn, "step": i,
@@ -239,6 +251,17 @@ class Runner:
                 self.store.checkpoint(chain.question["question_id"],
                                       {"choice": chain.choice, "turn": turn, "record": chain.values[turn],
                                        "tokens": gen.tokens, "steps": chain.steps[turn]})
+
+    def _take_row(self, chain: "_Chain", row: int) -> None:
+        """Ready row `row`'s drafter for a turn of `chain`: forget what its scope does not keep, and give it what a
+        resumed run must replay."""
+        scope, drafter = self.args.draft_state_scope, self.slots[row]
+        key = (chain.question["question_id"], chain.choice)
+        if scope == "sequence" or (scope == "question" and self.owner[row] != key):
+            drafter.reset()
+        self.owner[row] = key
+        if chain.saved and chain.restore is None:
+            chain.restore = self._restore_drafter(drafter, [r for r in chain.resumed if r[1] in (row, None)])
 
     def _restore_drafter(self, drafter: Drafter, resumed: list) -> str:
         """Before the first turn of a chain generated after a resume: give this row's drafter what its scope says it

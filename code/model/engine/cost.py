@@ -458,6 +458,12 @@ def batch_steps_saved(reach: list[list[float]], remaining: list[int]) -> float:
         j += 1
 
 
+def expected_extra(at_least: list[float], left: int) -> float:
+    """Expected draft tokens one row accepts, sum over k of P(a >= k), counting none past its remaining tokens (the
+    last one is always the bonus)."""
+    return sum(at_least[:max(left - 1, 0)])
+
+
 def likeliest_path(parents: list[int]) -> list[int]:
     """The root's first child, its first child, and so on (drafters list the likelier child first)."""
     path, tip = [], -1
@@ -650,8 +656,8 @@ class CostAwareVerifier:
         factor = self.factor()
         return [factor * p for p in self.estimate.path_probs(tree, size)]
 
-    def plan_batch(self, trees: list[DraftTree], context_length: int,
-                   remaining: list[int] | None = None) -> list[DraftTree]:
+    def plan_batch(self, trees: list[DraftTree], context_length: int, remaining: list[int] | None = None,
+                   per_token: bool = False, rows: int | None = None) -> list[DraftTree]:
         """The parts of a batch's proposals to verify, under one budget for the whole forward. Every row is padded
         to the step's widest, so the forward costs t(B, W) whatever each row verifies within W: the chooser picks
         the W that maximises what the step is worth per unit of that cost, each row verifying its W - 1 likeliest
@@ -664,7 +670,11 @@ class CostAwareVerifier:
         What a step is worth: the batch runs until its last row is done, so a step is worth the batch steps it saves
         (`batch_steps_saved`), not the tokens its rows accept: a row ahead of the others leaves early whatever it
         accepts now, and rows level with each other finish together only as fast as the slowest of them.
-        `remaining[b]`: the tokens row b may still emit (None: every row has as many left)."""
+        `remaining[b]`: the tokens row b may still emit (None: every row has as many left).
+
+        `per_token` (continuous batching, while prompts wait to take the rows that finish): a token any row emits
+        brings the end nearer, so a step is worth the tokens its `rows` rows emit, per row (1 for a plain step), as
+        at batch 1; rows without a draft here (a forced phrase) count as emitting one."""
         def cost(width):
             return self.cost(width, context_length)
 
@@ -684,7 +694,9 @@ class CostAwareVerifier:
                     at_least[d[node] - 1] = min(1.0, at_least[d[node] - 1] + pi[node])
             if self.probing and (m > PROBE_NODES_AT_BATCH or cost(1 + fixed + m) > PROBE_COST):
                 continue
-            rate = (1.0 + batch_steps_saved(reach, remaining)) / cost(1 + fixed + m)
+            extra = sum(map(expected_extra, reach, remaining)) / (rows or len(trees)) if per_token else \
+                batch_steps_saved(reach, remaining)
+            rate = (1.0 + extra) / cost(1 + fixed + m)
             if rate > best_rate:
                 best_m, best_rate = m, rate
         planned = []

@@ -11,6 +11,7 @@ themselves, and a row that finishes leaves the batch. One sequence is the batch 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -58,7 +59,9 @@ class Generation:
     steps: list[StepRecord] = field(default_factory=list)
     forced_tokens: int = 0
     stopped: bool = False   # ended on a stop token (rather than the token budget)
-    seconds: float = 0.0    # from the start of its batch (prefill included) to this sequence's last token
+    seconds: float = 0.0    # from the start of its batch (prefill included), or its joining it, to its last token
+    row: int = 0            # the batch row (drafter slot) it was decoded in
+    joined_step: int = 0    # the batch step it joined at (continuous batching; 0: from the start)
     # With record_margins: before each emitted token, the target's (top-1 - top-2 logit) / (eps x |top-1 logit|), eps
     # that of the model's dtype; inf for forced tokens (no logit chose them). How near a tie each choice was.
     margins: list[float] | None = None
@@ -123,13 +126,18 @@ class SpeculativeEngine:
     @torch.inference_mode()
     def generate_batch(self, prompts: list[list[int]], drafters: list[Drafter], max_new_tokens: int,
                        sampling: SamplingConfig, generators: list[torch.Generator | None] | None = None,
-                       stop_tokens: set[int] = frozenset(), budget: ThinkingBudget | None = None) -> list[Generation]:
-        """Decode the prompts together, row b with drafters[b] and generators[b]; one Generation per row. A drafter
-        object may serve several rows only if it keeps no per-sequence state (it is told every row's steps)."""
+                       stop_tokens: set[int] = frozenset(), budget: ThinkingBudget | None = None,
+                       on_join=None) -> list[Generation]:
+        """Decode the prompts together, one Generation per prompt, prompt i with generators[i]. Each drafter is a
+        batch row: with as many drafters as prompts, row b decodes prompt b; with fewer (continuous batching), the
+        first len(drafters) prompts start and each later one takes, in order, the row (and drafter) of the first
+        sequence to finish, its prompt's cache entries copied from the prefill, so no row idles while prompts wait.
+        `on_join(i, drafter)` is called before prompt i begins in a drafter's row (the caller's scope resets). A
+        drafter object may serve several rows only if it keeps no per-sequence state (it is told every row's steps)."""
         if not prompts or any(not p for p in prompts):
             raise ValueError("empty prompt")
-        if len(drafters) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts need {len(prompts)} drafters, got {len(drafters)}")
+        if not drafters or len(drafters) > len(prompts):
+            raise ValueError(f"{len(prompts)} prompts need 1 to {len(prompts)} drafters, got {len(drafters)}")
         generators = list(generators) if generators is not None else [None] * len(prompts)
         layers = {tuple(d.hidden_layers) for d in drafters}
         if len(layers) > 1:
@@ -138,41 +146,62 @@ class SpeculativeEngine:
         capture = HiddenCapture(self.model, wanted) if wanted else None
         try:
             return self._generate(prompts, drafters, generators, max_new_tokens, sampling, stop_tokens, budget,
-                                  capture)
+                                  capture, on_join)
         finally:
             if capture is not None:
                 capture.remove()
 
-    def _generate(self, prompts, drafters, generators, max_new_tokens, sampling, stop_tokens, budget, capture):
+    def _generate(self, prompts, drafters, generators, max_new_tokens, sampling, stop_tokens, budget, capture,
+                  on_join):
         start = self.clock()
-        rows = [_Row(list(p), d, g, budget is None) for p, d, g in zip(prompts, drafters, generators)]
-        for row in rows:
-            row.drafter.use_sampling(sampling, row.generator)
-            row.drafter.begin_sequence(list(row.prompt))
+        rows = [_Row(list(p), None, g, budget is None) for p, g in zip(prompts, generators)]
+        waiting = deque(enumerate(rows))
         if self.cost_aware is not None:
-            self.cost_aware.begin_sequence(len(rows))
+            self.cost_aware.begin_sequence(len(drafters))
         # Prefill each distinct prompt once (Best-of-N: one for all samples), then give every row its copy.
         unique: dict[tuple, int] = {}
         for row in rows:
             unique.setdefault(tuple(row.prompt), len(unique))
         longest = max(len(p) for p in prompts)
-        cache = PositionalKVCache(capacity=longest + min(max_new_tokens, self.cache_capacity) + self.max_tree_nodes + 1,
-                                  batch_size=len(unique))
-        self._append(cache, [list(p[:-1]) for p in unique])
-        slot = [unique[tuple(row.prompt)] for row in rows]
-        if capture is not None:
-            for row, u in zip(rows, slot):
-                if len(row.prompt) > 1:
-                    row.drafter.observe_prompt(capture.take(list(range(len(row.prompt) - 1)), u))
-        if slot != list(range(len(unique))):
-            cache.select_rows(slot)
+        prefilled = PositionalKVCache(capacity=longest + min(max_new_tokens, self.cache_capacity)
+                                      + self.max_tree_nodes + 1, batch_size=len(unique))
+        self._append(prefilled, [list(p[:-1]) for p in unique])
+        # (the prompts' hidden states, for drafters that read them: kept while prompts wait to join)
+        hidden = {u: capture.take(list(range(len(p) - 1)), u) for p, u in unique.items() if len(p) > 1} \
+            if capture is not None else {}
 
-        live, step = rows, 0
+        def join(i: int, drafter: Drafter, b: int, step: int) -> "_Row":
+            row = rows[i]
+            if on_join is not None:
+                on_join(i, drafter)
+            row.drafter, row.started = drafter, self.clock()
+            row.result.row, row.result.joined_step = b, step
+            drafter.use_sampling(sampling, row.generator)
+            drafter.begin_sequence(list(row.prompt))
+            if unique[tuple(row.prompt)] in hidden:
+                drafter.observe_prompt(hidden[unique[tuple(row.prompt)]])
+            return row
+
+        live = [join(waiting.popleft()[0], drafter, b, 0) for b, drafter in enumerate(drafters)]
+        for row in live:
+            row.started = start   # (the first rows' latency includes the prefill)
+        slot = [unique[tuple(row.prompt)] for row in live]
+        if waiting:   # the prefilled prompts are kept for the rows that join later
+            cache = prefilled.clone_rows(slot)
+        else:
+            cache = prefilled
+            if slot != list(range(len(unique))):
+                cache.select_rows(slot)
+
+        step = 0
         while live:
             live = [row for row in live if len(row.result.tokens) < max_new_tokens and not row.result.stopped]
             if not live:
                 break
-            plans = self._plan_rows(live, max_new_tokens, budget)
+            # While prompts wait, a token any row emits is throughput (a finished row's place is taken at once);
+            # after, the batch lasts as long as its furthest-behind row.
+            refill = bool(waiting)
+            plans = self._plan_rows(live, max_new_tokens, budget, refill)
             width = max(len(plan.inputs) for plan in plans)
             longest = _longest_remaining(live, max_new_tokens) if self.cost_aware is not None else 0
             t1 = self.clock()
@@ -203,11 +232,17 @@ class SpeculativeEngine:
             if self.cost_aware is not None:
                 drafts = [plan for plan in plans if plan.tree is not None]
                 if drafts:   # one step of the batch against a plain step of the batch
-                    # What the step was worth: at batch 1 its tokens; at batch > 1 the batch steps it brought the
-                    # batch's end nearer (its longest remaining run shortened: the chooser's objective, realised),
-                    # never more than a row emitted (a row leaving on a stop token is no drafting gain).
-                    worth = len(drafts[0].emitted) if len(live) == 1 else \
-                        min(longest - _longest_remaining(live, max_new_tokens), max(len(p.emitted) for p in plans))
+                    # What the step was worth: at batch 1 its tokens; while rows refill, the tokens per row; else the
+                    # batch steps it brought the batch's end nearer (its longest remaining run shortened: the
+                    # chooser's objective, realised), never more than a row emitted (a row leaving on a stop token
+                    # is no drafting gain).
+                    if len(live) == 1:
+                        worth = len(drafts[0].emitted)
+                    elif refill:
+                        worth = sum(len(p.emitted) for p in plans) / len(plans)
+                    else:
+                        worth = min(longest - _longest_remaining(live, max_new_tokens),
+                                    max(len(p.emitted) for p in plans))
                     self.cost_aware.record_forward(width, t2 - t1)
                     self.cost_aware.record_step(sum(p.proposed for p in drafts), worth,
                                                 self.clock() - min(p.started for p in plans),
@@ -216,11 +251,18 @@ class SpeculativeEngine:
             now = self.clock()
             finished = [b for b, row in enumerate(live)
                         if len(row.result.tokens) >= max_new_tokens or row.result.stopped]
+            leaving = []
             for b in finished:
-                live[b].result.seconds = now - start
-                live[b].drafter.end_sequence()
-            if finished:
-                remaining = [b for b in range(len(live)) if b not in set(finished)]
+                row = live[b]
+                row.result.seconds = now - row.started
+                row.drafter.end_sequence()
+                if waiting:   # the next prompt takes this row: its prompt's entries replace the row's
+                    live[b] = join(waiting.popleft()[0], row.drafter, row.result.row, step + 1)
+                    cache.load_rows([b], prefilled, [unique[tuple(live[b].prompt)]])
+                else:
+                    leaving.append(b)
+            if leaving:
+                remaining = [b for b in range(len(live)) if b not in set(leaving)]
                 if remaining:
                     cache.select_rows(remaining)
                 live = [live[b] for b in remaining]
@@ -229,19 +271,21 @@ class SpeculativeEngine:
                 self.paused += self.between_steps()
         for row in rows:
             if not row.result.seconds:
-                row.result.seconds = self.clock() - start
+                row.result.seconds = self.clock() - row.started
         if self.record_margins:
             _read_margins(rows, self.margin_eps)
         return [row.result for row in rows]
 
-    def _plan_rows(self, live: list["_Row"], max_new_tokens: int, budget: ThinkingBudget | None) -> list["_Plan"]:
+    def _plan_rows(self, live: list["_Row"], max_new_tokens: int, budget: ThinkingBudget | None,
+                   refill: bool = False) -> list["_Plan"]:
         """What each row feeds the step's forward: a forced phrase, or the root and its draft. With cost-aware
         verification one decision for the step says whether drafters are asked, and at batch > 1 one budget cuts
-        every row's draft to the step's chosen width."""
+        every row's draft to the step's chosen width (`refill`: for the tokens the rows emit, as at batch 1, since
+        prompts wait to take the rows that finish; else for the batch steps it saves)."""
         plans = [self._forced_plan(row, max_new_tokens, budget) for row in live]
         if all(plans):
             return plans
-        drafted = self.cost_aware is None or self.cost_aware.should_draft(len(live))
+        drafted = self.cost_aware is None or self.cost_aware.should_draft(1 if refill else len(live))
         batched = self.cost_aware is not None and len(live) > 1
         rows = [row for row, plan in zip(live, plans) if plan is None]
         proposals, seconds = self._propose(rows) if drafted else ([SKIPPED] * len(rows), [0.0] * len(rows))
@@ -252,7 +296,8 @@ class SpeculativeEngine:
             drafts = [plan for plan in plans if plan.tree is not None]
             rows = [row for row, plan in zip(live, plans) if plan.tree is not None]
             planned = self.cost_aware.plan_batch([p.tree for p in drafts], max(len(r.context) for r in rows),
-                                                 [max_new_tokens - len(r.result.tokens) for r in rows])
+                                                 [max_new_tokens - len(r.result.tokens) for r in rows],
+                                                 per_token=refill, rows=len(live))
             share = (self.clock() - t0) / len(drafts)
             for row, plan, tree in zip(rows, drafts, planned):
                 tree.validate(self.max_tree_nodes, self.vocab_size)
@@ -409,9 +454,10 @@ class SpeculativeEngine:
 class _Row:
     """One sequence of a batch."""
     prompt: list[int]
-    drafter: Drafter
+    drafter: Drafter | None        # its row's drafter, from when it joins the batch
     generator: torch.Generator | None
     thinking_done: bool
+    started: float = 0.0           # when it joined the batch (the engine's clock)
     context: list[int] = field(default_factory=list)
     result: Generation = field(default_factory=Generation)
     # With record_margins: per step, the top-2 logits of the row's forward positions (on the device), which of them

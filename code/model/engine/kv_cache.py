@@ -97,6 +97,27 @@ class PositionalLayer(CacheLayerMixin):
                 setattr(self, name, new)
         self.lengths = [self.lengths[r] for r in rows]
 
+    def clone_rows(self, rows: list[int]) -> "PositionalLayer":
+        """A new layer holding copies of these rows' live entries (the source is left as it is)."""
+        twin = PositionalLayer(self.capacity, [self.lengths[r] for r in rows])
+        if self.is_initialized:
+            index = torch.tensor(rows, device=self.keys.device)
+            twin.keys, twin.values = self.keys.index_select(0, index), self.values.index_select(0, index)
+            twin.is_initialized = True
+        return twin
+
+    def load_rows(self, rows: list[int], source: "PositionalLayer", source_rows: list[int]) -> None:
+        """Row rows[i] becomes a copy of source row source_rows[i] (a new sequence taking a finished one's row): only
+        the source's live entries are written; whatever the row held beyond them is dropped with its length."""
+        needed = max(source.lengths[s] for s in source_rows)
+        if needed > self.capacity:
+            self._grow(needed)
+        for r, s in zip(rows, source_rows):
+            n = source.lengths[s]
+            self.keys[r, :, :n] = source.keys[s, :, :n]
+            self.values[r, :, :n] = source.values[s, :, :n]
+            self.lengths[r] = n
+
     def get_mask_sizes(self, query_length: int, *args, **kwargs):
         return self.length + query_length, 0
 
@@ -183,3 +204,19 @@ class PositionalKVCache(Cache):
         for layer in self.layers:
             layer.select_rows(rows)
         self._lengths = [self._lengths[r] if r < len(self._lengths) else 0 for r in rows]
+
+    def clone_rows(self, rows: list[int]) -> "PositionalKVCache":
+        """A new cache holding copies of these rows (Best-of-N: the prefilled prompt, once per sample that joins)."""
+        twin = PositionalKVCache(self._capacity, len(rows))
+        twin._lengths = [self.lengths[r] for r in rows]
+        for layer in self.layers:
+            twin.layers.append(layer.clone_rows(rows))
+        return twin
+
+    def load_rows(self, rows: list[int], source: "PositionalKVCache", source_rows: list[int]) -> None:
+        """Rows rows[i] become copies of `source`'s rows source_rows[i] (continuous batching: a new sequence takes
+        the row of one that finished, its prompt copied from the prefilled prompts)."""
+        for layer, other in zip(self.layers, source.layers):
+            layer.load_rows(rows, other, source_rows)
+        for r, s in zip(rows, source_rows):
+            self._lengths[r] = source.lengths[s]
