@@ -190,3 +190,18 @@ def test_continuous_batching_without_best_of_n_rows_is_a_one_line_error(tiny_mod
     argv = ["--model-path", tiny_model_dir, "--continuous-batching", *flags]
     with pytest.raises(UserError, match="--continuous-batching refills the rows of a Best-of-N batch"):
         finalize(build_parser("pld").parse_args(argv), "pld")
+
+
+def test_the_batch_sweep_refills_rows_at_every_batch_size_above_one(tiny_model_dir, tmp_path):
+    from evaluation.run.interleaved import run
+    common = ["--model-path", tiny_model_dir, "--question-file", two_questions_file(tmp_path), "--max-new-tokens",
+              "12", "--dtype", "float64", "--device", "cpu", "--warmup", "0", "--BON", "--bon-n", "3",
+              "--temperature", "0.3", "--cost-profile-contexts", "16", "--cost-profile-repeats", "1"]
+    runs = run(["baseline", "samd"], common, "s", [1, 2], str(tmp_path / "out"), continuous=True)
+    assert len(runs) == 4
+    hashes = {}
+    for size, name, path in runs:
+        config = json.load(open(path.replace(".jsonl", ".config.json")))
+        assert config["continuous_batching"] is (size > 1) and config["batch_size"] == size
+        hashes[(size, name)] = turn_hashes([json.loads(line) for line in open(path)])
+    assert len({json.dumps(h) for h in hashes.values()}) == 1   # the same samples, every run
