@@ -205,3 +205,22 @@ def test_the_batch_sweep_refills_rows_at_every_batch_size_above_one(tiny_model_d
         assert config["continuous_batching"] is (size > 1) and config["batch_size"] == size
         hashes[(size, name)] = turn_hashes([json.loads(line) for line in open(path)])
     assert len({json.dumps(h) for h in hashes.values()}) == 1   # the same samples, every run
+
+
+@pytest.mark.parametrize("cross_sample", [True, False])
+def test_refilled_rows_draft_from_their_siblings_unless_told_not_to(tiny_model_dir, tmp_path, monkeypatch,
+                                                                    cross_sample):
+    """Every SAM proposal of a continuous Best-of-4 run at B = 2 sees its sibling row (none with --no-cross-sample),
+    in every question: the rows' scope resets come before the siblings are set, never after."""
+    from model.samd.drafter import SamDrafter
+    seen, propose = [], SamDrafter.propose
+
+    def spy(self, tokens, max_nodes):
+        seen.append(len(self.siblings))
+        return propose(self, tokens, max_nodes)
+
+    monkeypatch.setattr(SamDrafter, "propose", spy)
+    flags = ["--BON", "--bon-n", "4", "--temperature", "0.3", "--batch-size", "2", "--continuous-batching"]
+    run_loop(tiny_model_dir, two_questions_file(tmp_path), tmp_path / "c.jsonl", "samd",
+             *flags, *([] if cross_sample else ["--no-cross-sample"]))
+    assert len(seen) > 20 and set(seen) == ({1} if cross_sample else {0})

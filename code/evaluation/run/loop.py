@@ -196,6 +196,9 @@ class Runner:
         # Continuous batching: B rows for the choice's samples, each sample joining as a row frees (its drafter
         # readied then); the rows all hold samples of one question.
         rows = list(range(min(self.batch_size, len(todo)))) if self.continuous else [row for _, _, row, _ in todo]
+        if self.continuous:   # the first samples' rows, readied before they are told their siblings (a reset after
+            for row in rows:  # would forget them; the samples that join later keep the question: no reset)
+                self._take_row(todo[row][0], row)
         drafters = [self.slots[row] for row in rows]
         questions = [todo[0][0].question["question_id"]] * len(rows) if self.continuous else \
             [chain.question["question_id"] for chain, _, _, _ in todo]

@@ -6,7 +6,8 @@ accepted tokens plus one bonus token. With no draft this is exactly autoregressi
 
 A batch is several such sequences (rows) in the same forwards: each row has its own drafter, tree, KV length,
 position ids, random stream, stop and limits; trees are padded to the step's widest with nodes that see only
-themselves, and a row that finishes leaves the batch. One sequence is the batch of one row.
+themselves, and a row that finishes leaves the batch, or, while prompts wait for a row (continuous batching), is
+taken at once by the next. One sequence is the batch of one row.
 """
 from __future__ import annotations
 
