@@ -196,8 +196,10 @@ class Runner:
         # Continuous batching: B rows for the choice's samples, each sample joining as a row frees (its drafter
         # readied then); the rows all hold samples of one question.
         rows = list(range(min(self.batch_size, len(todo)))) if self.continuous else [row for _, _, row, _ in todo]
-        if self.continuous:   # the first samples' rows, readied before they are told their siblings (a reset after
-            for row in rows:  # would forget them; the samples that join later keep the question: no reset)
+        if self.continuous:
+            # The first samples' rows are readied before they are told their siblings: a scope reset after would
+            # forget them (the samples that join later keep the question, so they are not reset).
+            for row in rows:
                 self._take_row(todo[row][0], row)
         drafters = [self.slots[row] for row in rows]
         questions = [todo[0][0].question["question_id"]] * len(rows) if self.continuous else \
