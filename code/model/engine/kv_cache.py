@@ -206,7 +206,8 @@ class PositionalKVCache(Cache):
         self._lengths = [self._lengths[r] if r < len(self._lengths) else 0 for r in rows]
 
     def clone_rows(self, rows: list[int]) -> "PositionalKVCache":
-        """A new cache holding copies of these rows (Best-of-N: the prefilled prompt, once per sample that joins)."""
+        """A new cache holding copies of these rows, this one left as it is (continuous batching: the first rows'
+        prompts, the prefilled prompts kept for the rows that join later)."""
         twin = PositionalKVCache(self._capacity, len(rows))
         twin._lengths = [self.lengths[r] for r in rows]
         for layer in self.layers:
