@@ -309,22 +309,29 @@ def test_batched_runs_reproduce_batch_one_turn_by_turn(tiny_model_dir, tmp_path,
         assert sorted(Counter(choice["batch_id"]).values()) == [2, 3]
 
 
-def test_a_killed_batched_run_resumes_to_the_same_outputs(tiny_model_dir, tmp_path, monkeypatch):
-    questions = two_questions_file(tmp_path)
-    flags = ("--BON", "--bon-n", "5", "--temperature", "0.3", "--batch-size", "2")
-    reference = run_loop(tiny_model_dir, questions, tmp_path / "ref.jsonl", "samd", *flags)
+def killed_run(monkeypatch, kill_on: int, *run_args) -> list[int]:
+    """run_loop(*run_args) killed (KeyboardInterrupt) at its `kill_on`-th generate_batch call; the prompts of each
+    call."""
     real, calls = SpeculativeEngine.generate_batch, []
 
-    def killed_on_third(self, prompts, *args, **kwargs):
+    def killed(self, prompts, *args, **kwargs):
         calls.append(len(prompts))
-        if len(calls) == 3:
+        if len(calls) == kill_on:
             raise KeyboardInterrupt
         return real(self, prompts, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(SpeculativeEngine, "generate_batch", killed_on_third)
+        m.setattr(SpeculativeEngine, "generate_batch", killed)
         with pytest.raises(KeyboardInterrupt):
-            run_loop(tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
+            run_loop(*run_args)
+    return calls
+
+
+def test_a_killed_batched_run_resumes_to_the_same_outputs(tiny_model_dir, tmp_path, monkeypatch):
+    questions = two_questions_file(tmp_path)
+    flags = ("--BON", "--bon-n", "5", "--temperature", "0.3", "--batch-size", "2")
+    reference = run_loop(tiny_model_dir, questions, tmp_path / "ref.jsonl", "samd", *flags)
+    killed_run(monkeypatch, 3, tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
     answers = run_loop(tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
     assert turn_hashes(answers) == turn_hashes(reference)
     assert_drafted(step_log(tmp_path / "killed.jsonl"), "samd, resumed")

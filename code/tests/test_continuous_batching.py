@@ -12,7 +12,7 @@ from conftest import tiny_model, two_questions_file
 from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, step_log
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine
 from model.engine.kv_cache import PositionalKVCache
-from test_batch import BUDGET, NEW_TOKENS, PROMPTS, corpus_of, echo_prompt, turn_hashes
+from test_batch import BUDGET, NEW_TOKENS, PROMPTS, corpus_of, echo_prompt, killed_run, turn_hashes
 from test_methods_lossless import run_answers as run_loop
 
 
@@ -166,18 +166,7 @@ def test_a_killed_continuous_run_resumes_to_the_same_outputs(tiny_model_dir, tmp
     questions = two_questions_file(tmp_path)
     flags = ("--BON", "--bon-n", "4", "--temperature", "0.3", "--batch-size", "2", "--continuous-batching")
     reference = run_loop(tiny_model_dir, questions, tmp_path / "ref.jsonl", "samd", *flags)
-    real, calls = SpeculativeEngine.generate_batch, []
-
-    def killed_on_second(self, prompts, *args, **kwargs):
-        calls.append(len(prompts))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, prompts, *args, **kwargs)
-
-    with monkeypatch.context() as m:
-        m.setattr(SpeculativeEngine, "generate_batch", killed_on_second)
-        with pytest.raises(KeyboardInterrupt):
-            run_loop(tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
+    calls = killed_run(monkeypatch, 2, tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
     assert calls == [4, 4]   # question 0's four samples were one batch; question 1's was killed
     answers = run_loop(tiny_model_dir, questions, tmp_path / "killed.jsonl", "samd", *flags)
     assert turn_hashes(answers) == turn_hashes(reference)
