@@ -156,7 +156,7 @@ class SpeculativeEngine:
                   on_join):
         start = self.clock()
         rows = [_Row(list(p), None, g, budget is None) for p, g in zip(prompts, generators)]
-        waiting = deque(enumerate(rows))
+        waiting = deque(range(len(rows)))   # the prompts not yet given a row, in order
         if self.cost_aware is not None:
             self.cost_aware.begin_sequence(len(drafters))
         # Prefill each distinct prompt once (Best-of-N: one for all samples), then give every row its copy.
@@ -183,7 +183,7 @@ class SpeculativeEngine:
                 drafter.observe_prompt(hidden[unique[tuple(row.prompt)]])
             return row
 
-        live = [join(waiting.popleft()[0], drafter, b, 0) for b, drafter in enumerate(drafters)]
+        live = [join(waiting.popleft(), drafter, b, 0) for b, drafter in enumerate(drafters)]
         for row in live:
             row.started = start   # (the first rows' latency includes the prefill)
         slot = [unique[tuple(row.prompt)] for row in live]
@@ -258,7 +258,7 @@ class SpeculativeEngine:
                 row.result.seconds = now - row.started
                 row.drafter.end_sequence()
                 if waiting:   # the next prompt takes this row: its prompt's entries replace the row's
-                    live[b] = join(waiting.popleft()[0], row.drafter, row.result.row, step + 1)
+                    live[b] = join(waiting.popleft(), row.drafter, row.result.row, step + 1)
                     cache.load_rows([b], prefilled, [unique[tuple(live[b].prompt)]])
                 else:
                     leaving.append(b)
