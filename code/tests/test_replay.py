@@ -93,6 +93,78 @@ def test_replay_equals_the_live_run_step_for_step(tiny_model_dir, stores, tmp_pa
     assert summary["estimated_speedup"] is not None   # from the recorded run's forward-cost profile
 
 
+BON5 = ["--BON", "--bon-n", "5", "--temperature", "0.1", "--batch-size", "2"]
+BATCHED = [("samd", BON5 + ["--continuous-batching"]), ("samd", BON5), ("samd", BON5 + ["--continuous-batching",
+           "--no-cross-sample"]), ("pia", BON5 + ["--continuous-batching"]), ("pld", ["--think-twice", "--batch-size",
+           "3", "--num-choices", "2"]), ("rest", ["--think-twice", "--batch-size", "2"])]
+
+
+@pytest.mark.parametrize("method,flags", BATCHED, ids=["samd-continuous", "samd-static", "samd-continuous-solo",
+                                                       "pia-continuous", "pld-multi-round-b3", "rest-multi-round"])
+def test_batched_replay_equals_the_live_batched_run_step_for_step(tiny_model_dir, stores, tmp_path, method, flags):
+    """The live run's batches, rows, batch steps and widths, and (cross-sample drafting included) its drafts."""
+    extra = stores["rest"] if method == "rest" else []
+    answer = tmp_path / "a.jsonl"
+    live_steps = live(tiny_model_dir, two_questions_file(tmp_path), answer, method, *flags, *extra, tokens=60)
+    steps, summary = replayed(tiny_model_dir, answer, method, tmp_path, *extra)
+    assert_same_steps(live_steps, steps)
+    if method == "samd" and "--continuous-batching" in flags:   # drafts from the siblings' text are replayed too
+        assert any(s["draft_source"] == "sam_sibling" for s in live_steps) == ("--no-cross-sample" not in flags)
+    for a, b in zip(live_steps, steps):
+        assert (b["batch_row"], b["batch_step"], b["batch_rows"], b["batch_width"]) == \
+            (a["batch_row"], a["batch_step"], a["batch_rows"], a["batch_width"]), key(a)
+    batches = {s["batch_id"] for s in live_steps}
+    assert len({s["batch_id"] for s in steps}) == len(batches) > 1
+    assert summary["batch_size"] == int(flags[flags.index("--batch-size") + 1])
+    assert summary["continuous_batching"] == ("--continuous-batching" in flags)
+    assert summary["estimated_speedup"] is not None
+
+
+def test_replay_can_batch_otherwise_than_the_recorded_run(tiny_model_dir, tmp_path):
+    """A batch-1 trace replayed in continuous batches, with and without cross-sample drafting: the same tokens,
+    other drafts; and verifying only what is accepted keeps every accepted node and verifies nothing else. (The
+    samples are made to share text, as a real model's do: the tiny model's seldom share five tokens.)"""
+    answer = tmp_path / "a.jsonl"
+    live(tiny_model_dir, two_questions_file(tmp_path), answer, "samd", *BON5[:5])
+    lines = [json.loads(line) for line in answer.read_text().splitlines()]
+    for line in lines:
+        base = line["choices"][0]["token_ids"][0]
+        line["choices"][0]["token_ids"] = [[t if i % 9 != k else t + 1 for i, t in enumerate(base)] for k in range(5)]
+    answer.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    runs = {}
+    for name, flags in {"cross": [], "solo": ["--cross-sample", "off"],
+                        "ideal": ["--verify-accepted-only"]}.items():
+        runs[name] = replayed(tiny_model_dir, answer, "samd", tmp_path, "--batch-size", "2", "--batching",
+                              "continuous", *flags)
+    for steps, summary in runs.values():
+        assert summary["batch_size"] == 2 and summary["tokens"] == runs["cross"][1]["tokens"]
+        assert {s["batch_row"] for s in steps} == {0, 1}
+    assert any(s["draft_source"] == "sam_sibling" for s in runs["cross"][0])
+    assert not any(s["draft_source"] == "sam_sibling" for s in runs["solo"][0])
+    (cross, c), (ideal, i) = runs["cross"], runs["ideal"]
+    assert [s["accepted"] for s in ideal] == [s["accepted"] for s in cross]
+    last = {(s["question_id"], s["turn"]): s["step"] for s in ideal}
+    for s in ideal:   # the accepted nodes, and the bonus token unless the trace ended on a draft node
+        ends = s["step"] == last[s["question_id"], s["turn"]]
+        assert s["draft_size"] == s["accepted"] - 1 or (ends and s["draft_size"] == s["accepted"]), s
+    assert sum(s["draft_size"] for s in cross) > sum(s["draft_size"] for s in ideal)
+    def forward_tokens(steps):   # each batch step is one forward of its rows at its width
+        return sum({(s["batch_id"], s["batch_step"]): s["batch_width"] for s in steps}.values())
+    assert forward_tokens(ideal) < forward_tokens(cross)
+
+
+def test_continuous_replay_of_a_multi_round_trace_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    answer = tmp_path / "a.jsonl"
+    live(tiny_model_dir, two_questions_file(tmp_path), answer, "pld", "--think-twice")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        replay_main(["--answer-file", str(answer), "--model-path", tiny_model_dir, "--method", "pld",
+                     "--batch-size", "2", "--batching", "continuous"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--batching continuous needs a Best-of-N trace" in err and "\n" not in err
+
+
 def test_replay_forces_the_thinking_budget_where_the_live_run_did(thinking_model_dir, tmp_path):
     """Past 80% of the tokens the live run forces the budget's phrase: replay forces it at the same place."""
     answer = tmp_path / "a.jsonl"

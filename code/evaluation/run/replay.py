@@ -22,13 +22,15 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from evaluation.run import paradigms, replicas
 from evaluation.run.args import SCOPES, Parser
 from evaluation.run.cli import run_reporting
 from evaluation.run.records import stem
-from model.engine.drafter import StepFeedback
+from model.engine.cost import cut
+from model.engine.drafter import Drafter, StepFeedback
 from model.engine.sampling import accept_greedy
 from model.engine.tree import DraftTree
 from model.errors import UserError
@@ -74,6 +76,17 @@ def parse_args(argv):
     p.add_argument("--cost-profile", default=None,
                    help="a forward-cost profile for the speedup estimate: a run configuration, its cost_profile, or "
                         "scripts/gpu_check.py's --json-out (FILE:SHAPE); default: the recorded run's")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows decoded together, batched as the live loop batches them; default: the recorded run's")
+    p.add_argument("--batching", choices=["static", "continuous"], default=None,
+                   help="Best-of-N at batch > 1: continuous gives a finished sample's row to the next at once; "
+                        "default: the recorded run's")
+    p.add_argument("--cross-sample", choices=["on", "off"], default=None,
+                   help="whether question-scope drafters of concurrent samples draft from each other; default: the "
+                        "recorded run's (on)")
+    p.add_argument("--verify-accepted-only", action="store_true",
+                   help="each row verifies only the draft nodes it will accept: what a verifier that knew the "
+                        "outcome would verify (a reference for cost-aware verification, not a method)")
     p.add_argument("--json-out", default=None, help="write the summary as JSON")
     p.add_argument("--steps-out", default=None, help="write the replayed step log (the live format)")
     p.add_argument("--cost-aware", action="store_true", help=argparse.SUPPRESS)
@@ -94,6 +107,8 @@ def parse_args(argv):
         raise UserError(f"--tree_method {args.tree_method} cannot be replayed: its fallback drafter needs the target")
     if args.max_tree_nodes is not None and args.max_tree_nodes <= 0:
         raise UserError(f"--max-tree-nodes must be a positive integer, got {args.max_tree_nodes}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     return args, module
 
 
@@ -181,44 +196,6 @@ def greedy_path(tree: DraftTree, truth: list[int]) -> tuple[list[int], int]:
     return accept_greedy(tree.tokens, tree.parents, argmax)
 
 
-def replay_turn(drafter, turn: Turn, max_nodes: int) -> list[dict]:
-    """The live engine's steps on this turn: propose, accept what the trace continues with, observe."""
-    context = list(turn.prompt)
-    tokens, steps, done = turn.tokens, [], 0
-    drafter.begin_sequence(list(turn.prompt))
-    while done < len(tokens):
-        if turn.forced_at is not None and done == turn.forced_at:
-            phrase = tokens[done: done + turn.forced]
-            context.extend(phrase)
-            done += len(phrase)
-            drafter.observe(StepFeedback(list(phrase), None, [], [], None))
-            steps.append({"draft_size": 0, "proposed_size": 0, "accepted": len(phrase), "draft_source": "forced",
-                          "draft_seconds": 0.0, "context_length": len(context)})
-            continue
-        start = time.perf_counter()
-        tree = drafter.propose(context, max_nodes)
-        if tree is None:
-            tree = DraftTree([], [], source="none")
-        tree.validate(max_nodes, 1 << 62)
-        proposing = time.perf_counter() - start
-        if tree.probs is not None:
-            raise UserError(f"{drafter.name} drafts with probabilities: its acceptance needs the target's law")
-        # The engine never steps past the budget's trigger or the end of the trace.
-        limit = (turn.forced_at if turn.forced_at is not None and done < turn.forced_at else len(tokens)) - done
-        path, bonus = greedy_path(tree, tokens[done: done + limit])
-        emitted = ([tree.tokens[i] for i in path] + [bonus])[:limit]
-        path = path[: len(emitted)]
-        context.extend(emitted)
-        done += len(emitted)
-        start = time.perf_counter()
-        drafter.observe(StepFeedback(emitted, tree, path, [context[-len(emitted) - 1]] + tree.tokens, None))
-        # Drafting time as the live log counts it: propose + observe (the acceptance above is the target's part).
-        steps.append({"draft_size": tree.size, "proposed_size": tree.size, "accepted": len(emitted),
-                      "draft_source": tree.source, "draft_seconds": proposing + time.perf_counter() - start,
-                      "context_length": len(context)})
-    return steps
-
-
 def recorded_settings(drafter, config: dict, scope: str | None = None, max_nodes: int | None = None):
     """(state scope, tree cap) as the recorded run had them: the run's scope when it ran this method, else the
     method's own; the run's cap, else the CLI default. Explicit values win."""
@@ -227,16 +204,193 @@ def recorded_settings(drafter, config: dict, scope: str | None = None, max_nodes
     return scope or drafter.default_scope, max_nodes or config.get("max_tree_nodes") or 128
 
 
-def replay(turns: list[Turn], drafter, scope: str, max_nodes: int) -> list[dict]:
-    """Every turn in order, the drafter reset at the boundaries of its scope (as the live loop does)."""
-    out = []
-    drafter.reset()
+@dataclass
+class Batching:
+    """How the recorded turns are batched, as the live loop batches them (evaluation/run/loop.py)."""
+    size: int = 1
+    continuous: bool = False      # Best-of-N: a finished sample's row goes to the next at once
+    cross_sample: bool = True     # question-scope drafters of one question's concurrent rows draft from each other
+    paradigm: str = "single"      # "best_of_n" batches a question's samples; the others batch questions, round by round
+    num_choices: int = 1
+
+
+@dataclass
+class _Row:
+    """A turn being replayed in a batch row."""
+    turn: Turn
+    drafter: object
+    b: int
+    done: int = 0
+    context: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= len(self.turn.tokens)
+
+
+def batches(turns: list[Turn], batching: Batching):
+    """The turns as the live loop's batches of (turn, row), in the order they ran (`Loop._batches` with its question
+    groups): row None where continuous batching gives a sample the row of the first to finish."""
+    chains: dict = {}
     for turn in turns:
-        if scope == "sequence" or (scope == "question" and turn.turn == 0):
-            drafter.reset()
-        for i, step in enumerate(replay_turn(drafter, turn, max_nodes)):
-            out.append({"question_id": turn.question_id, "category": turn.category, "choice": turn.choice,
-                        "turn": turn.turn, "step": i, **step, "verify_seconds": None})
+        chains.setdefault((turn.question_id, turn.choice), []).append(turn)
+    size = batching.size
+    if batching.paradigm == "best_of_n":
+        for chain in chains.values():
+            if batching.continuous:
+                yield [(turn, None) for turn in chain]
+            else:
+                for i in range(0, len(chain), size):
+                    yield [(turn, turn.turn % size) for turn in chain[i:i + size]]
+        return
+    questions: dict = {}
+    for key, chain in chains.items():
+        questions.setdefault(key[0], []).append(chain)
+    groups = list(questions.values())
+    per_group = max(1, size // batching.num_choices)
+    for g in range(0, len(groups), per_group):
+        own = [chain for group in groups[g:g + per_group] for chain in group]
+        for r in range(max(len(chain) for chain in own)):
+            ready = [chain[r] for chain in own if r < len(chain)]
+            for i in range(0, len(ready), size):
+                yield [(turn, j) for j, turn in enumerate(ready[i:i + size])]
+
+
+def replay(turns: list[Turn], drafter, scope: str, max_nodes: int, batching: Batching | None = None,
+           accepted_only: bool = False) -> list[dict]:
+    """Every turn through the live run's batches, each row's drafter readied at the boundaries of its scope (as the
+    live loop does). `accepted_only`: each row verifies only the draft nodes it will accept (what a verifier that
+    knew the outcome would verify), the reference no cost-aware chooser can beat by much."""
+    batching = batching or Batching()
+    slots = [drafter] + [drafter.fork(share_memory=scope == "global") for _ in range(batching.size - 1)]
+    for d in slots:
+        d.reset()
+    owner = [None] * batching.size
+    lines: dict[int, list[dict]] = {}   # id(turn) -> its step lines
+
+    def take_row(turn: Turn, b: int) -> None:
+        key = (turn.question_id, turn.choice)
+        if scope == "sequence" or (scope == "question" and owner[b] != key):
+            slots[b].reset()
+        owner[b] = key
+
+    for n, batch in enumerate(batches(turns, batching)):
+        n_rows = min(batching.size, len(batch)) if batching.continuous else len(batch)
+        rows = list(range(n_rows)) if batching.continuous else [b for _, b in batch]
+        for i, b in enumerate(rows):
+            take_row(batch[i][0], b)
+        drafters = [slots[b] for b in rows]
+        questions = [turn.question_id for turn, _ in batch[:n_rows]]
+        share = batching.cross_sample and scope == "question"
+        for d, question_id in zip(drafters, questions):
+            d.share_with([o for o, q in zip(drafters, questions) if share and q == question_id and o is not d])
+        for row in replay_batch([turn for turn, _ in batch], drafters, rows, take_row, max_nodes, accepted_only):
+            lines[id(row.turn)] = [
+                {"question_id": row.turn.question_id, "category": row.turn.category, "choice": row.turn.choice,
+                 "turn": row.turn.turn, "step": i, **step, "verify_seconds": None,
+                 **({"batch_id": f"replay-{n}", "batch_row": row.b} if batching.size > 1 else {})}
+                for i, step in enumerate(row.steps)]
+    if batching.size == 1:
+        for step in (s for steps in lines.values() for s in steps):
+            for name in ("batch_step", "batch_rows", "batch_width"):
+                del step[name]
+    return [s for turn in turns for s in lines[id(turn)]]   # in the answer file's order, as the live log
+
+
+def replay_batch(turns: list[Turn], drafters: list, rows: list[int], take_row, max_nodes: int,
+                 accepted_only: bool) -> list[_Row]:
+    """One batch, step by step as SpeculativeEngine.generate_batch runs it: every row proposes (a forced phrase past
+    the thinking budget's trigger), each accepts what its trace continues with, every row observes in row order, and
+    a row whose turn ended takes the next waiting turn (fewer drafters than turns: continuous batching) or leaves."""
+    waiting = deque(range(len(turns)))
+    done: list[_Row] = [None] * len(turns)
+
+    def join(b: int) -> _Row:
+        i = waiting.popleft()
+        turn = turns[i]
+        take_row(turn, rows[b])
+        drafters[b].begin_sequence(list(turn.prompt))
+        done[i] = _Row(turn, drafters[b], rows[b], 0, list(turn.prompt))
+        return done[i]
+
+    live = [join(b) for b in range(len(drafters))]
+    step = 0
+    while live:
+        live = [row for row in live if not row.finished]
+        if not live:
+            break
+        plans = [_forced(row) for row in live]
+        drafting = [row for row, plan in zip(live, plans) if plan is None]
+        proposed = iter(_propose(drafting, max_nodes))
+        plans = [plan or next(proposed) for plan in plans]
+        results = []
+        for row, (tree, proposing) in zip(live, plans):
+            if tree is None:   # the forced phrase
+                phrase = row.turn.tokens[row.done: row.done + row.turn.forced]
+                results.append((None, [], phrase, len(phrase), proposing))
+                continue
+            # The engine never steps past the budget's trigger or the end of the trace.
+            forced_at = row.turn.forced_at
+            limit = (forced_at if forced_at is not None and row.done < forced_at else len(row.turn.tokens)) - row.done
+            path, bonus = greedy_path(tree, row.turn.tokens[row.done: row.done + limit])
+            if accepted_only:
+                tree, path = cut(tree, path), list(range(len(path)))
+                tree.validate(max_nodes, 1 << 62)
+            emitted = ([tree.tokens[i] for i in path] + [bonus])[:limit]
+            results.append((tree, path[: len(emitted)], emitted, 1 + tree.size, proposing))
+        width = max(r[3] for r in results)
+        for row, (tree, path, emitted, _, proposing) in zip(live, results):
+            row.context.extend(emitted)
+            row.done += len(emitted)
+            start = time.perf_counter()
+            if tree is None:
+                row.drafter.observe(StepFeedback(list(emitted), None, [], [], None))
+            else:
+                row.drafter.observe(StepFeedback(emitted, tree, path, [row.context[-len(emitted) - 1]] + tree.tokens,
+                                                 None))
+            # Drafting time as the live log counts it: propose + observe (the acceptance is the target's part).
+            row.steps.append({"draft_size": tree.size if tree is not None else 0,
+                              "proposed_size": tree.size if tree is not None else 0, "accepted": len(emitted),
+                              "draft_source": tree.source if tree is not None else "forced",
+                              "draft_seconds": proposing + (time.perf_counter() - start if tree is not None else 0.0),
+                              "context_length": len(row.context), "batch_step": step, "batch_rows": len(live),
+                              "batch_width": width})
+        for b, row in enumerate(live):
+            if row.finished:
+                row.drafter.end_sequence()
+                if waiting:
+                    live[b] = join(b)
+        step += 1
+    return done
+
+
+def _forced(row: _Row):
+    """(None, 0.0) where this row's trace continues with the thinking budget's phrase, teacher-forced."""
+    forced_at = row.turn.forced_at
+    return (None, 0.0) if forced_at is not None and row.done == forced_at else None
+
+
+def _propose(rows: list[_Row], max_nodes: int) -> list[tuple[DraftTree, float]]:
+    """Each row's validated proposal and its share of the proposing seconds; rows whose drafters are distinct objects
+    of one class are asked together, as the engine asks them (`Drafter.propose_rows`)."""
+    if not rows:
+        return []
+    drafters = [row.drafter for row in rows]
+    start = time.perf_counter()
+    if len(rows) > 1 and len({type(d) for d in drafters}) == 1 and len({id(d) for d in drafters}) == len(rows):
+        trees = drafters[0].propose_rows(drafters, [row.context for row in rows], max_nodes)
+    else:
+        trees = [d.propose(row.context, max_nodes) for d, row in zip(drafters, rows)]
+    seconds = (time.perf_counter() - start) / len(rows)
+    out = []
+    for tree in trees:
+        if tree is None:
+            tree = DraftTree([], [], source="none")
+        tree.validate(max_nodes, 1 << 62)
+        if tree.probs is not None:
+            raise UserError(f"{drafters[0].name} drafts with probabilities: its acceptance needs the target's law")
+        out.append((tree, seconds))
     return out
 
 
@@ -283,20 +437,46 @@ def estimated_speedup(steps: list[dict], profile) -> float:
     return ar / method if method else float("nan")
 
 
-def summarize(steps: list[dict], turns: list[Turn], seconds: float, profile, kind: str) -> dict:
+def batch_seconds(steps: list[dict], profile) -> float:
+    """The time of a batched replay's steps from the profile: each batch step one forward of its rows at its width
+    (t(B, width), at the context of its longest row), plus every row's drafting time."""
+    forwards: dict = {}
+    for s in steps:
+        key = (s["batch_id"], s["batch_step"])
+        width, before, seconds = forwards.get(key, (0, 0, 0.0))
+        forwards[key] = (max(width, s["batch_width"]), max(before, s["context_length"] - s["accepted"]),
+                                     seconds + s["draft_seconds"])
+    total = 0.0
+    for width, before, drafting in forwards.values():
+        j = min(range(len(profile.context_lengths)), key=lambda i: abs(profile.context_lengths[i] - before))
+        total += profile.ratio(width, before) * profile.seconds[j][0] + drafting
+    return total
+
+
+def summarize(steps: list[dict], turns: list[Turn], seconds: float, profile, kind: str,
+              ar_steps: list[dict] | None = None) -> dict:
+    """`ar_steps`: at batch > 1, AR's replay in the same batches (the speedup is AR's batch time over this one's,
+    per group only at batch 1, where a step's cost is its own)."""
     decoding = [s for s in steps if s["draft_source"] != "forced"]
     groups = {"per turn (round or sample)": lambda s: s["turn"], "per category": lambda s: s["category"] or "-",
-              "per context length": lambda s: bucket(s["context_length"] - s["accepted"])}
+              "per context length": lambda s: bucket(s["context_length"] - s["accepted"]),
+              "per draft source": lambda s: s["draft_source"]}
+    if ar_steps is not None:
+        estimate = batch_seconds(ar_steps, profile) / batch_seconds(steps, profile) if profile else None
+        profile = None
+    else:
+        estimate = estimated_speedup(decoding, profile) if profile else None
     summary = {"trace": kind, "turns": len(turns), "retokenized_turns": sum(t.retokenized for t in turns),
                "tokens": sum(len(t.tokens) for t in turns), "steps": len(decoding), "mat": mat(decoding),
                "draft_us_per_step": 1e6 * statistics.fmean([s["draft_seconds"] for s in decoding] or [0.0]),
                "replay_seconds": seconds, "replay_tokens_per_second": sum(len(t.tokens) for t in turns) / seconds,
-               "estimated_speedup": estimated_speedup(decoding, profile) if profile else None}
+               "estimated_speedup": estimate}
     for name, key in groups.items():
         split: dict = {}
         for s in decoding:
             split.setdefault(key(s), []).append(s)
-        summary[name] = {str(k): {"mat": mat(v), "steps": len(v),
+        summary[name] = {str(k): {"mat": mat(v), "steps": len(v), "draft_nodes": sum(s["draft_size"] for s in v),
+                                  "accepted_nodes": sum(min(s["accepted"] - 1, s["draft_size"]) for s in v),
                                   "estimated_speedup": estimated_speedup(v, profile) if profile else None}
                          for k, v in sorted(split.items(), key=lambda kv: order(kv[0]))}
     return summary
@@ -319,13 +499,34 @@ def print_summary(summary: dict, method: str) -> None:
     print(f"{method} replayed on {summary['turns']} turns ({summary['tokens']:,} tokens, {summary['steps']:,} steps"
           f"; {summary['retokenized_turns']} turn(s) re-tokenized from text, their ids may differ from the live "
           f"run's) in {summary['replay_seconds']:.2f} s ({summary['replay_tokens_per_second']:,.0f} tokens/s)")
+    if summary.get("batch_size", 1) > 1:
+        print(f"batch {summary['batch_size']} ({'continuous' if summary['continuous_batching'] else 'static'} "
+              f"batching, cross-sample {'on' if summary['cross_sample'] else 'off'}); speedup over AR in the same "
+              "batches")
+    if summary.get("verify_accepted_only"):
+        print("each row verified only the draft nodes it accepted (a reference, not a method)")
     print(f"MAT (bonus token counted) {summary['mat']:.2f}; drafter {summary['draft_us_per_step']:.1f} us per step"
           + (f"; estimated speedup {estimate:.2f}x (from a forward-cost profile, not measured)" if estimate else
              "; no forward-cost profile: no speedup estimate"))
-    for name in ("per turn (round or sample)", "per category", "per context length"):
+    for name in ("per turn (round or sample)", "per category", "per context length", "per draft source"):
         cells = [f"{k}: {v['mat']:.2f}" + (f" ({v['estimated_speedup']:.2f}x est.)" if v["estimated_speedup"] else "")
                  for k, v in summary[name].items()]
         print(f"  MAT {name}: " + ", ".join(cells))
+    sources = {k: v for k, v in summary["per draft source"].items() if v["draft_nodes"]}
+    if sources:
+        print("  draft nodes accepted / verified per source: " + ", ".join(
+            f"{k}: {v['accepted_nodes']:,} / {v['draft_nodes']:,}" for k, v in sources.items()))
+
+
+def recorded_batching(args, config: dict, lines: list[dict]) -> Batching:
+    """The batches of the recorded run unless told otherwise (a prompt/response file: batch 1, single turns)."""
+    paradigm = config.get("paradigm", lines[0].get("paradigm", "single"))
+    size = args.batch_size or config.get("batch_size") or 1
+    continuous = config.get("continuous_batching", False) if args.batching is None else args.batching == "continuous"
+    if continuous and (paradigm != "best_of_n" or size < 2):
+        raise UserError("--batching continuous needs a Best-of-N trace and --batch-size of at least 2")
+    cross = config.get("cross_sample", True) if args.cross_sample is None else args.cross_sample == "on"
+    return Batching(size, continuous, cross, paradigm, max(len(line.get("choices", [None])) for line in lines))
 
 
 def run(argv) -> None:
@@ -339,22 +540,26 @@ def run(argv) -> None:
         if config.get("temperature", 0) > 0 and config.get("method") == "sps":
             raise UserError("this trace was sampled at temperature > 0 with residual resampling (SpS): its tokens are "
                             "not the ones a point-mass drafter's live run would draw, so replay would not be exact")
-        if config.get("batch_size", 1) > 1:
-            print(f"note: the run decoded {config['batch_size']} sequences per batch; replay drafts each alone, as at "
-                  "batch 1 (the tokens are the same: batching is lossless; drafts from concurrent samples are not "
-                  "replayed)", file=sys.stderr)
         turns = answer_turns(lines, config, args.question_file, tokenizer)
     else:
         config, kind = {}, "prompt/response pairs"
         turns = pair_turns(lines, tokenizer)
     drafter = module.make_drafter(args, None, tokenizer)
     scope, max_nodes = recorded_settings(drafter, config, args.draft_state_scope, args.max_tree_nodes)
+    batching = recorded_batching(args, config, lines)
     profile = load_profile(args.cost_profile, config)
+    if profile is not None and batching.size != profile.batch_size:
+        print(f"note: the forward-cost profile was measured at batch {profile.batch_size}, the replay batches "
+              f"{batching.size} rows: the speedup estimate prices the widths at that batch", file=sys.stderr)
     start = time.perf_counter()
-    steps = replay(turns, drafter, scope, max_nodes)
-    summary = summarize(steps, turns, time.perf_counter() - start, profile, kind)
+    steps = replay(turns, drafter, scope, max_nodes, batching, args.verify_accepted_only)
+    seconds = time.perf_counter() - start
+    ar_steps = replay(turns, Drafter(), "sequence", max_nodes, batching) if batching.size > 1 else None
+    summary = summarize(steps, turns, seconds, profile, kind, ar_steps)
     summary.update(method=drafter.name, method_parameters=drafter.parameters(), draft_state_scope=scope,
-                   max_tree_nodes=max_nodes, answer_file=args.answer_file)
+                   max_tree_nodes=max_nodes, answer_file=args.answer_file, batch_size=batching.size,
+                   continuous_batching=batching.continuous, cross_sample=batching.cross_sample,
+                   verify_accepted_only=args.verify_accepted_only)
     print_summary(summary, drafter.name)
     if args.steps_out:
         with open(args.steps_out, "w", encoding="utf-8") as f:
