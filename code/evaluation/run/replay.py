@@ -4,11 +4,12 @@ For a drafter whose proposals depend only on the tokens (PLD, SAM, PIA, REST), w
 trace is known without the target: each step follows the draft's children that hold the recorded next tokens (the
 target's argmax in a greedy trace; at temperature > 0, the draw the point-mass rule follows, which is the recorded
 token), and the next recorded token is the bonus. Replaying a trace step by step (propose, accept, observe, in the
-order the live run saw the turns, with its drafter-state scope and thinking budget) therefore gives the live run's
-accepted lengths exactly; a test checks it step for step against live runs.
+order and the batches the live run ran the turns, with its drafter-state scope and thinking budget) therefore gives
+the live run's accepted lengths exactly; tests check it step for step against live runs, batched ones included.
 
     python -m evaluation.replay --answer-file A.jsonl --model-path TOKENIZER --method pld [method flags]
         [--question-file Q.jsonl] [--cost-profile FILE] [--json-out F] [--steps-out F]
+        [--batch-size B] [--batching static|continuous] [--cross-sample on|off] [--verify-accepted-only]
 
 Traces: an answer file of this harness (with `--save-token-ids` its turns' exact ids; else the text is
 re-tokenized, and replay says so), or a plain JSONL of {"prompt", "response"} pairs (each a one-turn question whose
@@ -261,7 +262,7 @@ def replay(turns: list[Turn], drafter, scope: str, max_nodes: int, batching: Bat
            accepted_only: bool = False) -> list[dict]:
     """Every turn through the live run's batches, each row's drafter readied at the boundaries of its scope (as the
     live loop does). `accepted_only`: each row verifies only the draft nodes it will accept (what a verifier that
-    knew the outcome would verify), the reference no cost-aware chooser can beat by much."""
+    knew the outcome would verify): no verified node is wasted, a reference for cost-aware verification."""
     batching = batching or Batching()
     slots = [drafter] + [drafter.fork(share_memory=scope == "global") for _ in range(batching.size - 1)]
     for d in slots:
@@ -304,94 +305,91 @@ def replay_batch(turns: list[Turn], drafters: list, rows: list[int], take_row, m
     the thinking budget's trigger), each accepts what its trace continues with, every row observes in row order, and
     a row whose turn ended takes the next waiting turn (fewer drafters than turns: continuous batching) or leaves."""
     waiting = deque(range(len(turns)))
-    done: list[_Row] = [None] * len(turns)
+    replayed: list[_Row] = [None] * len(turns)
 
     def join(b: int) -> _Row:
         i = waiting.popleft()
         turn = turns[i]
-        take_row(turn, rows[b])
         drafters[b].begin_sequence(list(turn.prompt))
-        done[i] = _Row(turn, drafters[b], rows[b], 0, list(turn.prompt))
-        return done[i]
+        replayed[i] = _Row(turn, drafters[b], rows[b], 0, list(turn.prompt))
+        return replayed[i]
 
-    live = [join(b) for b in range(len(drafters))]
+    live = [join(b) for b in range(len(drafters))]   # (their rows were readied, and told their siblings, before)
+    live = [row for row in live if not row.finished]
     step = 0
     while live:
-        live = [row for row in live if not row.finished]
-        if not live:
-            break
-        plans = [_forced(row) for row in live]
-        drafting = [row for row, plan in zip(live, plans) if plan is None]
-        proposed = iter(_propose(drafting, max_nodes))
-        plans = [plan or next(proposed) for plan in plans]
-        results = []
-        for row, (tree, proposing) in zip(live, plans):
-            if tree is None:   # the forced phrase
-                phrase = row.turn.tokens[row.done: row.done + row.turn.forced]
-                results.append((None, [], phrase, len(phrase), proposing))
+        # Past the thinking budget's trigger a row's phrase is forced; every other row proposes.
+        trees, proposing = _propose([row for row in live if row.done != row.turn.forced_at], max_nodes)
+        trees = iter(trees)
+        results, width = [], 1
+        for row in live:
+            tokens, done, forced_at = row.turn.tokens, row.done, row.turn.forced_at
+            if done == forced_at:
+                phrase = tokens[done: done + row.turn.forced]
+                results.append((None, [], phrase, 0))
+                width = max(width, len(phrase))
                 continue
+            tree = next(trees)
             # The engine never steps past the budget's trigger or the end of the trace.
-            forced_at = row.turn.forced_at
-            limit = (forced_at if forced_at is not None and row.done < forced_at else len(row.turn.tokens)) - row.done
-            path, bonus = greedy_path(tree, row.turn.tokens[row.done: row.done + limit])
+            end = forced_at if forced_at is not None and done < forced_at else len(tokens)
+            path, bonus = greedy_path(tree, tokens[done:end])
             if accepted_only:
                 tree, path = cut(tree, path), list(range(len(path)))
                 tree.validate(max_nodes, 1 << 62)
-            emitted = ([tree.tokens[i] for i in path] + [bonus])[:limit]
-            results.append((tree, path[: len(emitted)], emitted, 1 + tree.size, proposing))
-        width = max(r[3] for r in results)
-        for row, (tree, path, emitted, _, proposing) in zip(live, results):
+            emitted = ([tree.tokens[i] for i in path] + [bonus])[:end - done]
+            size = len(tree.tokens)
+            results.append((tree, path[: len(emitted)], emitted, size))
+            width = max(width, 1 + size)
+        for row, (tree, path, emitted, size) in zip(live, results):
             row.context.extend(emitted)
             row.done += len(emitted)
             start = time.perf_counter()
             if tree is None:
                 row.drafter.observe(StepFeedback(list(emitted), None, [], [], None))
+                seconds = 0.0
             else:
                 row.drafter.observe(StepFeedback(emitted, tree, path, [row.context[-len(emitted) - 1]] + tree.tokens,
                                                  None))
-            # Drafting time as the live log counts it: propose + observe (the acceptance is the target's part).
-            row.steps.append({"draft_size": tree.size if tree is not None else 0,
-                              "proposed_size": tree.size if tree is not None else 0, "accepted": len(emitted),
-                              "draft_source": tree.source if tree is not None else "forced",
-                              "draft_seconds": proposing + (time.perf_counter() - start if tree is not None else 0.0),
+                # Drafting time as the live log counts it: propose + observe (the acceptance is the target's part).
+                seconds = proposing + time.perf_counter() - start
+            row.steps.append({"draft_size": size, "proposed_size": size, "accepted": len(emitted),
+                              "draft_source": tree.source if tree is not None else "forced", "draft_seconds": seconds,
                               "context_length": len(row.context), "batch_step": step, "batch_rows": len(live),
                               "batch_width": width})
-        for b, row in enumerate(live):
-            if row.finished:
-                row.drafter.end_sequence()
-                if waiting:
-                    live[b] = join(b)
+        if any(row.finished for row in live):
+            for b, row in enumerate(live):
+                if row.finished:
+                    row.drafter.end_sequence()
+                    if waiting:   # the next sample takes the row, its drafter readied as its scope says
+                        take_row(turns[waiting[0]], rows[b])
+                        live[b] = join(b)
+            live = [row for row in live if not row.finished]
         step += 1
-    return done
+    return replayed
 
 
-def _forced(row: _Row):
-    """(None, 0.0) where this row's trace continues with the thinking budget's phrase, teacher-forced."""
-    forced_at = row.turn.forced_at
-    return (None, 0.0) if forced_at is not None and row.done == forced_at else None
-
-
-def _propose(rows: list[_Row], max_nodes: int) -> list[tuple[DraftTree, float]]:
-    """Each row's validated proposal and its share of the proposing seconds; rows whose drafters are distinct objects
-    of one class are asked together, as the engine asks them (`Drafter.propose_rows`)."""
+def _propose(rows: list[_Row], max_nodes: int) -> tuple[list[DraftTree], float]:
+    """Each row's validated proposal, and each row's share of the proposing seconds; rows whose drafters are distinct
+    objects of one class are asked together, as the engine asks them (`Drafter.propose_rows`)."""
     if not rows:
-        return []
-    drafters = [row.drafter for row in rows]
+        return [], 0.0
     start = time.perf_counter()
-    if len(rows) > 1 and len({type(d) for d in drafters}) == 1 and len({id(d) for d in drafters}) == len(rows):
-        trees = drafters[0].propose_rows(drafters, [row.context for row in rows], max_nodes)
+    if len(rows) == 1:
+        trees = [rows[0].drafter.propose(rows[0].context, max_nodes)]
     else:
-        trees = [d.propose(row.context, max_nodes) for d, row in zip(drafters, rows)]
+        drafters = [row.drafter for row in rows]
+        if len({type(d) for d in drafters}) == 1 and len({id(d) for d in drafters}) == len(rows):
+            trees = drafters[0].propose_rows(drafters, [row.context for row in rows], max_nodes)
+        else:
+            trees = [d.propose(row.context, max_nodes) for d, row in zip(drafters, rows)]
     seconds = (time.perf_counter() - start) / len(rows)
-    out = []
-    for tree in trees:
+    for i, tree in enumerate(trees):
         if tree is None:
-            tree = DraftTree([], [], source="none")
+            trees[i] = tree = DraftTree([], [], source="none")
         tree.validate(max_nodes, 1 << 62)
         if tree.probs is not None:
-            raise UserError(f"{drafters[0].name} drafts with probabilities: its acceptance needs the target's law")
-        out.append((tree, seconds))
-    return out
+            raise UserError(f"{rows[0].drafter.name} drafts with probabilities: its acceptance needs the target's law")
+    return trees, seconds
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -445,7 +443,7 @@ def batch_seconds(steps: list[dict], profile) -> float:
         key = (s["batch_id"], s["batch_step"])
         width, before, seconds = forwards.get(key, (0, 0, 0.0))
         forwards[key] = (max(width, s["batch_width"]), max(before, s["context_length"] - s["accepted"]),
-                                     seconds + s["draft_seconds"])
+                         seconds + s["draft_seconds"])
     total = 0.0
     for width, before, drafting in forwards.values():
         j = min(range(len(profile.context_lengths)), key=lambda i: abs(profile.context_lengths[i] - before))
@@ -522,7 +520,8 @@ def recorded_batching(args, config: dict, lines: list[dict]) -> Batching:
     """The batches of the recorded run unless told otherwise (a prompt/response file: batch 1, single turns)."""
     paradigm = config.get("paradigm", lines[0].get("paradigm", "single"))
     size = args.batch_size or config.get("batch_size") or 1
-    continuous = config.get("continuous_batching", False) if args.batching is None else args.batching == "continuous"
+    continuous = (config.get("continuous_batching", False) and size > 1) if args.batching is None else \
+        args.batching == "continuous"
     if continuous and (paradigm != "best_of_n" or size < 2):
         raise UserError("--batching continuous needs a Best-of-N trace and --batch-size of at least 2")
     cross = config.get("cross_sample", True) if args.cross_sample is None else args.cross_sample == "on"
