@@ -148,6 +148,7 @@ def test_replay_can_batch_otherwise_than_the_recorded_run(tiny_model_dir, tmp_pa
         ends = s["step"] == last[s["question_id"], s["turn"]]
         assert s["draft_size"] == s["accepted"] - 1 or (ends and s["draft_size"] == s["accepted"]), s
     assert sum(s["draft_size"] for s in cross) > sum(s["draft_size"] for s in ideal)
+
     def forward_tokens(steps):   # each batch step is one forward of its rows at its width
         return sum({(s["batch_id"], s["batch_step"]): s["batch_width"] for s in steps}.values())
     assert forward_tokens(ideal) < forward_tokens(cross)
