@@ -23,6 +23,31 @@ from model.engine.loading import load_model
 from model.errors import UserError
 
 
+def group_size(paradigm: str, batch_size: int, num_choices: int) -> int:
+    """Questions answered together. Best-of-N: one (its samples fill the batches); multi-round and single turns:
+    enough questions that their (question, choice) chains fill a batch, each chain's next round waiting for its
+    answer."""
+    return 1 if paradigm == "best_of_n" else max(1, batch_size // num_choices)
+
+
+def batch_schedule(chains: list, turns: int, paradigm: str, size: int, continuous: bool):
+    """A group's turns as batches of (chain, turn, row), in the order they can run: Best-of-N, each chain's samples
+    B at a time (row = sample index mod B), or with continuous batching all of them in one batch whose rows the
+    engine assigns (row None) as samples finish; multi-round and single, round r of the chains B at a time, each
+    chain keeping its row, then r + 1. (Replay batches recorded turns with it too.)"""
+    if continuous:
+        for chain in chains:
+            yield [(chain, t, None) for t in range(turns)]
+    elif paradigm == "best_of_n":
+        for chain in chains:
+            for i in range(0, turns, size):
+                yield [(chain, t, t % size) for t in range(i, min(i + size, turns))]
+    else:
+        for turn in range(turns):
+            for i in range(0, len(chains), size):
+                yield [(chain, turn, j) for j, chain in enumerate(chains[i:i + size])]
+
+
 def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer, attention: str | None = None) -> dict:
     import transformers
     return {
@@ -95,12 +120,7 @@ class Runner:
             self.engine.cost_aware.reset()
 
     def group_size(self) -> int:
-        """Questions answered together. Best-of-N: one (its samples fill the batches); multi-round and single
-        turns: enough questions that their (question, choice) chains fill a batch, each chain's next round waiting
-        for its answer."""
-        if self.args.paradigm == "best_of_n":
-            return 1
-        return max(1, self.batch_size // self.args.num_choices)
+        return group_size(self.args.paradigm, self.batch_size, self.args.num_choices)
 
     def answer(self, question: dict) -> tuple[dict, list[dict]]:
         return self.answer_group([question])[0]
@@ -159,21 +179,7 @@ class Runner:
         return ("near_ties",) if self.engine.record_margins else ()
 
     def _batches(self, chains: list["_Chain"]):
-        """The group's turns as batches of (chain, turn, row), in the order they can run. With continuous batching a
-        Best-of-N choice's samples are one batch whose rows the engine assigns (row None) as samples finish."""
-        size = self.batch_size
-        if self.continuous:
-            for chain in chains:
-                yield [(chain, t, None) for t in range(self.turns)]
-        elif self.args.paradigm == "best_of_n":
-            for chain in chains:
-                turns = list(range(self.turns))
-                for i in range(0, len(turns), size):
-                    yield [(chain, t, t % size) for t in turns[i:i + size]]
-        else:
-            for turn in range(self.turns):
-                for i in range(0, len(chains), size):
-                    yield [(chain, turn, j) for j, chain in enumerate(chains[i:i + size])]
+        return batch_schedule(chains, self.turns, self.args.paradigm, self.batch_size, self.continuous)
 
     def _run_batch(self, batch: list[tuple]) -> None:
         scope = self.args.draft_state_scope

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from evaluation.run import paradigms, replicas
 from evaluation.run.args import SCOPES, Parser
 from evaluation.run.cli import run_reporting
+from evaluation.run.loop import batch_schedule, group_size
 from evaluation.run.records import stem
 from model.engine.cost import cut
 from model.engine.drafter import Drafter, StepFeedback
@@ -231,31 +232,25 @@ class _Row:
 
 
 def batches(turns: list[Turn], batching: Batching):
-    """The turns as the live loop's batches of (turn, row), in the order they ran (`Loop._batches` with its question
-    groups): row None where continuous batching gives a sample the row of the first to finish."""
-    chains: dict = {}
+    """The turns as the live loop's batches of (turn, row), in the order they ran: its question groups and its batch
+    schedule (row None where continuous batching gives a sample the row of the first to finish)."""
+    chains: dict = {}        # (question, choice) -> its turns, in order
     for turn in turns:
         chains.setdefault((turn.question_id, turn.choice), []).append(turn)
-    size = batching.size
-    if batching.paradigm == "best_of_n":
-        for chain in chains.values():
-            if batching.continuous:
-                yield [(turn, None) for turn in chain]
-            else:
-                for i in range(0, len(chain), size):
-                    yield [(turn, turn.turn % size) for turn in chain[i:i + size]]
-        return
-    questions: dict = {}
-    for key, chain in chains.items():
-        questions.setdefault(key[0], []).append(chain)
+    questions: dict = {}     # question -> its chains
+    for key in chains:
+        questions.setdefault(key[0], []).append(key)
     groups = list(questions.values())
-    per_group = max(1, size // batching.num_choices)
+    per_group = group_size(batching.paradigm, batching.size, batching.num_choices)
     for g in range(0, len(groups), per_group):
-        own = [chain for group in groups[g:g + per_group] for chain in group]
-        for r in range(max(len(chain) for chain in own)):
-            ready = [chain[r] for chain in own if r < len(chain)]
-            for i in range(0, len(ready), size):
-                yield [(turn, j) for j, turn in enumerate(ready[i:i + size])]
+        keys = [key for group in groups[g:g + per_group] for key in group]
+        count = len(chains[keys[0]])
+        uneven = next((key for key in keys if len(chains[key]) != count), None)
+        if uneven is not None:
+            raise UserError(f"question {uneven[0]!r}, choice {uneven[1]}: {len(chains[uneven])} turns where others "
+                            f"have {count} (a run of this harness gives every choice as many)")
+        for batch in batch_schedule(keys, count, batching.paradigm, batching.size, batching.continuous):
+            yield [(chains[key][t], row) for key, t, row in batch]
 
 
 def replay(turns: list[Turn], drafter, scope: str, max_nodes: int, batching: Batching | None = None,
