@@ -48,6 +48,20 @@ def batch_schedule(chains: list, turns: int, paradigm: str, size: int, continuou
                 yield [(chain, turn, j) for j, chain in enumerate(chains[i:i + size])]
 
 
+def ready_drafter(drafter: Drafter, scope: str, owner, key) -> None:
+    """Before a row's drafter takes a turn of chain `key` (it last served `owner`): forget what its scope does not
+    keep."""
+    if scope == "sequence" or (scope == "question" and owner != key):
+        drafter.reset()
+
+
+def tell_siblings(drafters: list[Drafter], questions: list, share: bool) -> None:
+    """Cross-sample drafting: a question-scope drafter may draft from what its concurrent siblings (the rows of the
+    same question) generate; every row is told, so that one told before forgets the siblings of its last batch."""
+    for drafter, question_id in zip(drafters, questions):
+        drafter.share_with([d for d, q in zip(drafters, questions) if share and q == question_id and d is not drafter])
+
+
 def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer, attention: str | None = None) -> dict:
     import transformers
     return {
@@ -210,11 +224,7 @@ class Runner:
         drafters = [self.slots[row] for row in rows]
         questions = [todo[0][0].question["question_id"]] * len(rows) if self.continuous else \
             [chain.question["question_id"] for chain, _, _, _ in todo]
-        share = self.cross_sample and scope == "question"
-        for drafter, question_id in zip(drafters, questions):
-            # Cross-sample drafting: a question-scope drafter may draft from what its concurrent siblings generate.
-            drafter.share_with([d for d, q in zip(drafters, questions)
-                                if share and q == question_id and d is not drafter])
+        tell_siblings(drafters, questions, self.cross_sample and scope == "question")
 
         def on_join(i: int, drafter: Drafter) -> None:
             self._take_row(todo[i][0], self.slots.index(drafter))
@@ -268,8 +278,7 @@ class Runner:
         resumed run must replay."""
         scope, drafter = self.args.draft_state_scope, self.slots[row]
         key = (chain.question["question_id"], chain.choice)
-        if scope == "sequence" or (scope == "question" and self.owner[row] != key):
-            drafter.reset()
+        ready_drafter(drafter, scope, self.owner[row], key)
         self.owner[row] = key
         if chain.saved and chain.restore is None:
             chain.restore = self._restore_drafter(drafter, [r for r in chain.resumed if r[1] in (row, None)])

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from evaluation.run import paradigms, replicas
 from evaluation.run.args import SCOPES, Parser
 from evaluation.run.cli import run_reporting
-from evaluation.run.loop import batch_schedule, group_size
+from evaluation.run.loop import batch_schedule, group_size, ready_drafter, tell_siblings
 from evaluation.run.records import stem
 from model.engine.cost import cut
 from model.engine.drafter import Drafter, StepFeedback
@@ -267,8 +267,7 @@ def replay(turns: list[Turn], drafter, scope: str, max_nodes: int, batching: Bat
 
     def take_row(turn: Turn, b: int) -> None:
         key = (turn.question_id, turn.choice)
-        if scope == "sequence" or (scope == "question" and owner[b] != key):
-            slots[b].reset()
+        ready_drafter(slots[b], scope, owner[b], key)
         owner[b] = key
 
     for n, batch in enumerate(batches(turns, batching)):
@@ -278,9 +277,7 @@ def replay(turns: list[Turn], drafter, scope: str, max_nodes: int, batching: Bat
             take_row(batch[i][0], b)
         drafters = [slots[b] for b in rows]
         questions = [turn.question_id for turn, _ in batch[:n_rows]]
-        share = batching.cross_sample and scope == "question"
-        for d, question_id in zip(drafters, questions):
-            d.share_with([o for o, q in zip(drafters, questions) if share and q == question_id and o is not d])
+        tell_siblings(drafters, questions, batching.cross_sample and scope == "question")
         for row in replay_batch([turn for turn, _ in batch], drafters, rows, take_row, max_nodes, accepted_only):
             lines[id(row.turn)] = [
                 {"question_id": row.turn.question_id, "category": row.turn.category, "choice": row.turn.choice,
