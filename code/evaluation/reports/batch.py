@@ -33,7 +33,7 @@ Definitions (every choice of a question is read, not only choices[0]: a batch's 
 
 Restrictions: `category` (the question's category, "uncategorized" when it has none) and `turn` (0-based turn index:
 round of multi-round thinking, sample of Best-of-N) keep only those turns, as speed.py's per-category and per-turn
-tables do. Bad input raises speed.SpeedError (the reports print it as one `error: ...` line).
+tables do. Bad input raises answers.SpeedError (the reports print it as one `error: ...` line).
 """
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from evaluation.reports import speed, uncertainty
+from evaluation.reports import answers, uncertainty
 
-BATCH_FIELDS = speed.BATCH_FIELDS     # ("batch_id", "batch_size", "batch_wall_time")
+BATCH_FIELDS = answers.BATCH_FIELDS     # ("batch_id", "batch_size", "batch_wall_time")
 UNCATEGORIZED = "uncategorized"
 INTERVAL = "95% paired bootstrap over units (questions that shared a batch are resampled together)"
 THROUGHPUT = "batch throughput: tokens of all rows / wall time of each batch counted once"
@@ -82,17 +82,17 @@ def run_batch_size(path: str | None = None, rows: list[dict] | None = None, conf
     read from path when not given."""
     if config is None and path is not None:
         try:
-            config = speed.load_config(path)
-        except speed.SpeedError:
+            config = answers.load_config(path)
+        except answers.SpeedError:
             config = None
     if config:
         value = config.get("batch_size", 1)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
-        where = speed.config_path(path) if path else "config"
-        raise speed.SpeedError(f"{where}: 'batch_size' must be a positive integer, got {value!r}")
+        where = answers.config_path(path) if path else "config"
+        raise answers.SpeedError(f"{where}: 'batch_size' must be a positive integer, got {value!r}")
     if rows is None:
-        rows = speed.load_answers(path)
+        rows = answers.load_answers(path)
     sizes = [n for row in rows for choice in row["choices"] if isinstance(choice, dict)
              for n in choice.get("batch_size") or []]
     return max(sizes, default=1)
@@ -109,24 +109,24 @@ def check_same_batch_size(method, base) -> int:
         return run_batch_size(run), run
     (size, name), (base_size, base_name) = size_and_name(method), size_and_name(base)
     if size != base_size:
-        raise speed.SpeedError(f"compare at the same --batch-size: {name} has {size}, {base_name} has {base_size}")
+        raise answers.SpeedError(f"compare at the same --batch-size: {name} has {size}, {base_name} has {base_size}")
     return size
 
 
 def _check_choice(row: dict, index: int, where: str) -> None:
-    # speed.load_answers checked choices[0]; the same checks for the others.
+    # answers.load_answers checked choices[0]; the same checks for the others.
     if index == 0:
         return
     choice = row["choices"][index]
-    reason = speed._check_record({**row, "choices": [choice]}) if isinstance(choice, dict) else \
+    reason = answers._check_record({**row, "choices": [choice]}) if isinstance(choice, dict) else \
         "'choices[0]' must be an object"
     if reason:
-        raise speed.SpeedError(f"{where}question {row['question_id']!r}: "
+        raise answers.SpeedError(f"{where}question {row['question_id']!r}: "
                                + reason.replace("choices[0]", f"choices[{index}]"))
 
 
 def turns(rows: list[dict], path: str | None = None) -> list[dict]:
-    """Every turn of every choice of these (speed.load_answers-validated) answer lines, with its charged seconds (see
+    """Every turn of every choice of these (answers.load_answers-validated) answer lines, with its charged seconds (see
     BatchRun.turns). SpeedError when a batch's rows disagree on its wall time."""
     where = f"{path}: " if path else ""
     out, batches = [], {}
@@ -135,7 +135,7 @@ def turns(rows: list[dict], path: str | None = None) -> list[dict]:
             _check_choice(row, c, where)
             choice = row["choices"][c]
             batched = choice.get("batch_id") is not None
-            accepts = speed.turn_accept_lengths(choice) or [None] * len(choice["turns"])
+            accepts = answers.turn_accept_lengths(choice) or [None] * len(choice["turns"])
             for k in range(len(choice["turns"])):
                 rec = {"question_id": row["question_id"], "category": row.get("category") or None, "choice": c,
                        "turn": k, "new_tokens": choice["new_tokens"][k], "wall_time": choice["wall_time"][k],
@@ -149,7 +149,7 @@ def turns(rows: list[dict], path: str | None = None) -> list[dict]:
     for batch_id, members in batches.items():
         wall = members[0]["batch_wall_time"]
         if any(not math.isclose(m["batch_wall_time"], wall, rel_tol=1e-9, abs_tol=1e-12) for m in members):
-            raise speed.SpeedError(f"{where}batch {batch_id!r}: its rows disagree on batch_wall_time")
+            raise answers.SpeedError(f"{where}batch {batch_id!r}: its rows disagree on batch_wall_time")
         tokens = sum(m["new_tokens"] for m in members)
         for m in members:
             m["seconds"] = wall * m["new_tokens"] / tokens if tokens else wall / len(members)
@@ -160,16 +160,16 @@ def turns(rows: list[dict], path: str | None = None) -> list[dict]:
 
 
 def from_rows(rows: list[dict], path: str | None = None, config: dict | None = None) -> BatchRun:
-    """A BatchRun of answer lines already read and validated (speed.load_answers); the config is read from path when
+    """A BatchRun of answer lines already read and validated (answers.load_answers); the config is read from path when
     not given."""
     if config is None and path is not None:
-        config = speed.load_config(path)
+        config = answers.load_config(path)
     return BatchRun(path, run_batch_size(path, rows, config or {}), turns(rows, path), config or {})
 
 
 def load_run(path: str) -> BatchRun:
-    """Read and validate an answer file and its sidecar config (speed.load_answers / load_config)."""
-    return from_rows(speed.load_answers(path), path)
+    """Read and validate an answer file and its sidecar config (answers.load_answers / load_config)."""
+    return from_rows(answers.load_answers(path), path)
 
 
 def _turns_of(run) -> list[dict]:
@@ -383,7 +383,7 @@ def sweep_markdown(summary: dict) -> str:
         if r["method"] == summary["baseline"]:
             cell = "1.00x (baseline)"
         else:
-            cell = speed.speedup_cell({"speedup": r["speedup"], "speedup_ci": r["speedup_ci"]})
+            cell = answers.speedup_cell({"speedup": r["speedup"], "speedup_ci": r["speedup_ci"]})
             if r["speedup"] is None:
                 cell = "n/a (no baseline at this B)"
         lines.append("| " + " | ".join([str(r["batch_size"]), r["method"], _num(r["tokens_per_s"]),
