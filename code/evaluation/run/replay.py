@@ -10,10 +10,12 @@ the live run's accepted lengths exactly; tests check it step for step against li
     python -m evaluation.replay --answer-file A.jsonl --model-path TOKENIZER --method pld [method flags]
         [--question-file Q.jsonl] [--cost-profile FILE] [--json-out F] [--steps-out F]
         [--batch-size B] [--batching static|continuous] [--cross-sample on|off] [--verify-accepted-only]
+        [--prompt-format raw|chat] [--trace-model NAME]
 
-Traces: an answer file of this harness (with `--save-token-ids` its turns' exact ids; else the text is
-re-tokenized, and replay says so), or a plain JSONL of {"prompt", "response"} pairs (each a one-turn question whose
-prompt goes through the chat template).
+Traces (evaluation/run/traces.py): an answer file of this harness (with `--save-token-ids` its turns' exact ids;
+else the text is re-tokenized, and replay says so), or a JSONL of generations: {"prompt", "response"} pairs (with
+optional `question_id` and `sample`: a question's samples replay as Best-of-N), vLLM / OpenAI-style lines with several
+outputs per prompt, lm-evaluation-harness `--log_samples` lines.
 """
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from evaluation.run import paradigms, replicas
 from evaluation.run.args import SCOPES, Parser
 from evaluation.run.cli import run_reporting
 from evaluation.run.loop import batch_schedule, group_size, ready_drafter, tell_siblings
-from evaluation.run.records import stem
+from evaluation.run.traces import (PROMPT_FORMATS, Trace, Turn, answer_turns, check_traces,  # noqa: F401
+                                   read_config, read_jsonl, read_traces)
 from model.engine.cost import cut
 from model.engine.drafter import Drafter, StepFeedback
 from model.engine.sampling import accept_greedy
@@ -51,25 +53,21 @@ REFUSED = {
 BUCKETS = (0, 512, 1024, 2048, 4096, 8192, 16384)
 
 
-@dataclass
-class Turn:
-    question_id: object
-    category: str
-    choice: int
-    turn: int
-    prompt: list[int]
-    tokens: list[int]
-    forced_at: int | None      # where the thinking budget's phrase starts, if it was forced
-    forced: int                # its length
-    retokenized: bool
-
-
 def parse_args(argv):
     p = Parser(prog="python -m evaluation.replay", conflict_handler="resolve",
                description=__doc__.splitlines()[0])
-    p.add_argument("--answer-file", required=True, help="an answer file of this harness, or JSONL prompt/response")
-    p.add_argument("--model-path", "--tokenizer-path", dest="model_path", required=True,
-                   help="the target model (only its tokenizer is loaded)")
+    p.add_argument("--answer-file", "--traces", dest="answer_file", required=True,
+                   help="an answer file of this harness, or a JSONL of generations: {prompt, response} pairs, vLLM "
+                        "{prompt, outputs}, OpenAI-style {prompt, choices}, lm-eval --log_samples lines")
+    p.add_argument("--model-path", "--tokenizer-path", dest="model_path", default=None,
+                   help="the target model (only its tokenizer is loaded); default: the tokenizer `make tokenizers` "
+                        "built for the model the traces' `model` field names")
+    p.add_argument("--trace-model", default=None,
+                   help="replay only the lines whose `model` field is this (a file may mix models' traces)")
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None,
+                   help="raw: the prompt is the text the model continued, tokenized as it is; chat: the prompt is "
+                        "the user message of the chat template. Default: chat for {prompt, response} pairs and "
+                        "message lists, raw for vLLM, OpenAI-style and lm-eval prompts")
     p.add_argument("--method", required=True, help=f"one of {', '.join(REPLAYABLE)}")
     p.add_argument("--question-file", default=None, help="default: the one the recorded run's configuration names")
     p.add_argument("--draft-state-scope", choices=SCOPES, default=None,
@@ -112,81 +110,6 @@ def parse_args(argv):
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     return args, module
-
-
-# ---------------------------------------------------------------------------------------------- reading traces
-
-def read_jsonl(path: str) -> list[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    out = []
-    for lineno, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{lineno}: not a JSON line") from None
-    if not out:
-        raise UserError(f"{path} holds no trace")
-    return out
-
-
-def read_config(answer_file: str) -> dict:
-    return replicas.read_config(stem(answer_file) + ".config.json") or {}
-
-
-def encode_text(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def answer_turns(lines: list[dict], config: dict, question_file: str | None, tokenizer) -> list[Turn]:
-    """The turns of an answer file in the order the live run generated them, with the prompts it built."""
-    from evaluation.data.questions import load_questions
-    question_file = question_file or config.get("question_file")
-    if not question_file:
-        raise UserError("the answer file has no configuration naming its question file: give --question-file")
-    questions = {q["question_id"]: q for q in load_questions(question_file)}
-    paradigm = config.get("paradigm", lines[0].get("paradigm", "single"))
-    budget = config.get("thinking_budget") or {}
-    turns = []
-    for line in lines:
-        try:
-            question = questions[line["question_id"]]
-            choices = line["choices"]
-        except KeyError:
-            raise UserError(f"question {line.get('question_id')!r} of the answer file is not in {question_file} "
-                            "(give the --question-file it was answered from)") from None
-        for choice in choices:
-            previous, ids = None, choice.get("token_ids")
-            for t, text in enumerate(choice["turns"]):
-                prompt = paradigms.encode_prompt(tokenizer, paradigms.turn_messages(question, paradigm, t, previous))
-                forced = (choice.get("forced_tokens") or [0] * len(choice["turns"]))[t]
-                if forced and "trigger_at" not in budget:
-                    raise UserError(f"question {line['question_id']!r}: a turn ends in the thinking budget's phrase, "
-                                    "but no run configuration says where it was forced (keep <stem>.config.json "
-                                    "beside the answer file)")
-                if ids is not None:
-                    tokens, retokenized = list(ids[t]), False
-                else:
-                    tokens, retokenized = encode_text(tokenizer, text), True
-                turns.append(Turn(line["question_id"], line.get("category", ""), choice.get("index", 0), t, prompt,
-                                  tokens, budget.get("trigger_at") if forced else None, forced, retokenized))
-                previous = text
-    return turns
-
-
-def pair_turns(lines: list[dict], tokenizer) -> list[Turn]:
-    turns = []
-    for i, line in enumerate(lines):
-        if not isinstance(line.get("prompt"), str) or not isinstance(line.get("response"), str):
-            raise UserError(f"line {i + 1}: neither an answer line of this harness nor a {{prompt, response}} pair")
-        prompt = paradigms.encode_prompt(tokenizer, [{"role": "user", "content": line["prompt"]}])
-        turns.append(Turn(line.get("question_id", i), line.get("category", ""), 0, 0, prompt,
-                          encode_text(tokenizer, line["response"]), None, 0, True))
-    return turns
 
 
 # ---------------------------------------------------------------------------------------------- replaying
@@ -450,7 +373,7 @@ def summarize(steps: list[dict], turns: list[Turn], seconds: float, profile, kin
     decoding = [s for s in steps if s["draft_source"] != "forced"]
     groups = {"per turn (round or sample)": lambda s: s["turn"], "per category": lambda s: s["category"] or "-",
               "per context length": lambda s: bucket(s["context_length"] - s["accepted"]),
-              "per draft source": lambda s: s["draft_source"]}
+              "per draft source": lambda s: s["draft_source"], "per phase": phase_of(turns)}
     if ar_steps is not None:
         estimate = batch_seconds(ar_steps, profile) / batch_seconds(steps, profile) if profile else None
         profile = None
@@ -470,6 +393,19 @@ def summarize(steps: list[dict], turns: list[Turn], seconds: float, profile, kin
                                   "estimated_speedup": estimated_speedup(v, profile) if profile else None}
                          for k, v in sorted(split.items(), key=lambda kv: order(kv[0]))}
     return summary
+
+
+def phase_of(turns: list[Turn]):
+    """A step's phase: "thinking" when it starts before its output's end-of-thinking token, "answer" after it,
+    "no marker" in an output without one."""
+    where = {(t.question_id, t.choice, t.turn): (len(t.prompt), t.think_end) for t in turns}
+
+    def phase(step: dict) -> str:
+        prompt, end = where[step["question_id"], step["choice"], step["turn"]]
+        if end is None:
+            return "no marker"
+        return "thinking" if step["context_length"] - step["accepted"] - prompt < end + 1 else "answer"
+    return phase
 
 
 def order(key) -> tuple:
@@ -498,7 +434,8 @@ def print_summary(summary: dict, method: str) -> None:
     print(f"MAT (bonus token counted) {summary['mat']:.2f}; drafter {summary['draft_us_per_step']:.1f} us per step"
           + (f"; estimated speedup {estimate:.2f}x (from a forward-cost profile, not measured)" if estimate else
              "; no forward-cost profile: no speedup estimate"))
-    for name in ("per turn (round or sample)", "per category", "per context length", "per draft source"):
+    for name in ("per turn (round or sample)", "per category", "per context length", "per draft source",
+                 "per phase"):
         cells = [f"{k}: {v['mat']:.2f}" + (f" ({v['estimated_speedup']:.2f}x est.)" if v["estimated_speedup"] else "")
                  for k, v in summary[name].items()]
         print(f"  MAT {name}: " + ", ".join(cells))
@@ -508,36 +445,42 @@ def print_summary(summary: dict, method: str) -> None:
             f"{k}: {v['accepted_nodes']:,} / {v['draft_nodes']:,}" for k, v in sources.items()))
 
 
-def recorded_batching(args, config: dict, lines: list[dict]) -> Batching:
-    """The batches of the recorded run unless told otherwise (a prompt/response file: batch 1, single turns)."""
-    paradigm = config.get("paradigm", lines[0].get("paradigm", "single"))
+def recorded_batching(args, trace: Trace) -> Batching:
+    """The batches of the recorded run unless told otherwise (a file of generations: batch 1; Best-of-N where a
+    question has several samples, else single turns)."""
+    config, paradigm = trace.config, trace.paradigm
     size = args.batch_size or config.get("batch_size") or 1
     continuous = (config.get("continuous_batching", False) and size > 1) if args.batching is None else \
         args.batching == "continuous"
     if continuous and (paradigm != "best_of_n" or size < 2):
         raise UserError("--batching continuous needs a Best-of-N trace and --batch-size of at least 2")
     cross = config.get("cross_sample", True) if args.cross_sample is None else args.cross_sample == "on"
-    return Batching(size, continuous, cross, paradigm, max(len(line.get("choices", [None])) for line in lines))
+    return Batching(size, continuous, cross, paradigm, trace.num_choices)
+
+
+def trace_tokenizer(args):
+    """--model-path's tokenizer, else the built tokenizer of the model the traces name."""
+    from model.engine.loading import load_tokenizer
+    from model.vocab.locate import tokenizer_for_model
+    from evaluation.run.traces import trace_models
+    path = args.model_path
+    if path is None:
+        models = trace_models(args.answer_file) if args.trace_model is None else [args.trace_model]
+        if not models:
+            raise UserError("give --model-path (the traces do not name their model)")
+        path = tokenizer_for_model(models[0])
+    return load_tokenizer(path)
 
 
 def run(argv) -> None:
     args, module = parse_args(argv)
-    from model.engine.loading import load_tokenizer
-    tokenizer = load_tokenizer(args.model_path)
-    lines = read_jsonl(args.answer_file)
-    if "choices" in lines[0]:
-        config = read_config(args.answer_file)
-        kind = "answer file"
-        if config.get("temperature", 0) > 0 and config.get("method") == "sps":
-            raise UserError("this trace was sampled at temperature > 0 with residual resampling (SpS): its tokens are "
-                            "not the ones a point-mass drafter's live run would draw, so replay would not be exact")
-        turns = answer_turns(lines, config, args.question_file, tokenizer)
-    else:
-        config, kind = {}, "prompt/response pairs"
-        turns = pair_turns(lines, tokenizer)
+    check_traces(args.answer_file, args.trace_model)
+    tokenizer = trace_tokenizer(args)
+    trace = read_traces(args.answer_file, tokenizer, args.question_file, args.prompt_format, args.trace_model)
+    turns, config, kind = trace.turns, trace.config, trace.kind
     drafter = module.make_drafter(args, None, tokenizer)
     scope, max_nodes = recorded_settings(drafter, config, args.draft_state_scope, args.max_tree_nodes)
-    batching = recorded_batching(args, config, lines)
+    batching = recorded_batching(args, trace)
     profile = load_profile(args.cost_profile, config)
     if profile is not None and batching.size != profile.batch_size:
         print(f"note: the forward-cost profile was measured at batch {profile.batch_size}, the replay batches "
@@ -550,7 +493,8 @@ def run(argv) -> None:
     summary.update(method=drafter.name, method_parameters=drafter.parameters(), draft_state_scope=scope,
                    max_tree_nodes=max_nodes, answer_file=args.answer_file, batch_size=batching.size,
                    continuous_batching=batching.continuous, cross_sample=batching.cross_sample,
-                   verify_accepted_only=args.verify_accepted_only)
+                   verify_accepted_only=args.verify_accepted_only, trace_model=args.trace_model,
+                   prompt_format=args.prompt_format, paradigm=batching.paradigm)
     print_summary(summary, drafter.name)
     if args.steps_out:
         with open(args.steps_out, "w", encoding="utf-8") as f:
