@@ -15,9 +15,11 @@ token repeated gets its embeddings raised against the layers' sum until it does 
      each differing turn classified as evaluation/reports/divergence.py classifies the answer files (near-tie /
      inherited / unexplained). Any unexplained divergence fails the check.
  (b) measurements on each real shape in bfloat16 (with --tiny: tiny shapes of the same families): our AR tokens/s
-     against transformers `generate` (greedy, eos disabled) on the same random prompt; the forward cost t(n)/t(1),
+     against transformers `generate` (greedy, eos disabled) on the same prompt (with the shape's real tokenizer, when
+     `make tokenizers` has built it: a real question in its chat template followed by real reasoning, and a check
+     that the thinking budget forces its real phrase; else random ids); the forward cost t(n)/t(1),
      n = 1..--max-width, at each --contexts length (model.engine.cost.ForwardCostProfile); each method's MAT and
-     drafting share (draft seconds / (draft + verify seconds)) on one random-prompt generation; a batch-size sweep
+     drafting share (draft seconds / (draft + verify seconds)) on one generation; a batch-size sweep
      (--batch-sizes): AR's batch throughput against B, each method's throughput over AR's at the same B. Random
      weights: MAT and speedups there say little about a trained model; costs, shares, the AR/HF ratio and AR's
      batching gain are what count.
@@ -102,6 +104,10 @@ SMALL_DRAFT = dict(SMALL, hidden_size=32, num_hidden_layers=2, intermediate_size
 MEDIUM = dict(SMALL, hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
               intermediate_size=1536, vocab_size=49152)
 EAGLE_DRAFT_VOCAB = 32000   # the draft vocabulary of the published EAGLE-3 heads for these targets
+# The tokenizer each real shape is measured with when `make tokenizers` has built it (model/vocab): its vocabulary
+# sizes the check, a real question in its chat template (then real reasoning) is the prompt, and the thinking budget
+# forces its own tokens. DeepSeek-R1-Distill-Llama-8B has Llama-3.1-8B's shape.
+SHAPE_TOKENIZERS = {"qwen3-8b": "qwen3", "llama-3.1-8b": "deepseek-r1-distill-llama"}
 
 
 def log(message: str) -> None:
@@ -451,11 +457,17 @@ def measure_shape(shape: str, args, device) -> dict:
         f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B target parameters)")
     vocab = vocab_of(model)
     engine = SpeculativeEngine(model)
-    prompt = torch.randint(2, vocab - 1, (args.prompt_len,),
-                           generator=torch.Generator().manual_seed(args.seed + 3)).tolist()
+    tokenizer = None if args.tiny else real_tokenizer(shape, vocab)
+    if tokenizer is not None:
+        prompt = real_prompt(tokenizer, args.prompt_len)
+    else:
+        prompt = torch.randint(2, vocab - 1, (args.prompt_len,),
+                               generator=torch.Generator().manual_seed(args.seed + 3)).tolist()
     result = {"family": family, "config": target_config, "draft_config": draft_config, "dtype": "bfloat16",
-              "embedding_ratio": model.embedding_ratio,
+              "embedding_ratio": model.embedding_ratio, "tokenizer": SHAPE_TOKENIZERS[shape] if tokenizer else None,
               "prompt_len": len(prompt), "new_tokens": args.new_tokens}
+    if tokenizer is not None:
+        result["thinking_budget"] = check_budget(engine, prompt, tokenizer)
 
     # AR (ours) against transformers generate.
     timed_ar(engine, prompt, 16)
@@ -505,6 +517,38 @@ def measure_shape(shape: str, args, device) -> dict:
     del model, draft, head, engine, drafters
     free(device)
     return result
+
+
+def real_tokenizer(shape: str, vocab: int):
+    """The shape's real tokenizer when it is built and fits the model's vocabulary, else None (random prompts)."""
+    from model.vocab.locate import has_tokenizer, load_family
+    name = SHAPE_TOKENIZERS.get(shape)
+    if name is None or not has_tokenizer(name):
+        log(f"{shape}: no real tokenizer built (make tokenizers): random prompts")
+        return None
+    tokenizer = load_family(name)
+    if len(tokenizer) > vocab:
+        raise SystemExit(f"{shape}: the {name} tokenizer has {len(tokenizer)} tokens, the model {vocab}")
+    return tokenizer
+
+
+def real_prompt(tokenizer, length: int) -> list[int]:
+    from model.vocab.real_prompts import real_prompt as build
+    return build(tokenizer, length)
+
+
+def check_budget(engine, prompt: list[int], tokenizer, new_tokens: int = 120) -> dict:
+    """The thinking budget with the real phrase: past 80% of the tokens the phrase is forced, `</think>` (one token
+    of the real vocabulary) inside it (the last 20% of `new_tokens` hold the whole phrase)."""
+    from evaluation.run import paradigms
+    budget = paradigms.thinking_budget(tokenizer, new_tokens)
+    gen = engine.generate(prompt, Drafter(), new_tokens, SamplingConfig(), budget=budget)
+    at = budget.trigger_at
+    forced = gen.tokens[at:at + len(budget.phrase)] == budget.phrase
+    ok = forced and budget.end_token in gen.tokens and tokenizer.decode(budget.phrase) == paradigms.BUDGET_PHRASE
+    log(f"thinking budget with the real phrase ({len(budget.phrase)} tokens, </think> = {budget.end_token}): "
+        f"{'forced at token ' + str(at) if ok else 'NOT as expected'}")
+    return {"trigger_at": at, "phrase_tokens": len(budget.phrase), "end_token": budget.end_token, "forced": ok}
 
 
 def batch_sweep(engine, prompt, reference, drafters: dict, sizes: list[int], new_tokens: int) -> dict:
@@ -599,7 +643,8 @@ def print_measurement(shape: str, m: dict, device_name: str) -> None:
     embeddings = "as initialised" if ratio is None else f"raised to {ratio:g}x the layers' sum"
     print(f"\n## (b) {shape}{' (tiny stand-in)' if m.get('tiny') else ''}: bfloat16 on {device_name}; hidden "
           f"{c['hidden_size']}, {c['num_hidden_layers']} layers, vocab {c['vocab_size']}, embeddings {embeddings}; "
-          f"random prompt of {m['prompt_len']} tokens, {m['new_tokens']} new tokens, greedy\n")
+          f"{'real-text prompt (' + m['tokenizer'] + ' tokenizer)' if m.get('tokenizer') else 'random prompt'} of "
+          f"{m['prompt_len']} tokens, {m['new_tokens']} new tokens, greedy\n")
     ar, hf = m["ar"], m["hf"]
     print(table(["Decoder", "tok/s", "vs transformers", "output"],
                 [["ours, AR (base Drafter)", f"{ar['tokens_per_s']:.2f}",

@@ -213,3 +213,42 @@ def test_split_patterns_are_the_ones_the_wheels_publish(traces):
     for line in traces:
         text = line["response"].replace("</think>", "")    # Meta's file has no </think> token
         assert ours(text, add_special_tokens=False)["input_ids"] == meta.encode(text, add_special_tokens=False).ids
+
+
+# ---------------------------------------------------------------------------------------------- scripts/gpu_check.py
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                                  "gpu_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("shape", ["qwen3-8b", "llama-3.1-8b"])
+def test_gpu_check_measures_the_real_shapes_with_their_real_tokenizers(gpu_check, shape):
+    """A random model of the shape's family with the real vocabulary (4 small layers, CPU): the real tokenizer fits
+    it, the prompt is a real question in its template then real reasoning, the budget forces the real phrase."""
+    import torch
+    family, target, _ = gpu_check.SHAPES[shape]
+    config = dict(gpu_check.small_config(shape)[1], vocab_size=target["vocab_size"],
+                  bos_token_id=target["bos_token_id"], eos_token_id=target["eos_token_id"])
+    model = gpu_check.make_model(family, config, torch.float32, torch.device("cpu"), 0, check_output=False)
+    tokenizer = gpu_check.real_tokenizer(shape, gpu_check.vocab_of(model))
+    name = gpu_check.SHAPE_TOKENIZERS[shape]
+    assert tokenizer is not None and len(tokenizer) == SIZES[name]
+    assert config["eos_token_id"] == tokenizer.eos_token_id   # the shape's published eos is the tokenizer's
+    prompt = gpu_check.real_prompt(tokenizer, 200)
+    text = tokenizer.decode(prompt)
+    assert len(prompt) == 200 and "3(1+3(1+3" in text
+    assert text.startswith("<|im_start|>user\n" if name == "qwen3" else "<｜begin▁of▁sentence｜><｜User｜>")
+    budget = gpu_check.check_budget(gpu_check.SpeculativeEngine(model), prompt, tokenizer)
+    assert budget["forced"] and budget["end_token"] == PUBLISHED[name]["</think>"]
+
+
+def test_gpu_check_refuses_a_tokenizer_larger_than_the_model(gpu_check):
+    with pytest.raises(SystemExit, match="the qwen3 tokenizer has 151669 tokens, the model 151000"):
+        gpu_check.real_tokenizer("qwen3-8b", 151000)
