@@ -21,6 +21,9 @@ METHOD_SPECS = {
     "stand": "stand",
     "stand-solo": "stand-solo=stand --no-cross-sample",   # STAND without cross-sample drafting
     "lookahead": "lookahead",
+    "suffix": "suffix",
+    "suffix-live": "suffix-live=suffix --live-responses",   # responses enter the global tree as generated (vLLM)
+    "suffix-question": "suffix-question=suffix --draft-state-scope question",   # the question's responses only
     "rest": "rest --datastore-path {datastore}",
     "sps": "sps --drafter-path {drafter}",
     "eagle3": "eagle3 --ea-model-path {head}",

@@ -43,6 +43,7 @@ from model.rest.drafter import RestDrafter  # noqa: E402
 from model.samd.drafter import SamDrafter  # noqa: E402
 from model.sps import DraftModelDrafter  # noqa: E402
 from model.stand import StandDrafter  # noqa: E402
+from model.suffix.drafter import SuffixDrafter  # noqa: E402
 
 
 def engine_methods(model, tokenizer, datastore_path, draft, head_path, cost_aware=False):
@@ -51,7 +52,7 @@ def engine_methods(model, tokenizer, datastore_path, draft, head_path, cost_awar
     methods = {"ar": Drafter(), "pld": PromptLookupDrafter(adaptive=not cost_aware),
                "pld-fixed10": PromptLookupDrafter(adaptive=False),
                "samd": SamDrafter(), "recycling": TokenRecyclingDrafter(vocab), "lookahead": LookaheadDrafter(),
-               "pia": PiaDrafter(), "stand": StandDrafter(vocab)}
+               "pia": PiaDrafter(), "stand": StandDrafter(vocab), "suffix": SuffixDrafter()}
     if datastore_path:
         methods["rest"] = RestDrafter(Datastore.load(datastore_path, tokenizer))
     if draft is not None:
@@ -90,7 +91,7 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--methods", nargs="*", default=None, help="subset of: ar pld pld-fixed10 samd recycling "
-                                                                  "lookahead pia stand rest sps sps-heuristic eagle3 samd-eagle3 "
+                                                                  "lookahead pia stand suffix rest sps sps-heuristic eagle3 samd-eagle3 "
                                                                   "hf hf-pld hf-sps")
     parser.add_argument("--datastore-path", default=None, help="REST datastore (REST is skipped without one)")
     parser.add_argument("--drafter-path", default=None, help="SpS draft model (sps and hf-sps are skipped without one)")

@@ -34,6 +34,7 @@ if [ -n "$Sps_Drafter_PATH" ]; then
 $PYTHON -m evaluation.inference_sps --model-path $TARGET_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 fi
 $PYTHON -m evaluation.inference_pia --model-path $TARGET_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_suffix --model-path $TARGET_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_lookahead --model-path $TARGET_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
 if [ ! -f "$datastore_PATH" ]; then
   mkdir -p "$(dirname "$datastore_PATH")"
@@ -47,6 +48,7 @@ $PYTHON -m evaluation.inference_rest --model-path $TARGET_PATH --model-id ${MODE
 # $PYTHON -m evaluation.inference_samd --model-path $TARGET_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --BON
 # $PYTHON -m evaluation.inference_recycling --model-path $TARGET_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --BON
 # $PYTHON -m evaluation.inference_stand --model-path $TARGET_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_suffix --model-path $TARGET_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}-temp-${TEMP} $COMMON --BON
 
 ## Evaluation
 # $PYTHON evaluation/speed.py --file-path data/$bench_NAME/model_answer/${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP}.jsonl --base-path data/$bench_NAME/model_answer/${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP}.jsonl

@@ -48,7 +48,7 @@ fi
 # every method alike; each still writes its own answer file, as its inference_<method> CLI would. The EAGLE-3 files
 # are named after the head's budget, so a stronger head adds its own rows instead of clashing with the first.
 E3=eagle3-h${HEAD_MINUTES}min
-METHODS=(baseline pld samd recycling lookahead pia stand "rest --datastore-path $DATASTORE"
+METHODS=(baseline pld samd recycling lookahead pia stand suffix "rest --datastore-path $DATASTORE"
          "sps --drafter-path $MODEL --drafter-dtype bfloat16" "$E3=eagle3 --ea-model-path $HEAD"
          "samd-$E3=samd --tree_method eagle3 --tree_model_path $HEAD")
 ARGS=()
@@ -56,7 +56,7 @@ for method in "${METHODS[@]}"; do ARGS+=(--method "$method"); done
 say "running ${#METHODS[@]} methods on $QUESTIONS demo questions x 2 rounds x $MAX_NEW_TOKENS tokens, interleaved"
 $PYTHON -m evaluation.interleaved $COMMON --question-end $QUESTIONS --think-twice --model-id-prefix $TAG "${ARGS[@]}"
 FILES=""
-for method in pld samd recycling lookahead pia stand rest sps $E3 samd-$E3; do FILES="$FILES $OUT/$TAG-$method.jsonl"; done
+for method in pld samd recycling lookahead pia stand suffix rest sps $E3 samd-$E3; do FILES="$FILES $OUT/$TAG-$method.jsonl"; done
 $PYTHON evaluation/compare.py --base-path $OUT/$TAG-baseline.jsonl --file-path $FILES --markdown-out $OUT/$TAG-table.md
 $PYTHON evaluation/plot.py --base-path $OUT/$TAG-baseline.jsonl --file-path $FILES --out-dir $OUT/$TAG-fig > /dev/null
 say "done. Table: code/$OUT/$TAG-table.md  Figures: code/$OUT/$TAG-fig/ (PNG + SVG)  Answers: code/$OUT/$TAG-*.jsonl"

@@ -29,6 +29,7 @@ $PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODE
 $PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $Qwen3_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
 $PYTHON -m evaluation.inference_pia --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_suffix --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_sps --model-path $Qwen3_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
 $PYTHON -m evaluation.inference_lookahead --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
 if [ ! -f "$datastore_PATH" ]; then
@@ -43,6 +44,7 @@ $PYTHON -m evaluation.inference_rest --model-path $Qwen3_PATH --model-id ${MODEL
 # $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --BON
 # $PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --BON
 # $PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_suffix --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}-temp-${TEMP} $COMMON --BON
 
 ## Evaluation
 # $PYTHON evaluation/speed.py --file-path data/$bench_NAME/model_answer/${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP}.jsonl --base-path data/$bench_NAME/model_answer/${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP}.jsonl
