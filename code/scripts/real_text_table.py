@@ -9,6 +9,9 @@ traces'). REST drafts from a datastore built from the ShareGPT wheel with the mo
         [--models M ...] [--methods pld samd ...] [--prompt-format raw|chat] [--model-path DIR]
         [--cost-profile FILE[:SHAPE] | --measure-profile OUT.json] [--markdown-out F] [--json-out F]
 
+The default profile is the embedded SmolLM2-135M's on this project's 2-core CPU, as a live run recorded it
+(scripts/profiles/, from docs/results.md): a CPU's costs, not an 8B model's on a GPU.
+
 Needs `make tokenizers` (and `make sharegpt` for REST). --measure-profile times the embedded SmolLM2-135M's forwards
 on this machine (float32) and writes them as a profile (a few minutes on a 2-core CPU).
 """
@@ -30,6 +33,7 @@ from model.vocab.families import family_of  # noqa: E402
 from model.vocab.locate import TRACES, tokenizer_for_model  # noqa: E402
 
 BUCKET_COLUMNS = ("0-512", "512-1024", "1024-2048", "2048-4096", "4096-8192", "8192-16384", "16384+")
+DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles", "cpu-smollm2-135m-float32.json")
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "local_model",
                         "SmolLM2-135M-Instruct")
 
@@ -42,7 +46,9 @@ def parse_args(argv):
     p.add_argument("--prompt-format", choices=["raw", "chat"], default="raw",
                    help="raw (default): the traces' prompts are the text the models continued")
     p.add_argument("--model-path", default=None, help="the tokenizer, for traces that do not name their model")
-    p.add_argument("--cost-profile", default=None, help="a forward-cost profile, as replay's --cost-profile")
+    p.add_argument("--cost-profile", default=DEFAULT_PROFILE,
+                   help="a forward-cost profile, as replay's --cost-profile (default: the embedded model's on this "
+                        "project's 2-core CPU, as a live run recorded it: docs/results.md)")
     p.add_argument("--measure-profile", default=None, metavar="OUT.json",
                    help="measure this machine's profile of the embedded model, write it here, and use it")
     p.add_argument("--rest-max-tokens", type=int, default=None, help="cap REST's ShareGPT datastore (tokens)")
@@ -80,12 +86,27 @@ def replay_one(turns, drafter, scope, max_nodes, batching):
     return steps, time.perf_counter() - start
 
 
+def best_of_2(trace, drafter, scope: str, max_nodes: int, cross: bool, profile, ar: dict) -> dict:
+    """Each question's samples two at a time (B = 2). A sequence-scope drafter drafts from its own row only: its
+    accepted lengths are the batch-1 replay's, so it is not replayed again (its MAT is the B = 1 one)."""
+    batching = replay.Batching(2, False, cross, "best_of_n", 1)
+    if scope == "sequence":
+        return {"same_as_batch_1": True}
+    bon, seconds = replay_one(trace.turns, drafter, scope, max_nodes, batching)
+    if profile is not None and max_nodes not in ar:   # AR in the same batches: the same for every method
+        ar[max_nodes] = replay.replay(trace.turns, Drafter(), "sequence", max_nodes, batching)
+    return {"mat": replay.mat(bon), "replay_seconds": seconds,
+            "sibling_steps": sum(s["draft_source"].endswith("sibling") for s in bon),
+            "estimated_speedup": replay.batch_seconds(ar[max_nodes], profile) / replay.batch_seconds(bon, profile)
+            if profile else None}
+
+
 def model_rows(model: str | None, args, profile) -> list[dict]:
     from model.engine.loading import load_tokenizer
     path = args.model_path or tokenizer_for_model(model)
     tokenizer = load_tokenizer(path)
     trace = read_traces(args.traces, tokenizer, prompt_format=args.prompt_format, model=model)
-    rows, ar = [], {}   # AR's replay in the Best-of-2 batches: the same for every method, done once
+    rows, ar = [], {}   # AR's replay in the Best-of-2 batches (by tree cap), shared by the methods
     for method in args.methods:
         datastore = None
         if method == "rest":
@@ -108,16 +129,13 @@ def model_rows(model: str | None, args, profile) -> list[dict]:
                "replay_seconds": seconds}
         if trace.paradigm == "best_of_n":
             for cross in (True, False):
-                batching = replay.Batching(2, False, cross, "best_of_n", 1)
-                bon, bon_seconds = replay_one(trace.turns, drafter, scope, max_nodes, batching)
-                if profile is not None and max_nodes not in ar:
-                    ar[max_nodes] = replay.replay(trace.turns, Drafter(), "sequence", max_nodes, batching)
                 key = "bon2_cross_on" if cross else "bon2_cross_off"
-                row[key] = {"mat": replay.mat(bon), "replay_seconds": bon_seconds,
-                            "sibling_steps": sum(s["draft_source"].endswith("sibling") for s in bon),
-                            "estimated_speedup": replay.batch_seconds(ar[max_nodes], profile) /
-                            replay.batch_seconds(bon, profile) if profile else None}
-                row["replay_seconds"] += bon_seconds
+                try:
+                    row[key] = best_of_2(trace, drafter, scope, max_nodes, cross, profile, ar)
+                except Exception as exc:  # noqa: BLE001 - one method's failure is a cell of the table, not its end
+                    row[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"}
+                    print(f"{model}: {drafter.name} Best-of-2 failed: {row[key]['error']}", file=sys.stderr)
+                row["replay_seconds"] += row[key].get("replay_seconds", 0.0)
         rows.append(row)
         print(f"{model or path}: {drafter.name} MAT {row['mat']:.2f} ({row['replay_seconds']:.1f} s)", flush=True)
     return rows
@@ -130,13 +148,18 @@ def fmt(value, pattern="{:.2f}") -> str:
 def markdown(rows: list[dict], profile_note: str) -> str:
     out = ["| model | method | MAT | thinking | after `</think>` | Best-of-2, cross-sample on | off | "
            "drafter us/step | est. speedup | replay s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    def bon(r, key):
+        cell = r.get(key, {})
+        return "error" if "error" in cell else "= B 1" if cell.get("same_as_batch_1") else fmt(cell.get("mat"))
     for r in rows:
-        on, off = r.get("bon2_cross_on", {}), r.get("bon2_cross_off", {})
         out.append(f"| {r['model']} | {r['method']} | {r['mat']:.2f} | {fmt(r['phases'].get('thinking'))} | "
-                   f"{fmt(r['phases'].get('answer'))} | {fmt(on.get('mat'))} | {fmt(off.get('mat'))} | "
+                   f"{fmt(r['phases'].get('answer'))} | {bon(r, 'bon2_cross_on')} | {bon(r, 'bon2_cross_off')} | "
                    f"{r['draft_us_per_step']:.1f} | {fmt(r['estimated_speedup'], '{:.2f}x')} | "
                    f"{r['replay_seconds']:.1f} |")
-    out += ["", "MAT by context length (tokens before the step; steps in the bucket):", "",
+    out += ["", "MAT counts the bonus token (AR = 1.00). Best-of-2: each problem's two samples decoded together "
+            "(B = 2); \"= B 1\": a sequence-scope drafter drafts from its own row only, so its MAT is the batch-1 "
+            "one; \"error\": the replay failed (the message is in the JSON).",
+            "", "MAT by context length (tokens before the step; steps in the bucket):", "",
             "| model | method | " + " | ".join(BUCKET_COLUMNS) + " |", "|---|---|" + "---|" * len(BUCKET_COLUMNS)]
     for r in rows:
         cells = [f"{r['buckets'][b]:.2f} ({r['bucket_steps'][b]:,})" if b in r["buckets"] else "-"
@@ -162,7 +185,9 @@ def main(argv=None) -> None:
         note = f"Speedup estimate: this machine's forward-cost profile of SmolLM2-135M (float32), {args.measure_profile}."
     else:
         profile = replay.load_profile(args.cost_profile, {}) if args.cost_profile else None
-        note = (f"Speedup estimate: the profile {args.cost_profile}." if profile else
+        origin = (profile.origin or {}).get("source") if profile else None
+        note = (f"Speedup estimate: the profile {os.path.relpath(args.cost_profile)}"
+                + (f" ({origin})." if origin else ".") if profile else
                 "No forward-cost profile given: no speedup estimate.")
     start = time.perf_counter()
     rows = [row for model in models for row in model_rows(model, args, profile)]

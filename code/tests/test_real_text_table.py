@@ -44,8 +44,11 @@ def test_the_table_on_one_problem_of_each_model(table, tmp_path):
         s = json.loads(summary.read_text())
         assert (r["mat"], r["steps"], r["tokens"]) == (s["mat"], s["steps"], s["tokens"])
         assert r["estimated_speedup"] == pytest.approx(s["estimated_speedup"], rel=0.2)   # drafting times differ
-        assert set(r["phases"]) == {"thinking", "answer"} and r["bon2_cross_on"]["mat"] > 1
-        assert r["bon2_cross_on"]["estimated_speedup"] is not None
+        assert set(r["phases"]) == {"thinking", "answer"}
+        if r["method"] == "pld":   # sequence scope: a row drafts from itself alone, as at batch 1
+            assert r["bon2_cross_on"] == r["bon2_cross_off"] == {"same_as_batch_1": True}
+        else:
+            assert r["bon2_cross_on"]["mat"] > 1 and r["bon2_cross_on"]["estimated_speedup"] is not None
     samd = rows[1]
     assert samd["bon2_cross_on"]["sibling_steps"] > 0 == samd["bon2_cross_off"]["sibling_steps"]
     markdown = (tmp_path / "t.md").read_text()
