@@ -6,18 +6,30 @@ import os
 
 import pytest
 
+import model.engine.loading as loading
 from evaluation.run.replay import main as replay_main
 from evaluation.run.traces import read_traces
 from model.errors import UserError
-from model.vocab.locate import TRACES, load_family, tokenizer_dir
+from model.vocab.locate import TRACES, has_tokenizer, tokenizer_dir
 
 LLAMA, QWEN = "deepseek-r1-distill-llama-8b", "deepseek-r1-distill-qwen-14b"
-tokenizer = functools.lru_cache(maxsize=None)(load_family)
+load_once = functools.lru_cache(maxsize=None)(loading.load_tokenizer)
+
+
+@pytest.fixture(autouse=True)
+def load_each_tokenizer_once(monkeypatch):
+    """replay's CLI loads its tokenizer on every call: here each real tokenizer is loaded once (seconds each)."""
+    monkeypatch.setattr(loading, "load_tokenizer", load_once)
+
+
+def tokenizer(family: str):
+    assert has_tokenizer(family), f"{tokenizer_dir(family)} is missing: run `make tokenizers`"
+    return load_once(tokenizer_dir(family))
 
 
 @pytest.fixture(scope="module")
 def real():
-    """The shared traces of one problem (two samples per model), shortened to keep the replays quick."""
+    """The shared traces of one problem: two samples per model."""
     assert os.path.isfile(TRACES), f"the shared real traces are missing: {os.path.abspath(TRACES)}"
     with open(TRACES, encoding="utf-8") as f:
         lines = [json.loads(line) for line in f if line.strip()]
