@@ -152,6 +152,10 @@ def test_lm_eval_log_samples(real, tmp_path):
     assert [(t.question_id, t.turn) for t in trace.turns] == [(0, 0), (0, 1)]    # the second filter's line: once
     assert trace.turns[1].tokens == tok(samples[1]["response"], add_special_tokens=False)["input_ids"]
     assert trace.turns[0].prompt == tok(samples[0]["prompt"])["input_ids"]
+    # Older lm-eval versions logged the arguments as a list of [context, kwargs].
+    older = dict(line, arguments=[[samples[0]["prompt"], {"until": []}]])
+    assert [t.prompt for t in read_traces(write(tmp_path / "old.jsonl", [older]), tok).turns] == \
+        [t.prompt for t in trace.turns]
     # A chat model's context: a one-item list holding the JSON messages (lm-eval 0.4.x API models).
     chat = dict(line, arguments={"gen_args_0": {"arg_0": [json.dumps([{"role": "user", "content": "Hi"}])],
                                                 "arg_1": {}}})
