@@ -5,8 +5,13 @@ import functools
 import os
 import tempfile
 
-import pytest
-import torch
+# Offline and quiet, as the commands the tests run in this process are (tests/test_cli.py): set before transformers
+# and huggingface_hub are imported, which read these once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # `make test` runs two pytest-xdist workers on two cores: each worker, and the CLI runs it starts, then uses one
 # thread (two workers with two OpenMP threads each oversubscribe the cores, and spinning threads crawl).

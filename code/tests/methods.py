@@ -121,6 +121,34 @@ def assert_drafted(sequences, what: str = "") -> None:
         f"{what}: {verified} steps verified a draft, {accepted} accepted some of it, {rejected} rejected some of it"
 
 
+def _assert_rows_verified(rows: dict, what: str) -> None:
+    assert rows, f"{what}: no row decoded enough tokens to say whether it drafted"
+    for row, sequences in sorted(rows.items()):
+        verified, _, _ = drafting_counts(sequences)
+        assert verified, f"{what}, row {row}: no step verified a draft"
+
+
+def assert_rows_drafted(generations, what: str = "", min_tokens: int = 16) -> None:
+    """A draft verified in every batch row whose sequences ran at least `min_tokens` tokens (a row stopped after a few
+    has had no room to draft): a bug that silences drafting only in rows 1 and up, or in one row, or at one batch
+    size, fails (Generations, whose `row` is their batch row). With assert_drafted over the batches (drafts accepted
+    and rejected too), the per-row, per-batch-size check of the identity tests."""
+    rows = defaultdict(list)
+    for g in generations:
+        if len(g.tokens) >= min_tokens:
+            rows[g.row].append(g.steps)
+    _assert_rows_verified(rows, what)
+
+
+def assert_logged_rows_drafted(answer_file, what: str = "", min_tokens: int = 16) -> None:
+    """The same from a run's per-step log (its `batch_row` field)."""
+    rows = defaultdict(list)
+    for steps in step_log(answer_file):
+        if sum(s["accepted"] for s in steps) >= min_tokens:
+            rows[steps[0].get("batch_row", 0)].append(steps)
+    _assert_rows_verified(rows, what)
+
+
 def step_log(answer_file) -> list[list[dict]]:
     """The per-step log beside an answer file, one list of step lines per sequence (question, choice, turn)."""
     path = str(answer_file)

@@ -1,8 +1,18 @@
-"""User-facing commands: bad input is one line and a non-zero exit; the embedded model runs end to end."""
+"""User-facing commands: bad input is one line and a non-zero exit; the embedded model runs end to end.
+
+Commands run in this process (`run`), as `python -m MODULE` or `python SCRIPT` would run them, so that each costs
+its own work and not a fresh interpreter's imports (~4 s); an exception escaping the command (a traceback for the
+user) fails the test. Two tests start real processes (`run_process`): the message a user sees on the console, and
+the embedded model end to end.
+"""
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
@@ -10,8 +20,39 @@ CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED = os.path.join(CODE, "local_model", "SmolLM2-135M-Instruct")
 
 
-def run(*argv, env_extra=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **(env_extra or {})}
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*argv) -> Result:
+    """`python -m MODULE ARGS` or `python SCRIPT ARGS`, in this process, from code/: its exit code and output."""
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    code = 0
+    try:
+        os.chdir(CODE)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if argv[0] == "-m":
+                sys.argv = [argv[1], *argv[2:]]
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = list(argv)
+                runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            err.write(f"{exc.code}\n")
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_process(*argv):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     return subprocess.run([sys.executable, *argv], cwd=CODE, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -35,8 +76,10 @@ def baseline(*argv):
 
 
 def test_missing_model_path(questions, tmp_path):
-    assert_one_line_error(baseline("--model-path", str(tmp_path / "nope"), "--question-file", questions),
-                          f"--model-path {tmp_path / 'nope'}: no such directory (and not a hub id of the form "
+    """In a real process: the console shows the one line, no traceback, and the exit code is not 0."""
+    result = run_process("-m", "evaluation.inference_baseline", "--model-path", str(tmp_path / "nope"),
+                         "--question-file", questions)
+    assert_one_line_error(result, f"--model-path {tmp_path / 'nope'}: no such directory (and not a hub id of the form "
                           "owner/name)")
 
 
@@ -99,7 +142,8 @@ def test_auxiliary_drafter_not_built_yet(tiny_model_dir, questions):
 def test_resume_into_another_configuration_keeps_the_file(tiny_model_dir, questions, tmp_path):
     answers = tmp_path / "a.jsonl"
     common = ["--model-path", tiny_model_dir, "--question-file", questions, "--answer-file", str(answers),
-              "--max-new-tokens", "4", "--warmup", "0", "--device", "cpu", "--dtype", "float32"]
+              "--max-new-tokens", "4", "--warmup", "0", "--device", "cpu", "--dtype", "float32",
+              "--cost-profile-contexts", "16", "--cost-profile-repeats", "1"]
     assert baseline(*common).returncode == 0
     before = answers.read_bytes()
     result = run("-m", "evaluation.inference_pld", *common)
@@ -112,13 +156,15 @@ def test_embedded_model_end_to_end(tmp_path):
     if not os.path.exists(os.path.join(EMBEDDED, "config.json")):
         pytest.fail("the embedded model is not installed: run `make setup` at the repository root")
     common = ["--model-path", EMBEDDED, "--question-file", "data/demo/question.jsonl", "--question-end", "1",
-              "--max-new-tokens", "12", "--warmup", "0", "--device", "cpu", "--dtype", "float32", "--think-twice"]
+              "--max-new-tokens", "12", "--warmup", "0", "--device", "cpu", "--dtype", "float32", "--think-twice",
+              "--cost-profile-contexts", "16", "--cost-profile-repeats", "1"]
     for method in ("baseline", "samd"):
-        result = run("-m", f"evaluation.inference_{method}", *common, "--answer-file", str(tmp_path / f"{method}.jsonl"))
+        result = run_process("-m", f"evaluation.inference_{method}", *common, "--answer-file",
+                             str(tmp_path / f"{method}.jsonl"))
         assert result.returncode == 0, result.stderr
     answer = json.loads((tmp_path / "samd.jsonl").read_text())
     assert answer["choices"][0]["new_tokens"] == [12, 12]
-    report = run("evaluation/speed.py", "--file-path", str(tmp_path / "samd.jsonl"),
-                 "--base-path", str(tmp_path / "baseline.jsonl"))
+    report = run_process("evaluation/speed.py", "--file-path", str(tmp_path / "samd.jsonl"),
+                         "--base-path", str(tmp_path / "baseline.jsonl"))
     assert report.returncode == 0, report.stderr
     assert "Identical turns" in report.stdout and "| 2/2 |" in report.stdout

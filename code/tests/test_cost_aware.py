@@ -1,4 +1,5 @@
 """Cost-aware verification: the width chooser, the acceptance estimate, the profile, and losslessness with it on."""
+import functools
 import itertools
 import json
 import random
@@ -6,10 +7,11 @@ import random
 import pytest
 import torch
 
+from clocks import ProfileClock
 from conftest import ARCHS, tiny_model, two_questions_file
 from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, step_log
 from model.engine import Drafter, DraftError, DraftTree, SamplingConfig, SpeculativeEngine
-from model.engine.cost import (CACHE_ENV, AcceptanceEstimate, CostAwareVerifier, ForwardCostProfile, choose_nodes,
+from model.engine.cost import (AcceptanceEstimate, CostAwareVerifier, ForwardCostProfile, choose_nodes,
                                cut, profile_widths)
 from model.pld import PromptLookupDrafter
 from model.samd.drafter import SamDrafter
@@ -177,14 +179,30 @@ def test_pld_and_sam_extend_their_match():
         assert drafter.propose_more(tokens, tree, 6).tokens == [4, 5, 6, 7, 8, 9]
 
 
-def cost_aware_run(model, method, profile=None):
-    """Greedy output of `method` with cost-aware verification next to AR's, and its steps, for both prompts."""
-    profile = profile or jagged_profile()
-    engine = SpeculativeEngine(model, max_tree_nodes=128, cost_aware=CostAwareVerifier(profile))
+def cost_aware_engine(model, profile, **kwargs) -> SpeculativeEngine:
+    """An engine verifying with `profile`, on a clock that the profile drives: the chooser and the gate decide from
+    the profile's costs alone, never from how loaded this machine is."""
+    engine = SpeculativeEngine(model, cost_aware=CostAwareVerifier(profile), **kwargs)
+    return ProfileClock(profile).attach(engine)
+
+
+@functools.lru_cache(maxsize=None)
+def ar_reference(arch: str, prompt: tuple) -> list[int]:
+    return SpeculativeEngine(tiny_model(arch)).generate(list(prompt), Drafter(), 64, SamplingConfig()).tokens
+
+
+@functools.lru_cache(maxsize=None)
+def cost_aware_run(arch: str, method: str, flat: bool = False) -> list:
+    """Greedy output of `method` with cost-aware verification (the jagged profile, or the flat one) next to AR's,
+    for both prompts: [(Generation, AR's tokens)]. Cached: the identity and chooser tests read the same runs."""
+    model = tiny_model(arch)
+    engine = cost_aware_engine(model, flat_profile() if flat else jagged_profile(), max_tree_nodes=128)
+    runs = []
     for prompt in PROMPTS.values():
-        reference = SpeculativeEngine(model).generate(prompt, Drafter(), 64, SamplingConfig()).tokens
+        reference = ar_reference(arch, tuple(prompt))
         corpus = [reference[i:i + 8] for i in range(0, len(reference), 5)]
-        yield engine.generate(prompt, METHODS[method](model, corpus), 64, SamplingConfig()), reference
+        runs.append((engine.generate(prompt, METHODS[method](model, corpus), 64, SamplingConfig()), reference))
+    return runs
 
 
 def flat_profile(max_width: int = 129) -> ForwardCostProfile:
@@ -195,25 +213,23 @@ def flat_profile(max_width: int = 129) -> ForwardCostProfile:
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", DRAFTING)
-def test_greedy_token_identical_to_ar_with_cost_aware_verification(arch, method, monkeypatch):
+def test_greedy_token_identical_to_ar_with_cost_aware_verification(arch, method):
     outs = []
-    for out, reference in cost_aware_run(tiny_model(arch), method):
+    for out, reference in cost_aware_run(arch, method):
         assert out.tokens == reference
         outs.append(out)
     # A random EAGLE-3 head is right about 1 time in 64 per node, and Lookahead's 27-node window costs over 4 plain
     # steps in the jagged profile: the chooser rightly finds them worth no width and they ride on probes only. Under
-    # a flat profile they draft whole, and identity must hold through their accepted and rejected drafts too. (The
-    # profile, not this machine's timings of the run, decides there: a loaded machine must not silence them.)
+    # a flat profile they draft whole, and identity must hold through their accepted and rejected drafts too.
     if method in ("eagle3", "lookahead"):
-        monkeypatch.setattr("model.engine.cost.OBSERVED_MIN", 10 ** 9)
-        for out, reference in cost_aware_run(tiny_model(arch), method, flat_profile()):
+        for out, reference in cost_aware_run(arch, method, flat=True):
             assert out.tokens == reference
             outs.append(out)
     assert_drafted(outs, method)   # drafts verified, some accepted and some rejected: identity was put to the test
 
 
 def test_lookahead_s_window_rides_along_where_it_is_nearly_free_and_its_drafts_are_accepted():
-    outs = list(cost_aware_run(tiny_model("llama"), "lookahead", flat_profile()))
+    outs = cost_aware_run("llama", "lookahead", flat=True)
     assert all(out.tokens == reference for out, reference in outs)
     steps = [s for out, _ in outs for s in out.steps]
     assert sum(s.draft_size >= 27 for s in steps) > len(steps) // 2   # the 27-node window on most steps
@@ -224,7 +240,7 @@ def test_the_chooser_changes_what_most_methods_verify():
     """Cuts, extensions and skipped drafts happen in the identity runs above (not just whole drafts)."""
     changed = {}
     for method in DRAFTING:
-        steps = [s for out, _ in cost_aware_run(tiny_model("llama"), method) for s in out.steps]
+        steps = [s for out, _ in cost_aware_run("llama", method) for s in out.steps]
         changed[method] = (sum(s.draft_size < s.proposed_size for s in steps),
                            sum(s.draft_size > s.proposed_size for s in steps),
                            sum(s.draft_size == 0 < s.proposed_size for s in steps))
@@ -233,27 +249,57 @@ def test_the_chooser_changes_what_most_methods_verify():
     assert any(skipped for _, _, skipped in changed.values()), changed
 
 
+def linear_profile(slope: float, max_width: int = 129) -> ForwardCostProfile:
+    widths = profile_widths(max_width)
+    return ForwardCostProfile(widths, [1], [[0.05 * (1 + slope * (w - 1)) for w in widths]])
+
+
 # One method per kind of draft the chooser cuts: a point-mass chain, a tree, a tree with auxiliary nodes, and a chain
-# with draft probabilities (whose rows are cut with it).
-@pytest.mark.parametrize("method", ["pld", "recycling", "lookahead", "sps"])
+# with draft probabilities (whose rows are cut with it). Each under a profile and prompt where the chooser verifies
+# drafts, accepts and rejects some, and cuts some (on the plain test prompt PLD's draft is the target's 1% token and
+# the chooser rightly verifies almost nothing; Lookahead's window is worth its width only where width is nearly free,
+# as on a GPU, and there nothing is cut: the window rides along whole).
+LAW_CASES = {"pld": (jagged_profile, [5, 3, 9, 5, 3, 9, 5]), "recycling": (jagged_profile, None),
+             "lookahead": (flat_profile, None), "sps": (lambda: linear_profile(0.3), None)}
+
+
+@pytest.mark.parametrize("method", sorted(LAW_CASES))
 def test_sampling_follows_the_target_law_with_cost_aware_verification(method):
+    from test_sampling import PROMPT
     model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
     cfg = SamplingConfig(1.0)
     corpus = [[(7 * i + j * j) % SMALL_VOCAB for j in range(12)] for i in range(40)]
-    engine = SpeculativeEngine(model, cost_aware=CostAwareVerifier(jagged_profile()))
-    counts = sample_pairs(model, METHODS[method](model, corpus), cfg, 1500, engine=engine)
-    assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), 1500) > ALPHA
+    make_profile, prompt = LAW_CASES[method]
+    prompt = prompt or PROMPT
+    runs = []
+    counts = sample_pairs(model, METHODS[method](model, corpus), cfg, 1500, runs=runs, prompt=prompt,
+                          engine=cost_aware_engine(model, make_profile()))
+    assert chi_square_pvalue(counts, exact_two_token_law(model, cfg, prompt), 1500) > ALPHA
+    assert_drafted(runs, method)   # the chooser did not cut every draft: the law was tested through drafts
+    cuts = sum(0 < s.draft_size < s.proposed_size for r in runs for s in r.steps)
+    assert cuts > 0 or method == "lookahead", f"{method}: no draft was cut"
 
 
 @pytest.mark.parametrize("paradigm", PARADIGMS, ids=PARADIGM_IDS)
 def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir, tmp_path, paradigm, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))   # each run measures its profile (no cache of others)
+    """Through the shared loop, with the jagged profile as the run's measured one and its clock: the loop's
+    cost-aware wiring (profile recorded, verifier per run) with verdicts this machine's load cannot change."""
+    from model.engine import decoder
+    profile = jagged_profile()
+    monkeypatch.setattr("evaluation.run.loop.measure_cost_profile", lambda engine, drafters, args: profile)
+    init = decoder.SpeculativeEngine.__init__
+
+    def on_profile_clock(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        ProfileClock(profile).attach(self)
+
+    monkeypatch.setattr(decoder.SpeculativeEngine, "__init__", on_profile_clock)
     questions = two_questions_file(tmp_path)
     answers = run_answers(tiny_model_dir, questions, tmp_path / "ar.jsonl", "ar", *paradigm, "--save-token-ids")
     reference = [c["token_ids_sha1"] for line in answers for c in line["choices"]]
     corpus = corpus_of_answers(answers)   # REST retrieves from pieces of AR's answers
     sampled = "--temperature" in paradigm
-    profile_flags = ["--cost-aware", "--cost-profile-contexts", "16", "64", "--cost-profile-repeats", "1"]
+    profile_flags = ["--cost-aware"]
     for method in DRAFTING:
         if sampled and method in SAMPLED_DRAFTS:
             continue
@@ -264,10 +310,8 @@ def test_both_paradigms_reproduce_ar_with_cost_aware_verification(tiny_model_dir
             assert_drafted(step_log(answer), method)
     config = json.loads((tmp_path / "pld.config.json").read_text())
     assert config["cost_aware"] is True
-    profile = config["cost_profile"]
-    assert profile["context_lengths"] == [16, 64] and profile["widths"][:2] == [1, 2]
-    assert max(profile["widths"]) >= 2 * (10 + 1)   # twice PLD's largest draft, root included
-    assert [s["cost_profile"] for s in config["sessions"]] == [profile]
+    assert config["cost_profile"] == profile.to_dict()
+    assert [s["cost_profile"] for s in config["sessions"]] == [profile.to_dict()]
     steps = [json.loads(line) for line in (tmp_path / "pld.steps.jsonl").read_text().splitlines()]
     assert all(s["draft_size"] <= 128 and "proposed_size" in s for s in steps)
 
@@ -605,7 +649,7 @@ def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_
                 worth.append(emitted)
             super().record_step(proposed, emitted, *args, **kwargs)
 
-    engine = SpeculativeEngine(model, cost_aware=Spy(flat_profile()))
+    engine = ProfileClock(flat_profile()).attach(SpeculativeEngine(model, cost_aware=Spy(flat_profile())))
     rows = engine.generate_batch(prompts, [_Oracle(prompts[0], reference), _Oracle(prompts[1], [])], 24,
                                  SamplingConfig())
     assert rows[0].tokens == reference
@@ -615,7 +659,7 @@ def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_
     assert row0 == [2, 4, 4, 4, 4, 4, 2]
     assert worth and set(worth) == {1}             # ... and each such step brought the batch's end one step nearer
     worth.clear()
-    alone = SpeculativeEngine(model, cost_aware=Spy(flat_profile())).generate(
+    alone = ProfileClock(flat_profile()).attach(SpeculativeEngine(model, cost_aware=Spy(flat_profile()))).generate(
         prompts[0], _Oracle(prompts[0], reference), 24, SamplingConfig())
     assert alone.tokens == reference and set(worth[:-1]) == {4}   # at batch 1: its tokens (the last step cut short)
 

@@ -301,7 +301,8 @@ def questions_file(tmp_path):
 def cli(method, model_dir, tmp_path, *flags):
     return run("-m", f"evaluation.inference_{method}", "--model-path", model_dir, "--question-file",
                questions_file(tmp_path), "--max-new-tokens", "8", "--warmup", "0", "--device", "cpu", "--dtype",
-               "float32", "--answer-file", str(tmp_path / f"{method}.jsonl"), *flags)
+               "float32", "--answer-file", str(tmp_path / f"{method}.jsonl"), "--cost-profile-contexts", "16",
+               "--cost-profile-repeats", "1", *flags)
 
 
 def test_eagle3_cli_runs_with_the_seeds_flags(tiny_model_dir, head_dir, tmp_path):

@@ -32,7 +32,7 @@ def question_file(tmp_path):
 def make_args(model_dir, question_file, answer_file, *extra):
     argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
             "--max-new-tokens", "12", "--dtype", "float32", "--device", "cpu", "--warmup", "1",
-            "--warmup-tokens", "4", *extra]
+            "--warmup-tokens", "4", "--cost-profile-contexts", "16", "--cost-profile-repeats", "1", *extra]
     return finalize(build_parser("baseline").parse_args(argv), "baseline")
 
 

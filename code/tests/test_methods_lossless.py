@@ -73,8 +73,10 @@ def run_answers(model_dir, question_file, answer_file, method, *flags, corpus=No
     datastore (token lists; default: ids 5..59, which the tiny model's text never continues)."""
     from evaluation.run.args import build_parser, finalize
     from evaluation.run.loop import run_eval
+    # (every run records a forward-cost profile: a small one, which these tests only need to exist)
     argv = ["--model-path", model_dir, "--question-file", question_file, "--answer-file", str(answer_file),
-            "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0", *flags]
+            "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0",
+            "--cost-profile-contexts", "16", "--cost-profile-repeats", "1", *flags]
     run_eval(finalize(build_parser(method).parse_args(argv), method),
              lambda args, model, tokenizer: METHODS[method](model, corpus or [list(range(5, 60))]))
     with open(answer_file) as f:

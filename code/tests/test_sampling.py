@@ -154,18 +154,18 @@ class DraftModelChain(Drafter):
         return tree
 
 
-def exact_two_token_law(model, cfg):
+def exact_two_token_law(model, cfg, prompt=PROMPT):
     with torch.no_grad():
-        p1 = target_probs(model(torch.tensor([PROMPT])).logits[0, -1], cfg)
+        p1 = target_probs(model(torch.tensor([prompt])).logits[0, -1], cfg)
         law = {}
         for a in range(SMALL_VOCAB):
-            p2 = target_probs(model(torch.tensor([PROMPT + [a]])).logits[0, -1], cfg)
+            p2 = target_probs(model(torch.tensor([prompt + [a]])).logits[0, -1], cfg)
             for b in range(SMALL_VOCAB):
                 law[(a, b)] = float(p1[a] * p2[b])
     return law
 
 
-def sample_pairs(model, drafter, cfg, n, engine=None, runs=None, fresh=False):
+def sample_pairs(model, drafter, cfg, n, engine=None, runs=None, fresh=False, prompt=PROMPT):
     """Counts of the first two tokens over n generations; each Generation is appended to `runs` when given. The one
     drafter learns across the n samples unless `fresh` (reset before each)."""
     engine = engine or SpeculativeEngine(model)
@@ -174,7 +174,7 @@ def sample_pairs(model, drafter, cfg, n, engine=None, runs=None, fresh=False):
     for _ in range(n):
         if fresh:
             drafter.reset()
-        out = engine.generate(PROMPT, drafter, 2, cfg, g)
+        out = engine.generate(prompt, drafter, 2, cfg, g)
         counts[tuple(out.tokens)] += 1
         if runs is not None:
             runs.append(out)

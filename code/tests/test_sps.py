@@ -231,7 +231,8 @@ def test_best_of_n_greedy_is_token_identical_and_sampled_runs(tiny_model_dir, tm
 
 def sps_cli(model_dir, questions, *flags):
     return run("-m", "evaluation.inference_sps", "--model-path", model_dir, "--question-file", questions,
-               "--max-new-tokens", "6", "--warmup", "0", "--device", "cpu", "--dtype", "float32", *flags)
+               "--max-new-tokens", "6", "--warmup", "0", "--device", "cpu", "--dtype", "float32",
+               "--cost-profile-contexts", "16", "--cost-profile-repeats", "1", *flags)
 
 
 def test_cli_runs_and_records_the_draft(tiny_model_dir, tmp_path):

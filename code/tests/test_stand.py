@@ -124,11 +124,13 @@ def test_the_tree_shape_follows_the_acceptance_counts():
     for _ in range(200):
         shape.record(parents, list(range(0, 12, 2)))
     assert shape.describe() == "1-1-1-1-1-1"
-    shape = TreeShape(max_nodes=6, max_depth=6, max_children=3, rebuild_every=1)
-    for _ in range(200):   # each of the root's three children wins a third of the time: three at the root
-        for winner in range(3):
-            shape.record([-1, -1, -1], [winner])
-    assert shape.describe().startswith("3-")
+    # the root keeps as many children as win there (a fresh shape starts at "3-2-1", whatever it has seen)
+    for winners, root in (([0], "1-"), ([0, 1], "2-"), ([0, 1, 2], "3-")):
+        shape = TreeShape(max_nodes=6, max_depth=6, max_children=3, rebuild_every=1)
+        for _ in range(200):
+            for winner in winners:
+                shape.record([-1, -1, -1], [winner])
+        assert shape.describe().startswith(root), (winners, shape.describe())
 
 
 # --- lossless stochastic drafting: chi-square on 3-token sequences ------------------------------------------------
@@ -288,5 +290,25 @@ def test_stand_drafts_are_deterministic_point_masses_at_temperature_zero():
     assert drafter.propose([START], 64).tokens == tree.tokens
 
 
-def test_an_ar_drafter_is_not_asked_for_distributions():
-    assert Drafter.wants_distributions == 0 and StandDrafter(10).wants_distributions == 8
+def test_in_a_batch_only_the_rows_that_ask_are_told_distributions():
+    """STAND's row gets the target's distributions (its top 8 at every verified position); the AR row beside it,
+    which does not ask, gets none, and its output is AR's alone."""
+    from references import ar
+    told = {"stand": [], "ar": []}
+
+    class ListeningStand(StandDrafter):
+        def observe(self, feedback):
+            told["stand"].append(feedback.distributions)
+            super().observe(feedback)
+
+    class Listening(Drafter):
+        def observe(self, feedback):
+            told["ar"].append(feedback.distributions)
+
+    prompts = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [3, 17, 99, 250, 42, 8]]
+    model = tiny_model("llama")
+    rows = SpeculativeEngine(model).generate_batch(prompts, [ListeningStand(model.config.vocab_size), Listening()],
+                                                   24, SamplingConfig())
+    assert told["stand"] and all(d is not None and d[0].shape[1] == 8 for d in told["stand"])
+    assert told["ar"] and all(d is None for d in told["ar"])
+    assert rows[1].tokens == ar("llama", prompts[1], 24).tokens

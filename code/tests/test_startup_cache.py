@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FLAGS = ("--dtype", "float64", "--device", "cpu", "--warmup", "0", "--cost-aware")
 SHORT = ("--question-end", "1", "--max-new-tokens", "8", "--cost-profile-contexts", "16", "--cost-profile-repeats", "1")
 # Two rounds of two questions; a profile of 18 widths (PLD's: 1..16, 20, 22) x 4 context lengths x 4 repeats = 288
-# timed forwards, long enough (~0.5 s here) for several saves of its progress (each ~10 ms: one every ~0.2 s).
+# timed forwards, each session saving its progress after every one of them.
 KILLED = ("--think-twice", "--max-new-tokens", "24", "--cost-profile-contexts", "32", "64", "128", "256",
           "--cost-profile-repeats", "4")
 PROFILE_FORWARDS = 18 * 4 * 4
@@ -206,31 +205,24 @@ def progress(answer_file, cache_dir) -> tuple[int, int, int, bool]:
     return forwards, lines(stem + ".partial.jsonl"), lines(answer_file), complete
 
 
-def run_killed_on_progress(argv, answer_file, cache_dir, log_dir, timeout: float = 600) -> list[tuple]:
-    """Start the run again and again, SIGKILLing each session as soon as it has saved half of the profile's
-    forwards or a turn: every session that starts before the profile is complete, and the first one after; then let
-    one session finish. Returns, per session, what was saved when it started (see `progress`)."""
+def run_killed_on_progress(argv, answer_file, cache_dir, log_dir) -> list[tuple]:
+    """Start the run again and again, each session killing itself (tests/killed_session.py) once it has saved half
+    of the profile's forwards more than it started with, or checkpointed a turn: every session that starts before the
+    profile is complete, and the first one after; then let one session finish. Returns, per session, what was saved
+    when it started (see `progress`)."""
     starts = []
-    deadline = time.monotonic() + timeout
-    while True:
+    while len(starts) < 12:
+        starts.append(progress(answer_file, cache_dir))
+        kill = not starts[-1][3] or sum(start[3] for start in starts) == 1
+        limit = starts[-1][0] + PROFILE_FORWARDS // 2 if kill else 10 ** 9
         with open(os.path.join(log_dir, f"session{len(starts)}.err"), "w") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "evaluation.inference_pld", *argv], cwd=CODE,
-                                    stdout=subprocess.DEVNULL, stderr=err)
-            starts.append(progress(answer_file, cache_dir))
-            kill = not starts[-1][3] or sum(start[3] for start in starts) == 1
-            while proc.poll() is None and time.monotonic() < deadline:
-                now = progress(answer_file, cache_dir)
-                if kill and (now[0] - starts[-1][0] >= PROFILE_FORWARDS // 2 or now[1:3] != starts[-1][1:3]):
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    break
-                time.sleep(0.005)
-        if proc.poll() is None:
-            proc.kill()
-            pytest.fail(f"the run did not finish within {timeout} s")
+            proc = subprocess.run([sys.executable, os.path.join("tests", "killed_session.py"), str(limit),
+                                   "turn" if kill else "none", *argv], cwd=CODE, stdout=subprocess.DEVNULL,
+                                  stderr=err, timeout=600)
         if proc.returncode == 0:
             return starts
         assert proc.returncode == -signal.SIGKILL, open(err.name).read()
+    pytest.fail(f"the run did not finish in 12 sessions: {starts}")
 
 
 def test_a_run_killed_again_and_again_finishes_with_the_uninterrupted_output(tiny_model_dir, tmp_path):

@@ -75,8 +75,12 @@ class Generation:
 
 class SpeculativeEngine:
     def __init__(self, model, max_tree_nodes: int = 128, cache_capacity: int = 2048,
-                 cost_aware: CostAwareVerifier | None = None, record_margins: bool = False):
+                 cost_aware: CostAwareVerifier | None = None, record_margins: bool = False,
+                 time_source=time.perf_counter):
         self.model = model
+        # Seconds for timing drafting and verifying: the wall clock. Tests inject a simulated one, so that what the
+        # cost-aware gate decides from times never depends on the machine's load.
+        self.time_source = time_source
         # Keep each emitted token's top-1 / top-2 logit margin (Generation.margins): the baseline records where a
         # rounding difference could flip its choice. Kept on the device until the sequence ends (no sync per step).
         self.record_margins = record_margins
@@ -98,7 +102,7 @@ class SpeculativeEngine:
         """Seconds, read after the device finished its queued work (else GPU time lands in the wrong bucket), not
         counting the time spent waiting in `between_steps`."""
         self.synchronize()
-        return time.perf_counter() - self.paused
+        return self.time_source() - self.paused
 
     def _forward(self, cache: PositionalKVCache, inputs: list[list[int]], blocks: list, depths: list,
                  logits_to_keep: int = 0) -> torch.Tensor:
