@@ -1,6 +1,7 @@
 """SuffixDecoding (model/suffix): the suffix tree's counts and speculation, checked against the reference itself
 (arctic-inference 0.3.0's C++ tree and SuffixDecodingCache, built by `make refs`); the global tree's scopes and
-feeds; losslessness (float64 greedy identity with AR, both paradigms, batches; the sampled law); replay step for step."""
+feeds; losslessness (float64 greedy identity with AR, both paradigms, batches; the sampled law); replay step for
+step."""
 import importlib
 import json
 import os
