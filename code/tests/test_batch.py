@@ -262,9 +262,10 @@ def test_a_fork_has_its_own_sequence_and_shares_learned_memory_only_when_told():
         twin.begin_sequence(PROMPTS[2])
         fresh = METHODS[method](model, [])
         fresh.begin_sequence(PROMPTS[2])
+        emitted = [41, 42, 43, 40, 41, 42]   # the prompt's cycle goes on: every one of them has a match
         for d in (twin, fresh):
-            d.observe(StepFeedback([40, 41], None, [], []))
-        context = PROMPTS[2] + [40, 41]
+            d.observe(StepFeedback(list(emitted), None, [], []))
+        context = PROMPTS[2] + emitted
         got, want = twin.propose(list(context), 64), fresh.propose(list(context), 64)
         assert got is not None and (got.tokens, got.parents) == (want.tokens, want.parents), method
         assert first.propose(list(PROMPTS[0]), 64).tokens[:3] == PROMPTS[0][4:7], method   # its own sequence
@@ -324,7 +325,7 @@ def test_batched_runs_reproduce_batch_one_turn_by_turn(tiny_model_dir, tmp_path,
     if method != "ar":
         assert_drafted(step_log(tmp_path / "b1.jsonl"), f"{method}, batch 1")
         assert_drafted(step_log(tmp_path / "b3.jsonl"), f"{method}, batch 3")
-        assert_logged_rows_drafted(tmp_path / "b3.jsonl", f"{method}, batch 3")
+        assert_logged_rows_drafted(tmp_path / "b3.jsonl", f"{method}, batch 3", min_rows=2)
     choice = batched[0]["choices"][0]
     assert max(choice["batch_size"]) > 1
     with open(tmp_path / "b3.steps.jsonl") as f:
@@ -376,16 +377,17 @@ def test_a_batch_size_below_one_is_a_one_line_error(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"ar"}))
 def test_cost_aware_batches_keep_every_row_equal_to_batch_one(method):
-    from test_cost_aware import cost_aware_engine, flat_profile, jagged_profile
+    from test_cost_aware import cost_aware_engine, flat_profile
     model = tiny_model("qwen3")
     prompts = PROMPTS[:2] + [echo_prompt("qwen3", PROMPTS[2])]
     stop = ragged_stop("qwen3", prompts)
     references = [ar("qwen3", p, NEW_TOKENS, stop=stop, budget=BUDGET).tokens for p in prompts]
     corpus = corpus_of([t for r in references for t in r])
-    # Lookahead's 27-node window costs over 4 plain steps in the jagged profile: the chooser rightly verifies it only
-    # on probes, and its pool stays empty. Where width costs nothing (as on a GPU) it drafts and gets tokens accepted.
-    # The profile drives the clock too: what the chooser decides never depends on this machine's load.
-    engine = cost_aware_engine(model, flat_profile() if method == "lookahead" else jagged_profile())
+    # Width and drafting free (as on a GPU, for a model-free drafter): at batch a draft pays only as far as it brings
+    # the batch's end nearer, and with any cost per token the gate rightly keeps these rows' drafts to probes (a
+    # handful in 40 tokens); here they are verified throughout, through the batch chooser, and identity is tested
+    # through them. The profile drives the clock: what the chooser decides never depends on this machine's load.
+    engine = cost_aware_engine(model, flat_profile(), drafting=0.0)
     first = METHODS[method](model, corpus)
     drafters = [first] + [first.fork(first.default_scope == "global") for _ in prompts[1:]]
     rows = engine.generate_batch(prompts, drafters, NEW_TOKENS, SamplingConfig(), None, stop, BUDGET)

@@ -21,12 +21,17 @@ from test_methods_lossless import (DRAFTING, PARADIGM_IDS, PARADIGMS, PROMPTS, c
 from test_sampling import ALPHA, SMALL_VOCAB, exact_two_token_law, sample_pairs
 
 
+# A plain step's seconds in the test profiles: a power of two, so that ProfileClock's sums of such costs are exact and
+# a step that costs what a plain one does is judged exactly so (no rounding on either side of a tie).
+PLAIN = 2.0 ** -4
+
+
 def jagged_profile(max_width: int = 129) -> ForwardCostProfile:
     """A cost that rises with width but dips at some widths (as kernel shapes make it): the chooser cuts drafts,
     extends them to a cheaper width, and sometimes verifies nothing."""
     widths = profile_widths(max_width)
     ratio = [1.0 if w == 1 else 0.9 + 0.12 * w - (0.5 if w in (5, 16, 32) else 0.0) for w in widths]
-    return ForwardCostProfile(widths, [1], [[0.05 * r for r in ratio]])
+    return ForwardCostProfile(widths, [1], [[PLAIN * r for r in ratio]])
 
 
 def ancestor_closed(parents, subset):
@@ -179,11 +184,11 @@ def test_pld_and_sam_extend_their_match():
         assert drafter.propose_more(tokens, tree, 6).tokens == [4, 5, 6, 7, 8, 9]
 
 
-def cost_aware_engine(model, profile, **kwargs) -> SpeculativeEngine:
-    """An engine verifying with `profile`, on a clock that the profile drives: the chooser and the gate decide from
-    the profile's costs alone, never from how loaded this machine is."""
+def cost_aware_engine(model, profile, drafting: float = 0.125, **kwargs) -> SpeculativeEngine:
+    """An engine verifying with `profile`, on a clock that the profile drives (`drafting`: plain steps a proposal
+    costs): the chooser and the gate decide from the profile's costs alone, never from how loaded this machine is."""
     engine = SpeculativeEngine(model, cost_aware=CostAwareVerifier(profile), **kwargs)
-    return ProfileClock(profile).attach(engine)
+    return ProfileClock(profile, drafting).attach(engine)
 
 
 @functools.lru_cache(maxsize=None)
@@ -208,7 +213,7 @@ def cost_aware_run(arch: str, method: str, flat: bool = False) -> list:
 def flat_profile(max_width: int = 129) -> ForwardCostProfile:
     """As on a GPU: width costs nothing, so the chooser verifies whole drafts."""
     widths = profile_widths(max_width)
-    return ForwardCostProfile(widths, [1], [[0.05] * len(widths)])
+    return ForwardCostProfile(widths, [1], [[PLAIN] * len(widths)])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -251,7 +256,7 @@ def test_the_chooser_changes_what_most_methods_verify():
 
 def linear_profile(slope: float, max_width: int = 129) -> ForwardCostProfile:
     widths = profile_widths(max_width)
-    return ForwardCostProfile(widths, [1], [[0.05 * (1 + slope * (w - 1)) for w in widths]])
+    return ForwardCostProfile(widths, [1], [[PLAIN * (1 + slope * (w - 1)) for w in widths]])
 
 
 # One method per kind of draft the chooser cuts: a point-mass chain, a tree, a tree with auxiliary nodes, and a chain
@@ -649,7 +654,8 @@ def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_
                 worth.append(emitted)
             super().record_step(proposed, emitted, *args, **kwargs)
 
-    engine = ProfileClock(flat_profile()).attach(SpeculativeEngine(model, cost_aware=Spy(flat_profile())))
+    # (on a clock where width and the oracle's drafting cost nothing: each such step costs one plain step)
+    engine = ProfileClock(flat_profile(), drafting=0.0).attach(SpeculativeEngine(model, cost_aware=Spy(flat_profile())))
     rows = engine.generate_batch(prompts, [_Oracle(prompts[0], reference), _Oracle(prompts[1], [])], 24,
                                  SamplingConfig())
     assert rows[0].tokens == reference
@@ -659,7 +665,8 @@ def test_the_gate_values_a_batch_step_by_how_much_nearer_it_brought_the_batch_s_
     assert row0 == [2, 4, 4, 4, 4, 4, 2]
     assert worth and set(worth) == {1}             # ... and each such step brought the batch's end one step nearer
     worth.clear()
-    alone = ProfileClock(flat_profile()).attach(SpeculativeEngine(model, cost_aware=Spy(flat_profile()))).generate(
+    alone = ProfileClock(flat_profile(), drafting=0.0).attach(
+        SpeculativeEngine(model, cost_aware=Spy(flat_profile()))).generate(
         prompts[0], _Oracle(prompts[0], reference), 24, SamplingConfig())
     assert alone.tokens == reference and set(worth[:-1]) == {4}   # at batch 1: its tokens (the last step cut short)
 

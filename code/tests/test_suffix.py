@@ -16,8 +16,6 @@ from methods import assert_drafted, step_log
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
 from model.suffix.drafter import SuffixDrafter
 from model.suffix.tree import SuffixTree, f32
-from stats import chi_square_pvalue
-from test_sampling import ALPHA, SMALL_VOCAB, exact_two_token_law, sample_pairs
 
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "local_model",
                          "suffix_reference")
@@ -341,15 +339,6 @@ def test_greedy_token_identical_to_ar(arch, tree_spec):
             assert outs[-1].tokens == references[name]
     assert_drafted(outs, f"suffix {arch}")
     assert any(s.source == "suffix_global" and s.accepted > 1 for out in outs for s in out.steps)
-
-
-def test_sampling_follows_the_target_law():
-    model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
-    cfg = SamplingConfig(1.0)
-    runs = []
-    counts = sample_pairs(model, SuffixDrafter(), cfg, 1500, runs=runs)
-    assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), 1500) > ALPHA
-    assert_drafted(runs, "suffix")
 
 
 def run_loop(model_dir, question_file, answer_file, *flags, tokens=40):
