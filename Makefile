@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 MODEL := code/local_model/SmolLM2-135M-Instruct/config.json
 HEAD_MINUTES ?= 4
-# pytest-xdist workers for `make test` (one per core). Tests are shared out one by one (`loadgroup`), so no heavy
-# file sets the floor; the few whose tests share an expensive module fixture name an xdist_group and stay together.
+# pytest-xdist workers for `make test` (one per core). Tests are shared out one by one (`--dist load`), so no heavy
+# file sets the floor; what tests share is built once per worker (tiny models, AR references, module fixtures).
 TEST_WORKERS ?= 2
 
 .PHONY: setup demo head test clean-demo sharegpt refs tokenizers
@@ -67,7 +67,7 @@ head: setup sharegpt
 	cd code && PYTHON=$(PY) HEAD_MINUTES=$(HEAD_MINUTES) bash scripts/demo.sh head
 
 test: setup refs tokenizers
-	cd code && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	cd code && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist load
 
 clean-demo:
 	rm -rf code/data/demo/model_answer

@@ -22,19 +22,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # start), never to the user's ~/.cache, and no test reads a profile an earlier session left.
 os.environ["SPECTTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="spectts-test-cache-")
 
-# Files whose tests share something expensive built once per worker (a module fixture: a Ray cluster, the embedded
-# model's bfloat16 runs, real tokenizers, recorded traces; or cached runs): under `--dist loadgroup` (make test) each
-# stays on one pytest-xdist worker, while every other test is shared out on its own.
-GROUPED_FILES = {"test_cost_aware.py", "test_divergence.py", "test_gpu_check.py", "test_plot.py",
-                 "test_real_text_table.py", "test_real_tokenizers.py", "test_replay.py", "test_replicas.py"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in GROUPED_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-
-
 VOCAB = 384
 ARCHS = ("llama", "qwen2", "qwen3")
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"

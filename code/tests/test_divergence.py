@@ -167,8 +167,17 @@ def bf16_runs(tmp_path_factory):
     return files, time.process_time() - start
 
 
-def test_every_method_in_bfloat16_diverges_only_at_near_ties(bf16_runs):
+def test_the_bfloat16_runs_of_every_method_diverge_only_at_near_ties(bf16_runs):
+    """One test over the module's one set of runs (so that pytest-xdist, which shares tests out one by one, builds
+    them once): every method drafted and its divergences are classified near-ties, the baseline recorded what the
+    classifier reads, and every near-tie is one of the model itself."""
     files, _ = bf16_runs
+    classified_near_ties_only(files)
+    baseline_records_its_rule_ids_and_near_ties(files)
+    divergences_are_near_ties_of_the_model_in_float32(files)
+
+
+def classified_near_ties_only(files):
     base = files["baseline"]
     for name, path in files.items():   # identity in bfloat16 is tested through drafts verified and accepted
         if name != "baseline":
@@ -184,8 +193,7 @@ def test_every_method_in_bfloat16_diverges_only_at_near_ties(bf16_runs):
     assert "| Identical / near-tie / inherited / unexplained turns | Speedup (identical or near-tie turns) |" in table
 
 
-def test_the_baseline_records_its_rule_ids_and_near_ties(bf16_runs):
-    files, _ = bf16_runs
+def baseline_records_its_rule_ids_and_near_ties(files):
     config = json.load(open(files["baseline"][:-len(".jsonl")] + ".config.json"))
     assert config["near_tie_rule"]["factor"] == divergence.NEAR_TIE_FACTOR and config["save_token_ids"]
     line = json.loads(open(files["baseline"]).readline())
@@ -197,13 +205,12 @@ def test_the_baseline_records_its_rule_ids_and_near_ties(bf16_runs):
     assert "near_ties" not in method and method["token_ids"] and len(method["prompt_sha1"]) == 2
 
 
-def test_every_bfloat16_divergence_is_a_near_tie_of_the_model_itself(bf16_runs):
+def divergences_are_near_ties_of_the_model_in_float32(files):
     """The classifier's verdict checked without it: at each method turn's first token that differs from AR's (the
     prompts equal), the model in float32 ranks AR's token and the method's as its top two, with a gap bfloat16's
     rounding can flip (under 2^-4 of the top logit). A method that wrote any other token there fails."""
     from evaluation.run import paradigms
     from model.engine.loading import load_model
-    files, _ = bf16_runs
     model, tokenizer, _ = load_model(EMBEDDED, "float32", "cpu")
     questions = {q["question_id"]: q for q in map(json.loads, open(os.path.join(CODE, "data", "demo", "question.jsonl")))}
     base = {line["question_id"]: line["choices"][0] for line in map(json.loads, open(files["baseline"]))}

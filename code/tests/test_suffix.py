@@ -6,7 +6,6 @@ import importlib
 import json
 import os
 import random
-import subprocess
 import sys
 
 import pytest
@@ -310,10 +309,9 @@ def test_bad_flags_are_one_line():
         add_args(parser)
         with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
             check_args(parser.parse_args(["--model-path", "nowhere", *flags]))
-    # and from the command line: one line, exit status 2, before any model is looked for
-    code = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-m", "evaluation.inference_suffix", "--model-path", "nowhere",
-                          *BAD_FLAGS[0][0]], cwd=code, capture_output=True, text=True)
+    # and as the command runs it: one line, exit status 2, before any model is looked for
+    from test_cli import run
+    out = run("-m", "evaluation.inference_suffix", "--model-path", "nowhere", *BAD_FLAGS[0][0])
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: {BAD_FLAGS[0][1]}, got 0"
 
