@@ -71,10 +71,11 @@ BUGS = [
         "    return sorted(order[:best_m])",
         "    keep = sorted(order[:best_m])\n    return keep[:-2] + keep[-1:] if len(keep) > 2 else keep",
         ["tests/test_cost_aware.py"]),
-    Bug("replay-row-order", "replay lets a batch's rows observe their tokens in reverse row order",
+    Bug("replay-token-order", "replay lets a row's drafter observe the step's tokens in reverse order",
         "evaluation/run/replay.py",
-        "        for row, (tree, path, emitted, size) in zip(live, results):",
-        "        for row, (tree, path, emitted, size) in reversed(list(zip(live, results))):",
+        "                row.drafter.observe(StepFeedback(emitted, tree, path, [row.context[-len(emitted) - 1]] + tree.tokens,",
+        "                row.drafter.observe(StepFeedback(emitted[::-1], tree, path, [row.context[-len(emitted) - 1]] + "
+        "tree.tokens,",
         ["tests/test_replay.py"]),
 ]
 
