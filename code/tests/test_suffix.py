@@ -280,6 +280,33 @@ def test_eviction_keeps_the_newest_responses():
     assert d.propose([1, 23, 33], 64).tokens == [43, 53]
 
 
+def test_a_fork_copies_long_trees_and_owns_its_copy():
+    """A row forked from a drafter holding long responses (sibling lists deeper than Python's recursion limit) gets
+    a copy that drafts the same and then learns apart (Best-of-N forks after the first responses)."""
+    rng = random.Random(0)
+    d = SuffixDrafter(max_cached_requests=-1)
+    long = [rng.randrange(5000) for _ in range(sys.getrecursionlimit() * 3)]
+    feed(d, [1], long)
+    d.end_sequence()
+    feed(d, [2], long[:50])
+    twin = d.fork()
+    assert twin.own is not d.own and twin.local is not d.local
+    for start in (0, 700, 2400):
+        context = [2] + long[start:start + 30]
+        twin.propose(context, 64)
+        d.propose(context, 64)
+        assert as_tuple(twin.last_draft) == as_tuple(d.last_draft)
+        drafted = twin.last_draft.tokens
+        assert drafted and drafted == long[start + 30:start + 30 + len(drafted)]
+    feed(twin, [3], [9001, 9002, 9003, 9004])
+    twin.end_sequence()
+    d.begin_sequence([3])
+    assert d.propose([3, 9001, 9002], 64) is None and twin.own.tree.seqs.keys() != d.own.tree.seqs.keys()
+    d.begin_sequence([3])
+    twin.begin_sequence([3])
+    assert twin.propose([3, 9001, 9002], 64).tokens == [9003, 9004]
+
+
 def test_draft_limits():
     d = SuffixDrafter(max_tree_depth=6, num_speculative_tokens=2)
     feed(d, [], list(range(50, 70)) * 2)

@@ -202,6 +202,39 @@ class SuffixTree:
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def __deepcopy__(self, memo: dict) -> "SuffixTree":
+        """A copy node by node without recursion: the nodes' sibling links chain as deep as a tree is wide, which
+        the default deepcopy follows recursively (a RecursionError on long responses)."""
+        twin = SuffixTree.__new__(SuffixTree)
+        memo[id(self)] = twin
+        twin.max_depth = self.max_depth
+        seqs = {id(seq): list(seq) for seq in self.seqs.values()}
+        twin.seqs = {key: seqs[id(seq)] for key, seq in self.seqs.items()}
+        nodes, groups, stack = {}, {}, [self.root]
+        while stack:
+            node = stack.pop()
+            nodes[id(node)] = _Node(node.count, node.token, node.length, None, node.start)
+            stack.extend(node.children.values())
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            new = nodes[id(node)]
+            new.ref = None if node.ref is None else seqs.setdefault(id(node.ref), list(node.ref))
+            new.parent = None if node.parent is None else nodes[id(node.parent)]
+            new.children = {token: nodes[id(child)] for token, child in node.children.items()}
+            new.first, new.last, new.prev, new.next = (None if n is None else nodes[id(n)]
+                                                       for n in (node.first, node.last, node.prev, node.next))
+            if node.group is not None:
+                group = groups.get(id(node.group))
+                if group is None:
+                    group = groups[id(node.group)] = _Group(nodes[id(node.group.head)])
+                    group.tail = nodes[id(node.group.tail)]
+                new.group = group
+            stack.extend(node.children.values())
+        twin.root = nodes[id(self.root)]
+        twin._active = {key: deque(nodes[id(n)] for n in active) for key, active in self._active.items()}
+        return twin
+
     def extend(self, seq_id: int, tokens) -> None:
         for token in tokens:
             self.append(seq_id, token)
