@@ -32,7 +32,8 @@ from evaluation.data.questions import load_questions  # noqa: E402
 from model.eagle3 import Eagle3Drafter, load_head  # noqa: E402
 from evaluation.reports.uncertainty import speedup_interval  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
-from model.engine.cost import DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile  # noqa: E402
+from model.engine.cost import CostAwareVerifier  # noqa: E402
+from model.engine.profile import DENSE_WIDTHS, ForwardCostProfile  # noqa: E402
 from model.engine.loading import load_draft_model, load_model  # noqa: E402
 from model.lade import LookaheadDrafter  # noqa: E402
 from model.pia.drafter import PiaDrafter  # noqa: E402

@@ -18,7 +18,7 @@ token repeated gets its embeddings raised against the layers' sum until it does 
      against transformers `generate` (greedy, eos disabled) on the same prompt (with the shape's real tokenizer, when
      `make tokenizers` has built it: a real question in its chat template followed by real reasoning, and a check
      that the thinking budget forces its real phrase; else random ids); the forward cost t(n)/t(1),
-     n = 1..--max-width, at each --contexts length (model.engine.cost.ForwardCostProfile); each method's MAT and
+     n = 1..--max-width, at each --contexts length (model.engine.profile.ForwardCostProfile); each method's MAT and
      drafting share (draft seconds / (draft + verify seconds)) on one generation; a batch-size sweep
      (--batch-sizes): AR's batch throughput against B, each method's throughput over AR's at the same B. Random
      weights: MAT and speedups there say little about a trained model; costs, shares, the AR/HF ratio and AR's
@@ -51,7 +51,7 @@ from model.eagle3.checkpoint import default_layers  # noqa: E402
 from model.eagle3.head import new_head  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
 from model.engine.attention import use_grouped_sdpa  # noqa: E402
-from model.engine.cost import ForwardCostProfile  # noqa: E402
+from model.engine.profile import ForwardCostProfile  # noqa: E402
 from model.lade import LookaheadDrafter  # noqa: E402
 from model.pia.drafter import PiaDrafter  # noqa: E402
 from model.pld import PromptLookupDrafter  # noqa: E402

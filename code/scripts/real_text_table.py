@@ -61,7 +61,7 @@ def measure_profile(out: str):
     """This machine's forward costs of the embedded model (float32), up to 65-token verifications (the widest draft
     of the replayable methods' defaults is 64 nodes; wider ones are priced by linear extrapolation)."""
     from model.engine import SpeculativeEngine
-    from model.engine.cost import ForwardCostProfile
+    from model.engine.profile import ForwardCostProfile
     from model.engine.loading import load_model
     model, _, _ = load_model(EMBEDDED, "float32", "cpu")
     start = time.perf_counter()

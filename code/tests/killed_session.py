@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.run.records import AnswerStore  # noqa: E402
-from model.engine import cost  # noqa: E402
+from model.engine import profile  # noqa: E402
 
 
 def die() -> None:
@@ -24,8 +24,8 @@ def die() -> None:
 
 def main() -> None:
     forwards_limit, at_turn, args = int(sys.argv[1]), sys.argv[2] == "turn", sys.argv[3:]
-    cost.SAVE_SHARE = float("inf")
-    save, checkpoint = cost.ProfileCache.save, AnswerStore.checkpoint
+    profile.SAVE_SHARE = float("inf")
+    save, checkpoint = profile.ProfileCache.save, AnswerStore.checkpoint
 
     def saving(self, key, entry):
         save(self, key, entry)
@@ -37,7 +37,7 @@ def main() -> None:
         if at_turn:
             die()
 
-    cost.ProfileCache.save, AnswerStore.checkpoint = saving, checkpointing
+    profile.ProfileCache.save, AnswerStore.checkpoint = saving, checkpointing
     sys.argv = ["evaluation.inference_pld", *args]
     runpy.run_module("evaluation.inference_pld", run_name="__main__", alter_sys=True)
 

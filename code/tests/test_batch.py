@@ -399,7 +399,8 @@ def test_cost_aware_batches_keep_every_row_equal_to_batch_one(method):
 
 
 def test_the_batch_chooser_spends_one_budget_on_the_rows_whose_drafts_pay():
-    from model.engine.cost import CostAwareVerifier, ForwardCostProfile, profile_widths
+    from model.engine.cost import CostAwareVerifier
+    from model.engine.profile import ForwardCostProfile, profile_widths
     widths = profile_widths(16)
     profile = ForwardCostProfile(widths, [1], [[1.0 + 0.15 * (w - 1) for w in widths]], batch_size=2)
     verifier = CostAwareVerifier(profile)

@@ -11,8 +11,8 @@ from clocks import ProfileClock
 from conftest import ARCHS, tiny_model, two_questions_file
 from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, step_log
 from model.engine import Drafter, DraftError, DraftTree, SamplingConfig, SpeculativeEngine
-from model.engine.cost import (AcceptanceEstimate, CostAwareVerifier, ForwardCostProfile, choose_nodes,
-                               cut, profile_widths)
+from model.engine.cost import AcceptanceEstimate, CostAwareVerifier, choose_nodes, cut
+from model.engine.profile import ForwardCostProfile, profile_widths
 from model.pld import PromptLookupDrafter
 from model.samd.drafter import SamDrafter
 from stats import chi_square_pvalue

@@ -17,8 +17,8 @@ from evaluation.run.args import build_parser, finalize
 from evaluation.run.loop import run_eval
 from methods import METHODS
 from model.engine import SpeculativeEngine
-from model.engine import cost
-from model.engine.cost import ProfileCache, cached_profile, profile_key
+from model.engine import profile as profiling
+from model.engine.profile import ProfileCache, cached_profile, profile_key
 from model.errors import UserError
 
 CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +108,7 @@ def test_an_interrupted_measurement_is_continued_not_restarted(tmp_path, monkeyp
     cache = ProfileCache(str(tmp_path))
     model = tiny_model("llama")
     key = key_of(model, lengths=(16, 32), repeats=2)   # widths 1..4
-    real = cost._time_forward
+    real = profiling._time_forward
     calls = []
 
     def killed_after(count):
@@ -120,14 +120,14 @@ def test_an_interrupted_measurement_is_continued_not_restarted(tmp_path, monkeyp
         return time_forward
 
     # Killed after 10 forwards: at 16 tokens, widths 1-4 once each (after an untimed one), then widths 1-2 again.
-    monkeypatch.setattr(cost, "_time_forward", killed_after(10))
+    monkeypatch.setattr(profiling, "_time_forward", killed_after(10))
     with pytest.raises(KeyboardInterrupt):
         cached_profile(SpeculativeEngine(model), cache, key)
     saved = cache.load(key)
     assert saved["complete"] is False
     assert {n: list(map(len, rows)) for n, rows in saved["times"].items()} == {"16": [2, 2, 1, 1], "32": [0] * 4}
     calls.clear()
-    monkeypatch.setattr(cost, "_time_forward", killed_after(100))
+    monkeypatch.setattr(profiling, "_time_forward", killed_after(100))
     profile = cached_profile(SpeculativeEngine(model), cache, key)
     # Only what was missing, each width untimed once first in this process, interleaved as before.
     assert calls == [(16, 3), (16, 3), (16, 4), (16, 4), (32, 1), (32, 1), (32, 2), (32, 2), (32, 3), (32, 4),
@@ -154,7 +154,7 @@ def test_a_cache_path_that_is_a_file_is_a_one_line_error(tmp_path):
 # ------------------------------------------------------------------------------------ runs and their records
 
 def test_runs_take_the_profile_from_the_cache_and_record_where_it_came_from(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(cost.CACHE_ENV, str(tmp_path / "root"))
+    monkeypatch.setenv(profiling.CACHE_ENV, str(tmp_path / "root"))
     questions = two_questions_file(tmp_path)
     run_eval(make_args(tiny_model_dir, questions, tmp_path / "first.jsonl", *SHORT), pld)
     first = run_config(tmp_path / "first.jsonl")["cost_profile"]

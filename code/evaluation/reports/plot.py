@@ -200,7 +200,7 @@ def cost_profile(base: Run, runs: list[Run], warn):
 
 
 def profile_ratio(profile: dict, width: float, context_length: float | None = None) -> float:
-    """t(width)/t(1), as model.engine.cost.ForwardCostProfile.ratio: an unmeasured width costs what the next
+    """t(width)/t(1), as model.engine.profile.ForwardCostProfile.ratio: an unmeasured width costs what the next
     measured one costs, beyond the grid it grows linearly; linear between context lengths; the mean over the
     measured context lengths when context_length is None."""
     widths, lengths, table = profile["widths"], profile["context_lengths"], profile["ratio"]

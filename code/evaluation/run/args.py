@@ -65,6 +65,14 @@ def build_parser(method: str) -> Parser:
     p.add_argument("--draft-state-scope", choices=SCOPES, default=None,
                    help="how long a drafter keeps what it learned (default: the method's, as in the seed)")
     p.add_argument("--max-tree-nodes", type=int, default=128, help="cap on draft tree size")
+    p.add_argument("--engine-mode", choices=["eager", "static"], default="eager",
+                   help="eager (default): transformers' forward as it is, the regime of the paper and Spec-Bench; "
+                        "static: fixed shapes (tree widths padded to buckets, a KV arena allocated once at its exact "
+                        "size), captured in CUDA graphs on CUDA: the regime of vLLM and SGLang")
+    p.add_argument("--kv-bucket", type=int, default=256, metavar="N",
+                   help="static mode: attend the cache up to the next multiple of N entries (0: all of its capacity)")
+    p.add_argument("--compile", action="store_true",
+                   help="static mode: also torch.compile the forward (each shape compiled once, at warm-up)")
     p.add_argument("--cost-aware", action="store_true",
                    help="verify, of each draft, the part worth the target's measured forward cost (default: all of "
                         "it, as the method was published)")
@@ -96,6 +104,10 @@ def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
                  "num_gpus_per_model", "num_gpus_total", "num_replicas"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    if args.kv_bucket < 0:
+        raise UserError(f"--kv-bucket must be >= 0 (0: attend the whole cache), got {args.kv_bucket}")
+    if args.engine_mode == "eager" and (args.compile or args.kv_bucket != 256):
+        raise UserError("--compile and --kv-bucket are settings of --engine-mode static")
     if min(args.cost_profile_contexts) < 1 or args.cost_profile_repeats < 1:
         raise UserError("--cost-profile-contexts and --cost-profile-repeats must be positive")
     if args.cost_profile_cache is not None and os.path.exists(args.cost_profile_cache) and \

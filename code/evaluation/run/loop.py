@@ -17,8 +17,9 @@ from evaluation.run import paradigms
 from evaluation.run.records import AnswerStore
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
 from model.engine import allocator
-from model.engine.cost import (DENSE_WIDTHS, CostAwareVerifier, ForwardCostProfile, ProfileCache, cached_profile,
-                               default_cache_dir, profile_key)
+from model.engine.cost import CostAwareVerifier
+from model.engine.profile import (DENSE_WIDTHS, ForwardCostProfile, ProfileCache, cached_profile, default_cache_dir,
+                                  profile_key)
 from model.engine.loading import load_model
 from model.errors import UserError
 
@@ -73,6 +74,9 @@ def run_config(args, drafter: Drafter, device: torch.device, budget, tokenizer, 
         "max_new_tokens": args.max_new_tokens, "paradigm": args.paradigm,
         "turns_per_question": paradigms.turns_per_question(args), "seed": args.seed, "num_choices": args.num_choices,
         "max_tree_nodes": args.max_tree_nodes, "cost_aware": args.cost_aware, "warmup": args.warmup,
+        "engine_mode": args.engine_mode,
+        "static_engine": {"kv_bucket": args.kv_bucket, "torch_compile": args.compile}
+        if args.engine_mode == "static" else None,
         "warmup_tokens": args.warmup_tokens, "save_token_ids": args.save_token_ids,
         "near_tie_rule": near_tie_rule(args.dtype) if records_margins(args, drafter) else None,
         "batch_size": args.batch_size, "cross_sample": not args.no_cross_sample,
@@ -339,7 +343,7 @@ def measure_cost_profile(engine: SpeculativeEngine, drafters: list[Drafter], arg
           f"{args.cost_profile_repeats} repeat(s); profile cache {cache.directory}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     key = profile_key(engine.model, args.model_path, engine.device, max_width, lengths, args.cost_profile_repeats,
-                      args.seed, args.batch_size)
+                      args.seed, args.batch_size, engine.describe_mode())
     profile = cached_profile(engine, cache, key, args.remeasure_cost_profile)
     ratios = " ".join(f"{w}:{r:.2f}" for w, r in zip(profile.widths, profile.to_dict()["ratio"][-1]))
     origin = profile.origin
@@ -366,7 +370,8 @@ def open_run(args, make_drafter, model, tokenizer, device) -> tuple[AnswerStore,
     store = AnswerStore(args.answer_file, run_config(args, drafter, device, budget, tokenizer,
                                                       getattr(model.config, "_attn_implementation", None)))
     engine = SpeculativeEngine(model, max_tree_nodes=args.max_tree_nodes,
-                               record_margins=records_margins(args, drafter))
+                               record_margins=records_margins(args, drafter), mode=args.engine_mode,
+                               kv_bucket=args.kv_bucket, compile=args.compile)
     runner = Runner(args, engine, drafter, tokenizer, paradigms.stop_tokens(tokenizer, model.generation_config),
                     budget)
     runner.store = store   # turns are checkpointed and resumed (Runner.answer) by every loop that uses open_run

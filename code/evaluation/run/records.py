@@ -28,9 +28,10 @@ from model.errors import UserError
 IDENTITY = ("method", "method_parameters", "draft_state_scope", "model_id", "dtype", "device_type", "device_name",
             "num_gpus_per_model", "question_file", "temperature", "top_p", "top_k", "max_new_tokens", "paradigm",
             "turns_per_question", "seed", "num_choices", "max_tree_nodes", "cost_aware",
-            "thinking_budget", "batch_size", "cross_sample", "continuous_batching")
+            "thinking_budget", "batch_size", "cross_sample", "continuous_batching", "engine_mode")
 # What a key absent from a configuration written before it existed meant.
-ABSENT = {"cost_aware": False, "batch_size": 1, "cross_sample": True, "continuous_batching": False}
+ABSENT = {"cost_aware": False, "batch_size": 1, "cross_sample": True, "continuous_batching": False,
+          "engine_mode": "eager"}
 
 
 def stem(answer_file: str) -> str:

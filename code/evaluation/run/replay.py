@@ -310,7 +310,7 @@ def _propose(rows: list[_Row], max_nodes: int) -> tuple[list[DraftTree], float]:
 # ---------------------------------------------------------------------------------------------- the report
 
 def load_profile(path: str | None, config: dict):
-    from model.engine.cost import ForwardCostProfile
+    from model.engine.profile import ForwardCostProfile
     data = config.get("cost_profile")
     if path is not None:
         path, _, shape = path.partition(":")   # gpu_check.json:qwen3-8b picks one measured shape

@@ -22,9 +22,14 @@ from .drafter import Drafter, StepFeedback
 from .forward import padded_forward, uses_additive_mask
 from .hidden import HiddenCapture
 from .kv_cache import PositionalKVCache
+from .static_cache import Arena, StaticKVCache
+from .static_forward import PREFILL_CHUNK, StaticForward
 from .sampling import SamplingConfig, accept_greedy, accept_sampled, target_probs
 from .tree import DraftError, DraftTree, draft_attention
 from .topk import topk
+from ..errors import UserError
+
+ENGINE_MODES = ("eager", "static")
 
 # What a drafter that proposes nothing gets verified: the root alone, i.e. one autoregressive step.
 NO_DRAFT = DraftTree([], [], source="none")
@@ -76,7 +81,7 @@ class Generation:
 class SpeculativeEngine:
     def __init__(self, model, max_tree_nodes: int = 128, cache_capacity: int = 2048,
                  cost_aware: CostAwareVerifier | None = None, record_margins: bool = False,
-                 time_source=time.perf_counter):
+                 time_source=time.perf_counter, mode: str = "eager", kv_bucket: int = 256, compile: bool = False):
         self.model = model
         # Seconds for timing drafting and verifying: the wall clock. Tests inject a simulated one, so that what the
         # cost-aware gate decides from times never depends on the machine's load.
@@ -92,7 +97,24 @@ class SpeculativeEngine:
         self.cache_capacity = cache_capacity
         self.additive_mask = uses_additive_mask(model)
         devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
-        self.synchronize = (lambda: [torch.cuda.synchronize(d) for d in devices]) if devices else (lambda: None)
+        self.wait = (lambda: [torch.cuda.synchronize(d) for d in devices]) if devices else (lambda: None)
+        self.synchronize = self.wait
+        # eager: transformers' forward as it is, a cache that grows (the paper's regime). static: fixed shapes, an
+        # arena allocated once, CUDA graphs on CUDA (the production regime: static_forward.py).
+        if mode not in ENGINE_MODES:
+            raise UserError(f"unknown engine mode {mode!r}: choose one of {', '.join(ENGINE_MODES)}")
+        self.mode = mode
+        self.static = None
+        if mode == "static":
+            if len({p.device for p in model.parameters()}) > 1:
+                raise UserError("--engine-mode static needs the model on one device (its KV cache and graphs are "
+                                "per device); use --engine-mode eager with a model split across devices")
+            self.static = StaticForward(model, self.additive_mask, max_tree_nodes + 1, kv_bucket, compile=compile)
+            self.arena = Arena()
+            # No synchronize around a step: its one readback (the accepted tokens) waits for the device, and
+            # the clock is read after it, so a step's time is whole without breaking the host's lead.
+            self.synchronize = lambda: None
+        self._capture = None   # the hidden-state capture of the running generate_batch
         # Called after each batch step, returning the seconds it waited (runs that take turns step by step:
         # evaluation/run/lockstep.py); those seconds are not this engine's, so its clock leaves them out.
         self.between_steps = None
@@ -104,22 +126,59 @@ class SpeculativeEngine:
         self.synchronize()
         return self.time_source() - self.paused
 
+    def new_cache(self, capacity: int, rows: int = 1, in_arena: bool = False) -> PositionalKVCache:
+        """A KV cache for this engine's mode. Static: `capacity` entries a row, never more; `in_arena`: in the
+        engine's arena, whose buffers every sequence reuses (the decode forwards' graphs read them)."""
+        if self.static is None:
+            return PositionalKVCache(capacity=capacity, batch_size=rows)
+        return StaticKVCache(capacity, rows, self.arena if in_arena else None, self.device)
+
     def _forward(self, cache: PositionalKVCache, inputs: list[list[int]], blocks: list, depths: list,
                  logits_to_keep: int = 0) -> torch.Tensor:
+        if self.static is not None:
+            return self.static(cache, inputs, blocks, depths, logits_to_keep, self._capture)
         return padded_forward(self.model, cache, inputs, blocks, depths, self.additive_mask, logits_to_keep)
 
     def _append(self, cache: PositionalKVCache, tokens: list[list[int]] | list[int]) -> None:
         """Add tokens to the cache without looking at their logits (prefill): one list per row (a flat list: one
-        row). Rows of different lengths are padded, then cut back to their own."""
+        row). Rows of different lengths are padded, then cut back to their own. In static mode in chunks of
+        PREFILL_CHUNK tokens (the hidden states a drafter reads put back together)."""
         rows = tokens if tokens and isinstance(tokens[0], list) else [tokens]
         if not any(rows):
             return
-        starts = cache.lengths
-        causal = [torch.ones(len(r), len(r), dtype=torch.bool).tril() for r in rows]
-        depths = [torch.arange(len(r)) for r in rows]
-        self._forward(cache, rows, causal, depths, logits_to_keep=1)
-        if len({len(r) for r in rows}) > 1:
-            cache.keep_rows(starts, [list(range(len(r))) for r in rows])
+        longest = max(len(r) for r in rows)
+        chunk = PREFILL_CHUNK if self.static is not None else longest
+        states = []
+        for at in range(0, longest, chunk):
+            parts = [r[at:at + chunk] for r in rows]
+            fed = [part or [0] for part in parts]   # (a row already done feeds one token, cut back at once)
+            starts = cache.lengths
+            causal = [torch.ones(len(r), len(r), dtype=torch.bool).tril() for r in fed]
+            depths = [torch.arange(len(r)) for r in fed]
+            self._forward(cache, fed, causal, depths, logits_to_keep=1)
+            if len({len(r) for r in parts}) > 1:
+                cache.keep_rows(starts, [list(range(len(r))) for r in parts])
+            if self._capture is not None and chunk < longest:
+                states.append(dict(self._capture.states))
+        if states:
+            self._capture.states = {i: torch.cat([s[i] for s in states], dim=1) for i in states[0]}
+
+    def describe_mode(self) -> dict:
+        """What the engine mode's forward cost depends on (the forward-cost profile's cache key holds it)."""
+        if self.static is None:
+            return {"engine_mode": "eager"}
+        return {"engine_mode": "static", **self.static.describe()}
+
+    def describe(self) -> dict:
+        """The engine mode's settings and what it allocated and captured so far, for the run's records."""
+        if self.static is None:
+            return {"engine_mode": "eager"}
+        kv = self.arena.bytes_per_token()
+        return {"engine_mode": "static", **self.static.describe(),
+                "kv_bytes_per_token": kv or None, "kv_arena_rows": self.arena.rows,
+                "kv_arena_capacity": self.arena.capacity,
+                "kv_arena_bytes": kv * self.arena.rows * self.arena.capacity or None,
+                "static_shapes": len(self.static.shapes), "capture_seconds": round(self.static.capture_seconds, 3)}
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], drafter: Drafter, max_new_tokens: int, sampling: SamplingConfig,
@@ -149,10 +208,12 @@ class SpeculativeEngine:
             raise ValueError("the drafters of one batch must ask for the same hidden-state layers")
         wanted = layers.pop()
         capture = HiddenCapture(self.model, wanted) if wanted else None
+        self._capture = capture
         try:
             return self._generate(prompts, drafters, generators, max_new_tokens, sampling, stop_tokens, budget,
                                   capture, on_join)
         finally:
+            self._capture = None
             if capture is not None:
                 capture.remove()
 
@@ -168,8 +229,14 @@ class SpeculativeEngine:
         for row in rows:
             unique.setdefault(tuple(row.prompt), len(unique))
         longest = max(len(p) for p in prompts)
-        prefilled = PositionalKVCache(capacity=longest + min(max_new_tokens, self.cache_capacity)
-                                      + self.max_tree_nodes + 1, batch_size=len(unique))
+        later = len(drafters) < len(prompts)   # continuous batching: the prefilled prompts are kept apart
+        if self.static is None:
+            prefilled = self.new_cache(longest + min(max_new_tokens, self.cache_capacity) + self.max_tree_nodes + 1,
+                                       len(unique))
+        else:   # exact: the longest prompt, every new token, and the widest padded forward beyond them
+            capacity = longest + max_new_tokens + self.static.buckets[-1]
+            self.arena.reserve(max(len(drafters), 1 if later else len(unique)), capacity)
+            prefilled = self.new_cache(capacity, len(unique), in_arena=not later)
         self._append(prefilled, [list(p[:-1]) for p in unique])
         # (the prompts' hidden states, for drafters that read them: kept while prompts wait to join)
         hidden = {u: capture.take(list(range(len(p) - 1)), u) for p, u in unique.items() if len(p) > 1} \
@@ -192,7 +259,7 @@ class SpeculativeEngine:
             row.started = start   # (the first rows' latency includes the prefill)
         slot = [unique[tuple(row.prompt)] for row in live]
         if waiting:   # the prefilled prompts are kept for the rows that join later
-            cache = prefilled.clone_rows(slot)
+            cache = prefilled.clone_rows(slot) if self.static is None else prefilled.clone_rows(slot, self.arena)
         else:
             cache = prefilled
             if slot != list(range(len(unique))):
