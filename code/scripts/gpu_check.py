@@ -62,6 +62,7 @@ from model.samd.drafter import SamDrafter  # noqa: E402
 from model.samd.static_sam import join_documents  # noqa: E402
 from model.sps import DraftModelDrafter  # noqa: E402
 from model.stand import StandDrafter  # noqa: E402
+from model.suffix.drafter import SuffixDrafter  # noqa: E402
 
 METHODS = ("pld", "samd", "recycling", "lookahead", "pia", "stand", "rest", "sps", "eagle3", "samd-eagle3")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -215,7 +216,7 @@ def random_head(model, draft_vocab: int, seed: int = 0):
     return new_head(model, torch.arange(min(draft_vocab, vocab_of(model)))).eval()
 
 
-def build_methods(model, corpus, draft, head, small: bool) -> dict:
+def build_methods(model, corpus, draft, head, small: bool, only=None) -> dict:
     """Every method's drafter, built as its CLI builds it. `small`: the correctness settings of tests/methods.py
     (a 6-token SpS chain, a wide shallow EAGLE-3 tree that a random head gets accepted now and then); else the
     seed's defaults (SpS 20 tokens / confidence 0.4, EAGLE-3 total 60, depth 5, top-k 10)."""
@@ -229,6 +230,10 @@ def build_methods(model, corpus, draft, head, small: bool) -> dict:
             return Eagle3Drafter(head, embedding, layers, total_tokens=60, depth=3, top_k=min(64, vocab))
         return Eagle3Drafter(head, embedding, layers)
 
+    if only is not None:   # model-free ones only: no draft model or head needed
+        built = {"pld": PromptLookupDrafter, "samd": SamDrafter, "recycling": lambda: TokenRecyclingDrafter(vocab),
+                 "lookahead": LookaheadDrafter, "pia": PiaDrafter, "suffix": SuffixDrafter}
+        return {name: built[name]() for name in only}
     return {
         "pld": PromptLookupDrafter(),
         "samd": SamDrafter(),
@@ -287,12 +292,12 @@ def sync(device: torch.device) -> None:
 
 # --- (a) correctness ------------------------------------------------------------------------------------------
 
-def check_correctness(shape: str, device, dtype, new_tokens: int, seed: int) -> dict:
+def check_correctness(shape: str, device, dtype, new_tokens: int, seed: int, mode: str = "eager") -> dict:
     family, config = small_config(shape)
     model = make_model(family, config, dtype, device, seed)
     ratio = model.embedding_ratio
     vocab = vocab_of(model)
-    engine = SpeculativeEngine(model)
+    engine = SpeculativeEngine(model, mode=mode)
     random_prompt = torch.randint(2, vocab - 1, (12,), generator=torch.Generator().manual_seed(seed)).tolist()
     # A repetitive prompt the model itself would write: X, its own continuation Y, then X again.
     echo = engine.generate(random_prompt, Drafter(), 24, SamplingConfig()).tokens
@@ -519,6 +524,184 @@ def measure_shape(shape: str, args, device) -> dict:
     return result
 
 
+# --- (d) engine modes: eager against static (fixed shapes, CUDA graphs) ------------------------------------------
+
+MODEL_FREE = ("pld", "samd", "recycling", "lookahead", "pia", "suffix")
+
+
+def copy_bandwidth(device, gib: float = 2.0) -> float:
+    """Bytes a second a device-to-device copy moves (read + write), the best of 5: what a decode step can stream."""
+    n = int(gib * 2 ** 30) // 2
+    src = torch.empty(n, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    del src, dst
+    return 2 * n * 2 / best
+
+
+def hf_static_generate(model, prompt, n, rows, device) -> tuple[list[int], float]:
+    """transformers' own static-cache generate (greedy, eos off), compiled as it compiles it on CUDA; timed after a
+    warm-up that compiles and captures."""
+    ids = torch.tensor([prompt] * rows, device=device)
+    kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=None, pad_token_id=0,
+                  cache_implementation="static")
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=n, **kwargs)
+        sync(device)
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, **kwargs)
+        sync(device)
+    return out[0, len(prompt):].tolist(), time.perf_counter() - start
+
+
+def compare_modes(shape: str, args, device, modes: list[str]) -> dict:
+    """AR tokens/s per engine mode at B = 1 and 8 against transformers' compiled static generate and the bandwidth
+    bound; t(n)/t(1) per mode (written where --profile-dir says); each model-free method's drafting share and its
+    identity with AR per mode; the static arena at the paper's Best-of-16 scale."""
+    family, config, _ = SHAPES[shape]
+    if args.tiny:
+        family, config = small_config(shape)
+    model = make_model(family, config, torch.bfloat16, device, args.seed)
+    vocab = vocab_of(model)
+    prompt = torch.randint(2, vocab - 1, (args.prompt_len,), generator=torch.Generator().manual_seed(args.seed + 3)).tolist()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = copy_bandwidth(device, 0.25 if args.tiny else 2.0)
+    result = {"family": family, "weight_bytes": weight_bytes, "copy_bandwidth_gb_s": bandwidth / 1e9, "modes": {},
+              "prompt_len": len(prompt), "new_tokens": args.new_tokens}
+    n = args.new_tokens
+    for mode in modes:
+        engine = SpeculativeEngine(model, mode=mode, kv_bucket=args.kv_bucket)
+        row = result["modes"][mode] = {"ar": {}}
+        warm = time.perf_counter()
+        for rows in (1, 8):   # warm-up: every decode shape of AR at both batch sizes (captured once in static mode)
+            engine.generate_batch([prompt] * rows, [Drafter() for _ in range(rows)], 24, SamplingConfig())
+        row["warmup_seconds"] = time.perf_counter() - warm
+        for rows in (1, 8):
+            sync(device)
+            start = time.perf_counter()
+            gens = engine.generate_batch([prompt] * rows, [Drafter() for _ in range(rows)], n, SamplingConfig())
+            sync(device)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(g.tokens) for g in gens)
+            kv_bytes = (engine.arena.bytes_per_token() if mode == "static" else 0) or kv_bytes_per_token(model)
+            # a step reads every weight once and each row's cache (half the run's new tokens on average)
+            step_bytes = weight_bytes + rows * kv_bytes * (len(prompt) + n / 2)
+            row["ar"][rows] = {"tokens_per_s": tokens / seconds, "bound_tokens_per_s": rows * bandwidth / step_bytes,
+                               "tokens": gens[0].tokens}
+        ar_tokens = row["ar"][1]["tokens"]
+        profile = ForwardCostProfile.measure(engine, args.max_width, args.contexts, repeats=args.repeats)
+        row["profile"] = profile.to_dict()
+        if args.profile_dir:
+            os.makedirs(args.profile_dir, exist_ok=True)
+            path = os.path.join(args.profile_dir, f"{shape}-{mode}.json")
+            with open(path, "w") as f:
+                json.dump({shape: row["profile"]}, f, indent=1)
+            row["profile_file"] = path
+        drafters = build_methods(model, chunks(ar_tokens), None, None, small=False, only=MODEL_FREE)
+        row["methods"] = {}
+        for name, drafter in drafters.items():
+            engine.generate(prompt, drafter, 16, SamplingConfig())
+            drafter.reset()
+            gen = engine.generate(prompt, drafter, n, SamplingConfig())
+            draft_s = sum(s.draft_seconds for s in gen.steps)
+            verify_s = sum(s.verify_seconds for s in gen.steps)
+            row["methods"][name] = {"mat": len(gen.tokens) / len(gen.steps), "drafting_share": draft_s / (draft_s + verify_s),
+                                    "identical_to_ar": gen.tokens == ar_tokens,
+                                    "tokens_per_s": len(gen.tokens) / (draft_s + verify_s)}
+        row["engine"] = engine.describe()
+        log(f"{shape} {mode}: AR {row['ar'][1]['tokens_per_s']:.1f} tok/s at B = 1 "
+            f"({100 * row['ar'][1]['tokens_per_s'] / row['ar'][1]['bound_tokens_per_s']:.0f}% of the bound), "
+            f"{row['ar'][8]['tokens_per_s']:.1f} at B = 8")
+        del engine
+        free(device)
+    if not args.skip_hf_static:
+        hf = result["hf_static"] = {}
+        for rows in (1, 8):
+            tokens, seconds = hf_static_generate(model, prompt, n, rows, device)
+            hf[rows] = {"tokens_per_s": rows * len(tokens) / seconds,
+                        "agrees_with_ar_for": first_divergence(tokens, result["modes"][modes[0]]["ar"][1]["tokens"])}
+    for mode in modes:
+        for rows in (1, 8):
+            result["modes"][mode]["ar"][rows].pop("tokens")
+    result["memory"] = arena_at_scale(model, device, args)
+    del model
+    free(device)
+    return result
+
+
+def kv_bytes_per_token(model) -> int:
+    """K and V of every layer for one token: 2 x layers x key/value heads x head dim x element size."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * next(model.parameters()).element_size()
+
+
+def arena_at_scale(model, device, args, rows: int = 16, new_tokens: int = 15000, prompt: int = 1024) -> dict:
+    """Best-of-16 at B = 16 with 15,000 new tokens: the static arena's bytes for every batch size up to `rows`, and,
+    with --memory-check, that arena allocated and one decode step of B = 16 run at its last position."""
+    per_token = kv_bytes_per_token(model)
+    widest = 129
+    per_row = per_token * (prompt + new_tokens + widest)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    out = {"kv_bytes_per_token": per_token, "row_bytes": per_row,
+           "arena_gib": {b: b * per_row / 2 ** 30 for b in (1, 2, 4, 8, 16)}, "weights_gib": weights / 2 ** 30}
+    if args.memory_check and device.type == "cuda":
+        free(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        engine = SpeculativeEngine(model, mode="static", kv_bucket=args.kv_bucket)
+        cache = engine.new_cache(prompt + new_tokens + widest, rows, in_arena=True)
+        engine._append(cache, [[5] * prompt] * rows)       # the prompts, in chunks
+        cache.set_lengths([prompt + new_tokens - 1] * rows)  # the last step of the longest run
+        block = torch.ones(1, 1, dtype=torch.bool)
+        engine._forward(cache, [[7]] * rows, [block] * rows, [[0]] * rows)
+        sync(device)
+        out["measured_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        out["device_gib"] = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+        del engine, cache
+        free(device)
+    return out
+
+
+def print_modes(shape: str, m: dict) -> None:
+    print(f"\n## Engine modes, {shape}{' (tiny stand-in)' if args_tiny(m) else ''}: AR tokens/s and the bandwidth "
+          f"bound ({m['copy_bandwidth_gb_s']:.0f} GB/s copy, {m['weight_bytes'] / 1e9:.1f} GB of weights)\n")
+    rows = []
+    for mode, r in m["modes"].items():
+        for b, ar in r["ar"].items():
+            rows.append([mode, str(b), f"{ar['tokens_per_s']:.1f}", f"{ar['bound_tokens_per_s']:.1f}",
+                         f"{100 * ar['tokens_per_s'] / ar['bound_tokens_per_s']:.0f}%"])
+    for b, hf in m.get("hf_static", {}).items():
+        rows.append(["transformers static+compile", str(b), f"{hf['tokens_per_s']:.1f}", "", ""])
+    print(table(["engine", "B", "tok/s", "bound tok/s", "of bound"], rows))
+    widths = [1, 2, 4, 8, 16]
+    print("\nt(n)/t(1) at the longest profiled context:\n")
+    print(table(["mode"] + [str(w) for w in widths],
+                [[mode] + [f"{ForwardCostProfile.from_dict(r['profile']).ratio(w, 1 << 30):.2f}" for w in widths]
+                 for mode, r in m["modes"].items()]))
+    print("\nModel-free methods (greedy, B = 1): MAT, drafting share, identical to AR\n")
+    names = list(next(iter(m["modes"].values()))["methods"])
+    print(table(["method"] + [f"{mode} {c}" for mode in m["modes"] for c in ("MAT", "drafting", "= AR")],
+                [[name] + [v for mode, r in m["modes"].items() for v in
+                           (f"{r['methods'][name]['mat']:.2f}", f"{100 * r['methods'][name]['drafting_share']:.1f}%",
+                            "yes" if r["methods"][name]["identical_to_ar"] else "NO")] for name in names]))
+    mem = m["memory"]
+    print(f"\nStatic arena, Best-of-16 x 15,000 new tokens: {mem['kv_bytes_per_token'] / 1024:.0f} KiB a token, "
+          + ", ".join(f"B = {b}: {g:.1f} GiB" for b, g in mem["arena_gib"].items())
+          + f" (+ {mem['weights_gib']:.1f} GiB of weights)"
+          + (f"; measured peak {mem['measured_peak_gib']:.1f} of {mem['device_gib']:.0f} GiB"
+             if "measured_peak_gib" in mem else ""))
+
+
+def args_tiny(m: dict) -> bool:
+    return m["weight_bytes"] < 1e9
+
+
 def real_tokenizer(shape: str, vocab: int):
     """The shape's real tokenizer when it is built and fits the model's vocabulary, else None (random prompts)."""
     from model.vocab.locate import has_tokenizer, load_family
@@ -722,6 +905,15 @@ def parse_args(argv=None):
                         help="rows per batch in (b)'s batch sweep")
     parser.add_argument("--skip-measure", action="store_true", help="run (a) only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine-mode", choices=["eager", "static", "both"], default="eager",
+                        help="the engine mode(s) of (a); static or both also runs (d): eager against static")
+    parser.add_argument("--kv-bucket", type=int, default=256, help="static mode's key-length bucket (0: all)")
+    parser.add_argument("--profile-dir", default=None,
+                        help="(d): write each mode's t(n)/t(1) profile here (<shape>-<mode>.json, for replay's "
+                             "--cost-profile FILE:<shape>)")
+    parser.add_argument("--skip-hf-static", action="store_true", help="(d): skip transformers' compiled generate")
+    parser.add_argument("--memory-check", action="store_true",
+                        help="(d): allocate the Best-of-16 x 15,000-token static arena and run a step at its end")
     return parser.parse_args(argv)
 
 
@@ -736,10 +928,13 @@ def main(argv=None) -> int:
     log(f"device {device_name}, torch {env['torch']}, transformers {env['transformers']}")
     report = {"environment": env, "arguments": vars(args), "correctness": {}, "measurements": {}}
 
+    modes = ["eager", "static"] if args.engine_mode == "both" else [args.engine_mode]
     for shape in args.shapes:
-        log(f"(a) correctness on a small {SHAPES[shape][0]} model, {args.check_dtype}")
-        report["correctness"][shape] = check_correctness(shape, device, DTYPES[args.check_dtype],
-                                                         args.check_tokens, args.seed)
+        for mode in modes:
+            log(f"(a) correctness on a small {SHAPES[shape][0]} model, {args.check_dtype}, {mode} mode")
+            key = shape if mode == "eager" else f"{shape}/{mode}"
+            report["correctness"][key] = check_correctness(shape, device, DTYPES[args.check_dtype],
+                                                           args.check_tokens, args.seed, mode)
     print(f"# GPU check on {device_name} (torch {env['torch']}, transformers {env['transformers']})")
     print_correctness(report["correctness"], args.check_dtype, args.check_tokens)
     sys.stdout.flush()
@@ -761,6 +956,14 @@ def main(argv=None) -> int:
             m["tiny"] = args.tiny
             report["measurements"][shape] = m
             print_measurement(shape, m, device_name)
+            sys.stdout.flush()
+
+    if args.engine_mode != "eager":
+        report["engine_modes"] = {}
+        for shape in args.shapes:
+            log(f"(d) engine modes on {shape}{' (tiny stand-in)' if args.tiny else ''}: {', '.join(modes)}")
+            m = report["engine_modes"][shape] = compare_modes(shape, args, device, modes)
+            print_modes(shape, m)
             sys.stdout.flush()
 
     failed = [f"{shape}/{method}" for shape, c in report["correctness"].items()

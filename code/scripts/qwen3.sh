@@ -1,7 +1,7 @@
 #!/bin/bash
 ################################################################################
 # Qwen3 (4B/8B/14B) under Multi-Round Thinking or Best-of-N on question_cot.jsonl.
-# Run from code/:  MODEL_PATH=./local_model MODEL_SIZE=8 TEMP=0.0 bash scripts/qwen3.sh
+# Run from code/:  MODEL_PATH=./local_model MODEL_SIZE=8 TEMP=0.0 [ENGINE_MODE=static] bash scripts/qwen3.sh
 # Every method runs through the same engine. REST's datastore is built on first use from the REST paper's small
 # ShareGPT store (needs the hub once; docs/files.md for other corpora).
 ################################################################################
@@ -18,33 +18,38 @@ Sps_Drafter_PATH=$MODEL_PATH/Qwen3-0.6B
 datastore_PATH=./model/rest/datastore/datastore_chat_small.idx
 bench_NAME="SpecTTS_Bench"
 torch_dtype="float16"
-COMMON="--bench-name $bench_NAME --temperature $TEMP --dtype $torch_dtype --max-new-tokens 15000 --use-cot-data"
+# eager (default): the paper's regime; static: fixed shapes and CUDA graphs, the regime of vLLM and SGLang (its answer
+# files get "-static" in their names, so the two regimes sit side by side)
+ENGINE_MODE=${ENGINE_MODE:-eager}
+MODE_TAG=-$ENGINE_MODE
+if [ "$ENGINE_MODE" = eager ]; then MODE_TAG=""; fi
+COMMON="--bench-name $bench_NAME --temperature $TEMP --dtype $torch_dtype --max-new-tokens 15000 --use-cot-data --engine-mode $ENGINE_MODE"
 
 ## Reasoning under Multi-Round Thinking (the seed ran TEMP=0.0 and TEMP=0.6)
-$PYTHON -m evaluation.inference_baseline --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_pld --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --think-twice
-$PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $Qwen3_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
-$PYTHON -m evaluation.inference_pia --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_suffix --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_sps --model-path $Qwen3_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}-temp-${TEMP} $COMMON --think-twice
-$PYTHON -m evaluation.inference_lookahead --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
+$PYTHON -m evaluation.inference_baseline --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-vanilla-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_pld --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}${MODE_TAG}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --think-twice
+$PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_eagle3 --ea-model-path $Eagle3_PATH --base-model-path $Qwen3_PATH --model-id ${MODEL_NAME}-eagle3-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-eagle3-${torch_dtype}${MODE_TAG}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 --tree_method eagle3 --tree_model_path $Eagle3_PATH $COMMON --think-twice
+$PYTHON -m evaluation.inference_pia --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pia-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_suffix --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_sps --model-path $Qwen3_PATH --drafter-path $Sps_Drafter_PATH --model-id ${MODEL_NAME}-sps-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --think-twice
+$PYTHON -m evaluation.inference_lookahead --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-lade-level-5-win-7-guess-7-${torch_dtype}${MODE_TAG}-temp-${TEMP} --level 5 --window 7 --guess 7 $COMMON --think-twice
 if [ ! -f "$datastore_PATH" ]; then
   mkdir -p "$(dirname "$datastore_PATH")"
   $PYTHON -m model.rest.build_datastore --hf-dataset Aeala/ShareGPT_Vicuna_unfiltered --tokenizer-path $Qwen3_PATH --output "$datastore_PATH"
 fi
-$PYTHON -m evaluation.inference_rest --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-rest-${torch_dtype}-temp-${TEMP} --datastore-path $datastore_PATH $COMMON --think-twice
+$PYTHON -m evaluation.inference_rest --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-rest-${torch_dtype}${MODE_TAG}-temp-${TEMP} --datastore-path $datastore_PATH $COMMON --think-twice
 
 ## Reasoning under Best-of-N (the seed ran TEMP=0.6): uncomment, with TEMP=0.6
-# $PYTHON -m evaluation.inference_baseline --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP} $COMMON --BON
-# $PYTHON -m evaluation.inference_pld --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}-temp-${TEMP} $COMMON --BON
-# $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --BON
-# $PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}-temp-${TEMP} $COMMON --BON
-# $PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}-temp-${TEMP} $COMMON --BON
-# $PYTHON -m evaluation.inference_suffix --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_baseline --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-vanilla-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_pld --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-pld-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_samd --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-samd-only-${torch_dtype}${MODE_TAG}-temp-${TEMP} --samd_n_predicts 40 --samd_len_threshold 5 --samd_len_bias 5 $COMMON --BON
+# $PYTHON -m evaluation.inference_recycling --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-recycling-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_stand --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-stand-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --BON
+# $PYTHON -m evaluation.inference_suffix --model-path $Qwen3_PATH --model-id ${MODEL_NAME}-suffix-${torch_dtype}${MODE_TAG}-temp-${TEMP} $COMMON --BON
 
 ## Evaluation
-# $PYTHON evaluation/speed.py --file-path data/$bench_NAME/model_answer/${MODEL_NAME}-samd-only-${torch_dtype}-temp-${TEMP}.jsonl --base-path data/$bench_NAME/model_answer/${MODEL_NAME}-vanilla-${torch_dtype}-temp-${TEMP}.jsonl
+# $PYTHON evaluation/speed.py --file-path data/$bench_NAME/model_answer/${MODEL_NAME}-samd-only-${torch_dtype}${MODE_TAG}-temp-${TEMP}.jsonl --base-path data/$bench_NAME/model_answer/${MODEL_NAME}-vanilla-${torch_dtype}${MODE_TAG}-temp-${TEMP}.jsonl

@@ -31,9 +31,11 @@ def expand(text, variables):
     return VARIABLE.sub(lambda m: variables.get(m.group(1), m.group(2) if m.group(2) is not None else "X"), text)
 
 
+@pytest.mark.parametrize("mode", ["eager", "static"])
 @pytest.mark.parametrize("script", ["qwen3.sh", "deepseek.sh"])
-def test_launcher_lines_parse(script):
-    variables, lines = read_script(script, {"SPS_DRAFTER_PATH": "draft-model"})   # deepseek.sh's SpS needs one
+def test_launcher_lines_parse(script, mode):
+    # (deepseek.sh's SpS needs a draft model; ENGINE_MODE as a user sets it)
+    variables, lines = read_script(script, {"SPS_DRAFTER_PATH": "draft-model", "ENGINE_MODE": mode})
     assert sum(active for _, _, active in lines) >= 10   # every built method runs under multi-round thinking
     for method, rest, _ in lines:
         module = importlib.import_module(f"evaluation.inference_{method}")
@@ -42,5 +44,6 @@ def test_launcher_lines_parse(script):
             module.add_args(parser)
         args = parser.parse_args(shlex.split(expand(rest, variables)))
         assert args.model_path and args.model_id and args.max_new_tokens == 15000, (method, rest)
+        assert args.engine_mode == mode and ("-static-" in args.model_id) == (mode == "static"), args.model_id
         if method == "eagle3":
             assert args.ea_model_path
