@@ -78,8 +78,12 @@ class StaticLayer(PositionalLayer):
             self.lazy_initialization(key_states, value_states)
         slots = self.owner.slots
         b, h, n, _ = key_states.shape
-        self.keys[:b].scatter_(2, slots.expand(b, h, n, key_states.shape[-1]), key_states)
-        self.values[:b].scatter_(2, slots.expand(b, h, n, value_states.shape[-1]), value_states)
+        if b == 1:   # (one row: an index copy, cheaper than the scatter on CPU; both read the slots on the device)
+            self.keys.index_copy_(2, slots[0, 0, :, 0], key_states)
+            self.values.index_copy_(2, slots[0, 0, :, 0], value_states)
+        else:
+            self.keys[:b].scatter_(2, slots.expand(b, h, n, key_states.shape[-1]), key_states)
+            self.values[:b].scatter_(2, slots.expand(b, h, n, value_states.shape[-1]), value_states)
         end = self.owner.kv_length
         return self.keys[:b, :, :end], self.values[:b, :, :end]
 
