@@ -3,12 +3,14 @@ token-identical to eager AR in float64 (batch 1, multi-round, Best-of-N rows at 
 prompts prefilled in chunks), the sampled law kept, cost-aware verification on a static profile, torch.compile of the
 static forward; the KV arena is allocated once at its exact size and reused; an eager profile is never a static
 one's."""
+import json
+
 import pytest
 import torch
 
 from conftest import VOCAB, tiny_model
-from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, assert_rows_drafted
-from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
+from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, assert_logged_rows_drafted, assert_rows_drafted
+from model.engine import SamplingConfig, SpeculativeEngine, ThinkingBudget
 from model.engine import decoder
 from model.engine.static_cache import StaticKVCache
 from model.engine.static_forward import bucket, width_buckets
@@ -181,3 +183,31 @@ def test_the_profile_key_tells_the_modes_apart(tiny_model_dir):
                            SpeculativeEngine(model, mode="static", kv_bucket=0))]
     assert keys[0] != keys[1] != keys[2] != keys[0]
     assert "engine" not in keys[0]   # eager keys as before: profiles cached by earlier versions still match
+
+
+@pytest.mark.parametrize("paradigm", [["--think-twice"], ["--BON", "--bon-n", "3", "--temperature", "0.3",
+                                                          "--batch-size", "2", "--continuous-batching"]],
+                         ids=["multi-round", "best-of-3-continuous"])
+def test_runs_in_static_mode_reproduce_eager_ar(tiny_model_dir, tmp_path, paradigm):
+    """Through the shared loop: a static-mode run of PLD and SuffixDecoding gives eager AR's token ids turn by turn,
+    records its mode, and a resumed run in the other mode is refused in one line."""
+    from test_methods_lossless import run_answers, run_paradigm
+    from conftest import two_questions_file
+    from evaluation.run.args import build_parser, finalize
+    from evaluation.run.loop import run_eval
+    questions = two_questions_file(tmp_path)
+    reference = [c["token_ids_sha1"] for line in run_answers(tiny_model_dir, questions, tmp_path / "ar.jsonl", "ar",
+                                                             *paradigm, "--save-token-ids") for c in line["choices"]]
+    for method in ("pld", "suffix"):
+        answer_file = tmp_path / f"{method}.jsonl"
+        assert run_paradigm(tiny_model_dir, questions, answer_file, method, *paradigm, "--engine-mode", "static",
+                            "--kv-bucket", "32") == reference, method
+    with open(tmp_path / "pld.config.json") as f:
+        config = json.load(f)
+    assert config["engine_mode"] == "static" and config["static_engine"] == {"kv_bucket": 32, "torch_compile": False}
+    assert_logged_rows_drafted(tmp_path / "pld.jsonl", "pld static", min_rows=1)
+    args = finalize(build_parser("pld").parse_args([
+        "--model-path", tiny_model_dir, "--question-file", questions, "--answer-file", str(tmp_path / "pld.jsonl"),
+        "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0", *paradigm]), "pld")
+    with pytest.raises(UserError, match="engine_mode"):
+        run_eval(args, lambda a, m, t: METHODS["pld"](m, []))

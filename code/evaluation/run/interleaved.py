@@ -112,15 +112,19 @@ def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int]
     if not todo:
         print(f"all {len(questions)} questions already answered by every method")
         return done
-    # One forward-cost profile per batch size for all (same model, dtype and device), up to the widest method's need.
+    # One forward-cost profile per batch size and engine mode (its settings) for all (same model, dtype and
+    # device), up to the widest method's need.
+    def profile_of(runner) -> tuple:
+        return runner.batch_size, repr(runner.engine.describe_mode())
+
     profiles = {}
     for name, store, runner in opened:
-        size = runner.batch_size
-        if size not in profiles:
-            profiles[size] = measure_cost_profile(runner.engine, [r.drafter for _, _, r in opened
-                                                                  if r.batch_size == size], runner.args)
+        key = profile_of(runner)
+        if key not in profiles:
+            profiles[key] = measure_cost_profile(runner.engine, [r.drafter for _, _, r in opened
+                                                                 if profile_of(r) == key], runner.args)
         print(f"== {name}: warming up", file=sys.stderr, flush=True)
-        start_session(store, runner, todo[0], profiles[size])
+        start_session(store, runner, todo[0], profiles[key])
     # Questions go in chunks every run can answer in whole groups (a multi-round group at batch B is B questions).
     sizes = [runner.group_size() for _, _, runner in opened]
     chunk = math.lcm(*sizes)

@@ -126,12 +126,13 @@ class SpeculativeEngine:
         self.synchronize()
         return self.time_source() - self.paused
 
-    def new_cache(self, capacity: int, rows: int = 1, in_arena: bool = False) -> PositionalKVCache:
-        """A KV cache for this engine's mode. Static: `capacity` entries a row, never more; `in_arena`: in the
-        engine's arena, whose buffers every sequence reuses (the decode forwards' graphs read them)."""
+    def new_cache(self, capacity: int, rows: int = 1, in_arena: bool = False, max_rows: int = 0) -> PositionalKVCache:
+        """A KV cache for this engine's mode. Static: `capacity` entries a row, never more, and room for `max_rows`
+        rows (a row repeated); `in_arena`: in the engine's arena, whose buffers every sequence reuses (the decode
+        forwards' graphs read them)."""
         if self.static is None:
             return PositionalKVCache(capacity=capacity, batch_size=rows)
-        return StaticKVCache(capacity, rows, self.arena if in_arena else None, self.device)
+        return StaticKVCache(capacity, rows, self.arena if in_arena else None, self.device, max_rows)
 
     def _forward(self, cache: PositionalKVCache, inputs: list[list[int]], blocks: list, depths: list,
                  logits_to_keep: int = 0) -> torch.Tensor:

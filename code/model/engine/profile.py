@@ -99,7 +99,8 @@ class ForwardCostProfile:
         for length in context_lengths:
             if min(map(len, times[length])) >= repeats:
                 continue
-            cache = engine.new_cache(length + 2 * max_width)   # (static mode pads a width up to its bucket)
+            # (static mode pads a width up to its bucket; the rows below repeat the one prefilled)
+            cache = engine.new_cache(length + 2 * max_width, max_rows=batch_size)
             engine._append(cache, torch.randint(engine.vocab_size, (length,), generator=g).tolist())
             if batch_size > 1:
                 cache.select_rows([0] * batch_size)

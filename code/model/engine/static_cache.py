@@ -113,9 +113,11 @@ class StaticKVCache(PositionalKVCache):
     """A positional KV cache in an arena (see the module's comment). Between the host and the device lengths the
     engine keeps one rule: the forward advances both; a rollback, row selection or cut sets both."""
 
-    def __init__(self, capacity: int, batch_size: int = 1, arena: Arena | None = None, device=None):
+    def __init__(self, capacity: int, batch_size: int = 1, arena: Arena | None = None, device=None,
+                 max_rows: int = 0):
+        """`max_rows`: rows the cache may grow to by repeating rows (`select_rows`), reserved now."""
         self.arena = arena if arena is not None else Arena()
-        self.arena.reserve(batch_size, capacity)
+        self.arena.reserve(max(batch_size, max_rows), capacity)
         self.capacity, self.rows = self.arena.capacity, batch_size   # (an arena may hold longer rows)
         self.device = torch.device(device or "cpu")
         self.slots: torch.Tensor | None = None   # [B, 1, n, 1]: where the running forward writes, per row
@@ -178,6 +180,9 @@ class StaticKVCache(PositionalKVCache):
             self._upload_lengths()
 
     def select_rows(self, rows: list[int]) -> None:
+        if len(rows) > self.arena.rows:
+            raise RuntimeError(f"{len(rows)} rows do not fit the static arena's {self.arena.rows} (reserve them: "
+                               "max_rows)")
         super().select_rows(rows)
         self.rows = len(rows)
         self._upload_lengths()
