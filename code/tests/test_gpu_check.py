@@ -84,7 +84,7 @@ def test_tiny_cpu_run_is_lossless_and_measures_everything(gpu_check, tmp_path, c
 
 
 def test_a_method_differing_from_ar_fails_the_run(gpu_check, monkeypatch, capsys):
-    def fake(shape, device, dtype, new_tokens, seed):
+    def fake(shape, device, dtype, new_tokens, seed, mode="eager"):
         rows = {m: {"identical": m != "pia", "mat": 1.5, "tokens": 10, "steps": 7, "steps_with_accepted_draft": 2,
                     "divergences": [] if m != "pia" else [{"prompt": "random", "position": 3,
                                                            "ar_logit_margin": 0.5}]}
@@ -115,3 +115,30 @@ def test_an_unexplained_half_precision_divergence_fails_the_run(gpu_check, monke
     assert "| pld | 2 / 0 / 1 / 1 |" in printed and "| samd | 2 / 1 / 1 / 0 |" in printed
     assert "- qwen3 float16: pld: question 0 turn 1, token 5: unexplained" in printed
     assert "Unexplained half-precision divergences: qwen3-8b/float16/pld" in printed
+
+
+def test_the_engine_modes_command_runs_through(gpu_check, tmp_path, capsys):
+    """`--engine-mode both` (the prepared device command, on tiny stand-ins and the CPU): (a) in both modes, and (d)
+    eager against static: AR rates against the bound, a profile file per mode that replay reads, model-free methods
+    identical to AR in both modes, the Best-of-16 arena."""
+    out, profiles = tmp_path / "modes.json", tmp_path / "profiles"
+    rc = gpu_check.main(["--device", "cpu", "--tiny", "--engine-mode", "both", "--shapes", "qwen3-8b",
+                         "--half-dtypes", "--skip-measure", "--check-tokens", "24", "--prompt-len", "24",
+                         "--new-tokens", "24", "--max-width", "8", "--contexts", "32", "--repeats", "1",
+                         "--skip-hf-static", "--profile-dir", str(profiles), "--json-out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads(out.read_text())
+    assert set(report["correctness"]) == {"qwen3-8b", "qwen3-8b/static"} and report["not_identical"] == []
+    modes = report["engine_modes"]["qwen3-8b"]["modes"]
+    assert set(modes) == {"eager", "static"}
+    for mode, row in modes.items():
+        assert all(row["ar"][b]["tokens_per_s"] > 0 and row["ar"][b]["bound_tokens_per_s"] > 0 for b in ("1", "8"))
+        assert set(row["methods"]) == set(gpu_check.MODEL_FREE)
+        assert all(m["identical_to_ar"] and 0 < m["drafting_share"] < 1 for m in row["methods"].values()), mode
+        with open(row["profile_file"]) as f:
+            assert json.load(f)["qwen3-8b"]["widths"] == list(range(1, 9))
+    assert modes["static"]["engine"]["engine_mode"] == "static" and modes["static"]["engine"]["static_shapes"] > 0
+    memory = report["engine_modes"]["qwen3-8b"]["memory"]
+    assert memory["arena_gib"]["16"] == 16 * memory["arena_gib"]["1"]
+    assert "## Engine modes, qwen3-8b" in printed and "| static | 1 |" in printed

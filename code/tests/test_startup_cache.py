@@ -104,7 +104,7 @@ def test_a_file_for_another_key_or_a_torn_one_is_not_taken(tmp_path):
 
 
 def test_an_interrupted_measurement_is_continued_not_restarted(tmp_path, monkeypatch):
-    monkeypatch.setattr(cost, "SAVE_SHARE", math.inf)   # saved after every forward
+    monkeypatch.setattr(profiling, "SAVE_SHARE", math.inf)   # saved after every forward
     cache = ProfileCache(str(tmp_path))
     model = tiny_model("llama")
     key = key_of(model, lengths=(16, 32), repeats=2)   # widths 1..4
