@@ -165,7 +165,8 @@ def test_full_and_bucketed_key_lengths_agree():
 def test_a_compiled_static_forward_is_lossless():
     """torch.compile of the static forward (each shape compiled once; recorded as warm-up, not step time)."""
     model = tiny_model("llama")
-    engine = static_engine(model, compile=True, max_tree_nodes=8)
+    # (widths 1, 2, 4 at one key length: three shapes compiled)
+    engine = SpeculativeEngine(model, mode="static", kv_bucket=64, compile=True, max_tree_nodes=3)
     out = engine.generate(PROMPT, METHODS["pld"](model, []), 24, SamplingConfig())
     assert out.tokens == ar("llama", PROMPT, 24).tokens
     assert_drafted([out], "pld compiled")

@@ -74,14 +74,16 @@ class StaticForward:
         self.shapes.add(key)
         if self.graphs and not prefill:
             logits, states = self._replay(key, cache, packed, capture)
-        else:
-            if self.compiled and key not in self._captured:
-                t0 = time.perf_counter()
-            logits, states = self.step(cache, packed.to(self.device, non_blocking=True), padded, kv_length,
-                                       logits_to_keep, capture)
-            if self.compiled and key not in self._captured:
+        elif self.compiled and not prefill:
+            t0 = time.perf_counter()
+            logits, states = self.step(cache, packed.to(self.device, non_blocking=True), padded, kv_length, 0,
+                                       capture)
+            if key not in self._captured:
                 self._captured[key] = ()
                 self.capture_seconds += time.perf_counter() - t0   # (the first call of a shape compiles it)
+        else:   # (prefill chunks run eagerly: their shapes are many and each runs once a sequence)
+            logits, states = self._step(cache, packed.to(self.device, non_blocking=True), padded, kv_length,
+                                        logits_to_keep, capture)
         cache.advance(padded)
         if capture is not None:
             capture.states = dict(states)
