@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluation.run import replay  # noqa: E402
@@ -52,6 +53,8 @@ def parse_args(argv):
     p.add_argument("--measure-profile", default=None, metavar="OUT.json",
                    help="measure this machine's profile of the embedded model, write it here, and use it")
     p.add_argument("--rest-max-tokens", type=int, default=None, help="cap REST's ShareGPT datastore (tokens)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="models replayed side by side, one process each (default: one per model, up to the CPUs)")
     p.add_argument("--markdown-out", default=None)
     p.add_argument("--json-out", default=None)
     return p.parse_args(argv)
@@ -190,10 +193,16 @@ def main(argv=None) -> None:
                 + (f" ({origin})." if origin else ".") if profile else
                 "No forward-cost profile given: no speedup estimate.")
     start = time.perf_counter()
-    rows = [row for model in models for row in model_rows(model, args, profile)]
+    jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(models)))
+    if jobs > 1:   # (each model's replays are independent: its own tokenizer, datastore and drafters)
+        with ProcessPoolExecutor(jobs) as pool:
+            per_model = list(pool.map(model_rows, models, [args] * len(models), [profile] * len(models)))
+    else:
+        per_model = [model_rows(model, args, profile) for model in models]
+    rows = [row for rows_of_model in per_model for row in rows_of_model]
     total = sum(r["replay_seconds"] for r in rows)
-    print(f"replayed {len(models)} model(s) x {len(args.methods)} method(s) in {total:.1f} s of replay "
-          f"({time.perf_counter() - start:.1f} s with tokenizing and loading)")
+    print(f"replayed {len(models)} model(s) x {len(args.methods)} method(s): {total:.1f} s of replay in all, "
+          f"{time.perf_counter() - start:.1f} s wall with tokenizing and loading ({jobs} process(es))")
     table = markdown(rows, note)
     print(table)
     if args.markdown_out:
