@@ -445,6 +445,8 @@ class SpeculativeEngine:
         # Never step past the budget's trigger or the token limit: AR would stop there, so must we.
         limit = max_new_tokens if row.thinking_done else min(max_new_tokens, budget.trigger_at)
         emitted = self._truncate([tree.tokens[i] for i in path] + [bonus], result, limit, stop_tokens)
+        if not emitted:   # (every step emits its bonus token at least: a step that does not would loop forever)
+            raise RuntimeError(f"engine: a step emitted nothing ({len(result.tokens)} tokens, limit {limit})")
         plan.path = path[: len(emitted)]
         plan.emitted = emitted
         if not row.thinking_done and budget.end_token in emitted:
