@@ -140,9 +140,9 @@ def test_the_arena_is_allocated_once_at_its_exact_size():
     # 2 layers x (keys + values) x 2 key/value heads x 16 dims x 8 bytes
     assert first["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 8
     buffers = {i: k.data_ptr() for i, (k, _) in engine.arena.buffers.items()}
-    generation = engine.arena.generation
+    buffers_id = engine.arena.buffers_id
     engine.generate(PROMPT[:9], METHODS["pld"](model, []), NEW, SamplingConfig())
-    assert engine.arena.generation == generation
+    assert engine.arena.buffers_id == buffers_id
     assert {i: k.data_ptr() for i, (k, _) in engine.arena.buffers.items()} == buffers
     cache = StaticKVCache(8, 1)
     engine._append(cache, [3, 4, 5, 6, 7])
@@ -212,3 +212,52 @@ def test_runs_in_static_mode_reproduce_eager_ar(tiny_model_dir, tmp_path, paradi
         "--max-new-tokens", "40", "--dtype", "float64", "--device", "cpu", "--warmup", "0", *paradigm]), "pld")
     with pytest.raises(UserError, match="engine_mode"):
         run_eval(args, lambda a, m, t: METHODS["pld"](m, []))
+
+
+class ReplayedForward:
+    """A stand-in for CUDA-graph capture on the CPU, with its semantics where they can bite: capture runs the step
+    once and puts the lengths back (as the warm-up before a real capture does), and each replay reruns it and writes
+    its results into the tensors capture returned (a graph refills its outputs in place; nothing else is new)."""
+
+    def __init__(self):
+        self.captured = self.replayed = 0
+
+    def __call__(self, step, cache):
+        self.captured += 1
+        lengths = cache.device_lengths.clone()
+        logits, states = step()
+        cache.device_lengths.copy_(lengths)
+        outputs = (logits.clone(), {i: s.clone() for i, s in states.items()})
+
+        def replay():
+            self.replayed += 1
+            new_logits, new_states = step()
+            outputs[0].copy_(new_logits)
+            for i, s in new_states.items():
+                outputs[1][i].copy_(s)
+        return replay, outputs
+
+
+@pytest.mark.parametrize("method", ["pld", "eagle3", "samd"])
+def test_graph_replays_give_eager_tokens(method, small_chunks):
+    """The captured-graph path (on the CPU, with a stand-in for capture): every decode shape captured once per arena
+    and replayed after, the lengths advanced once a forward, EAGLE-3's hidden states read from the capture's
+    outputs; batch 1, a second sequence on the same arena, and ragged batched rows give eager mode's tokens."""
+    model = tiny_model("llama")
+    engine = static_engine(model)
+    fake = ReplayedForward()
+    engine.static.graphs, engine.static._capture = True, fake
+    first = ar("llama", PROMPT, NEW).tokens
+    corpus = corpus_of(first)
+    single = engine.generate(PROMPT, METHODS[method](model, corpus), NEW, SamplingConfig())
+    assert single.tokens == first
+    assert 0 < fake.captured < fake.replayed   # each shape captured once, then replayed
+    prompts = four_prompts("llama")
+    alone = [SpeculativeEngine(model).generate(p, METHODS[method](model, corpus), 24, SamplingConfig())
+             for p in prompts]
+    rows = engine.generate_batch(prompts, [METHODS[method](model, corpus) for _ in prompts], 24, SamplingConfig())
+    assert [r.tokens for r in rows] == [a.tokens for a in alone]
+    captured = fake.captured
+    again = engine.generate(PROMPT, METHODS[method](model, corpus), NEW, SamplingConfig())
+    assert again.tokens == first and fake.captured - captured < len(again.steps)
+    assert_drafted([single, again] + rows, method)

@@ -9,6 +9,8 @@ its device length and advances it; a rollback moves the kept entries and sets th
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .kv_cache import PositionalKVCache, PositionalLayer
@@ -16,13 +18,16 @@ from .kv_cache import PositionalKVCache, PositionalLayer
 
 class Arena:
     """The buffers of a static cache: per layer keys and values of [rows, heads, capacity, dim], and the rows' device
-    lengths. `generation` counts reallocations: a forward captured against older buffers must be captured again."""
+    lengths. `buffers_id` names the buffers now allocated, unique in the process (a new arena, or a reallocation, gets
+    a new one): a forward captured against other buffers must never be replayed on these."""
+
+    _ids = itertools.count(1)
 
     def __init__(self):
+        self.buffers_id = next(Arena._ids)
         self.rows = self.capacity = 0
         self.buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.lengths: torch.Tensor | None = None
-        self.generation = 0
 
     def reserve(self, rows: int, capacity: int) -> None:
         """Make room for `rows` rows of `capacity` entries (the buffers are reallocated, empty, only if they are
@@ -30,7 +35,7 @@ class Arena:
         if rows > self.rows or capacity > self.capacity:
             self.rows, self.capacity = max(rows, self.rows), max(capacity, self.capacity)
             self.buffers, self.lengths = {}, None
-            self.generation += 1
+            self.buffers_id = next(Arena._ids)
 
     def layer(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `index`'s buffers, allocated at its first forward, shaped after its new keys and values."""

@@ -49,7 +49,7 @@ class StaticForward:
         self.compiled = compile
         self.step = torch.compile(self._step, dynamic=False) if compile else self._step
         self._captured: dict[tuple, tuple] = {}
-        self._generation = None
+        self._buffers_id = None
         self._pool = None
         self.capture_seconds = 0.0   # warm-up: capturing graphs (or compiling), not counted in any step's time
         self.shapes: set[tuple] = set()
@@ -116,33 +116,40 @@ class StaticForward:
         return out.logits, dict(capture.states) if capture is not None else {}
 
     def _replay(self, key: tuple, cache: StaticKVCache, packed: torch.Tensor, capture):
-        """The decode forward of this shape from its CUDA graph, captured on first use (again after the arena's
-        buffers were reallocated)."""
-        if self._generation != cache.arena.generation:
-            self._captured, self._generation = {}, cache.arena.generation
+        """The decode forward of this shape from its CUDA graph, captured on first use (again on other buffers: a
+        reallocated arena, or another cache's, such as the one a profile is measured on)."""
+        if self._buffers_id != cache.arena.buffers_id:   # (graphs hold the addresses of the buffers they ran on)
+            self._captured, self._buffers_id = {}, cache.arena.buffers_id
         entry = self._captured.get(key)
         if entry is None:
             t0 = time.perf_counter()
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
             static_in = packed.to(self.device)
-            lengths = cache.device_lengths.clone()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):   # one eager run first: kernels pick their algorithms outside capture
-                self._step(cache, static_in, key[1], key[2], 0, capture)
-            torch.cuda.current_stream().wait_stream(stream)
-            cache.device_lengths.copy_(lengths)   # (its writes are the replay's own, at the same slots)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                logits, states = self._step(cache, static_in, key[1], key[2], 0, capture)
-            entry = self._captured[key] = (graph, static_in, logits, states)
-            torch.cuda.synchronize(self.device)
+            replay, outputs = self._capture(lambda: self._step(cache, static_in, key[1], key[2], 0, capture), cache)
+            entry = self._captured[key] = (replay, static_in, outputs)
             self.capture_seconds += time.perf_counter() - t0
-        graph, static_in, logits, states = entry
-        static_in.copy_(packed.pin_memory(), non_blocking=True)
-        graph.replay()
-        return logits, states
+        replay, static_in, outputs = entry
+        static_in.copy_(packed.pin_memory() if static_in.is_cuda else packed, non_blocking=True)
+        replay()
+        return outputs
+
+    def _capture(self, step, cache: StaticKVCache):
+        """Capture `step` (the forward on its fixed input buffer) in a CUDA graph: (replay, its outputs), which each
+        replay refills. One eager run comes first, on a side stream, so that kernels pick their algorithms outside
+        capture; its writes are the replay's own (the same slots), and the lengths it advanced are put back."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        lengths = cache.device_lengths.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            step()
+        torch.cuda.current_stream().wait_stream(stream)
+        cache.device_lengths.copy_(lengths)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            outputs = step()
+        torch.cuda.synchronize(self.device)
+        return graph.replay, outputs
 
 
 def _pack(inputs: list[list[int]], blocks: list, depths: list, width: int) -> torch.Tensor:
