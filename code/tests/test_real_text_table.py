@@ -3,6 +3,7 @@ import functools
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -24,6 +25,7 @@ def load_each_tokenizer_once(monkeypatch):
 def table():
     spec = importlib.util.spec_from_file_location("real_text_table", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["real_text_table"] = module   # (importable by name: its models are replayed in worker processes)
     spec.loader.exec_module(module)
     return module
 
