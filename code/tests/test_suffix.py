@@ -13,6 +13,7 @@ import pytest
 from conftest import ARCHS, tiny_model, two_questions_file
 from methods import assert_drafted, step_log
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
+from model.engine.tree import DraftTree
 from model.suffix.drafter import SuffixDrafter
 from model.suffix.tree import SuffixTree, f32
 
@@ -305,6 +306,23 @@ def test_a_fork_copies_long_trees_and_owns_its_copy():
     d.begin_sequence([3])
     twin.begin_sequence([3])
     assert twin.propose([3, 9001, 9002], 64).tokens == [9003, 9004]
+
+
+def test_propose_more_follows_the_same_match_further():
+    """Cost-aware verification's larger draft: the same match's continuation past what the match earned (a 2-token
+    match earns 2 tokens at factor 1), starting with the draft it extends, capped by num_speculative_tokens; nothing
+    for a draft the chooser changed."""
+    d = SuffixDrafter(num_speculative_tokens=5)
+    feed(d, [1], [10, 11, 12, 13, 14, 15, 16, 17, 18])
+    d.end_sequence()
+    d.begin_sequence([2])
+    context = [2, 10, 11]
+    tree = d.propose(context, 64)
+    assert tree.tokens == [12, 13] and d.last_draft.match_len == 2
+    more = d.propose_more(context, tree, 64)
+    assert more.tokens == [12, 13, 14, 15, 16] and more.parents == [-1, 0, 1, 2, 3] and more.source == tree.source
+    assert d.propose_more(context, tree, 3).tokens == [12, 13, 14]
+    assert d.propose_more(context, DraftTree([12], [-1], source=tree.source), 64) is None   # (cut: not the draft)
 
 
 def test_draft_limits():

@@ -127,6 +127,21 @@ class SuffixDrafter(Drafter):
         self.last_draft = draft
         return DraftTree(list(draft.tokens), list(draft.parents), source=source) if draft.tokens else None
 
+    def propose_more(self, tokens: list[int], tree: DraftTree, max_nodes: int) -> DraftTree | None:
+        """The same match followed further than it earned, up to num_speculative_tokens (cost-aware verification
+        asks when a wider forward costs no more than this draft's)."""
+        draft = self.last_draft
+        if draft is None or tree.source not in ("suffix_local", "suffix_global") or tree.tokens != draft.tokens:
+            return None
+        index = self.local if tree.source == "suffix_local" else self.cache.tree
+        more = index.continue_match(tokens[-self.max_tree_depth:], draft.match_len,
+                                    min(max_nodes, self.num_speculative_tokens), self.min_token_prob,
+                                    self.use_tree_spec)
+        k = len(tree.tokens)
+        if len(more.tokens) <= k or more.tokens[:k] != tree.tokens or more.parents[:k] != tree.parents:
+            return None
+        return DraftTree(list(more.tokens), list(more.parents), source=tree.source)
+
     def max_draft_nodes(self) -> int:
         return self.num_speculative_tokens
 

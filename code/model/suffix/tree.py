@@ -365,6 +365,17 @@ class SuffixTree:
                 best.match_len = m
         return best
 
+    def continue_match(self, context, match_len: int, limit: int, min_token_prob: float = 0.1,
+                       use_tree_spec: bool = False) -> Draft:
+        """The draft of the match of the context's last `match_len` tokens, up to `limit` tokens whatever the match
+        earns (its first tokens are that draft's: the chain or the best-first order does not depend on the limit)."""
+        found = self._match(context[len(context) - match_len:]) if 0 < match_len < len(context) else None
+        if found is None:
+            return Draft()
+        draft = (self._tree if use_tree_spec else self._path)(found[0], found[1], limit, f32(min_token_prob))
+        draft.match_len = match_len
+        return draft
+
     @staticmethod
     def _path(node: _Node, idx: int, limit: int, min_prob: float) -> Draft:
         """A chain: always the most frequent continuation, while its estimated probability stays >= min_prob."""
