@@ -77,6 +77,16 @@ BUGS = [
         "                row.drafter.observe(StepFeedback(emitted[::-1], tree, path, [row.context[-len(emitted) - 1]] + "
         "tree.tokens,",
         ["tests/test_replay.py"]),
+    Bug("static-mask-last-past", "static mode's mask hides each row's last cached entry",
+        "model/engine/static_forward.py",
+        "        mask = torch.where(inside[:, None, :], tree, (offsets < 0)[:, None, :]).unsqueeze(1)",
+        "        mask = torch.where(inside[:, None, :], tree, (offsets < -1)[:, None, :]).unsqueeze(1)",
+        ["tests/test_static_engine.py"]),
+    Bug("static-stale-lengths", "static mode's rollback moves the kept entries but leaves the device lengths",
+        "model/engine/static_cache.py",
+        "            self.device_lengths.copy_(packed[2 * rows * width:])",
+        "            pass",
+        ["tests/test_static_engine.py"]),
 ]
 
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
