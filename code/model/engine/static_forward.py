@@ -124,7 +124,7 @@ class StaticForward:
         if entry is None:
             t0 = time.perf_counter()
             static_in = packed.to(self.device)
-            replay, outputs = self._capture(lambda: self._step(cache, static_in, key[1], key[2], 0, capture), cache)
+            replay, outputs = self._capture(lambda: self.step(cache, static_in, key[1], key[2], 0, capture), cache)
             entry = self._captured[key] = (replay, static_in, outputs)
             self.capture_seconds += time.perf_counter() - t0
         replay, static_in, outputs = entry
