@@ -261,3 +261,24 @@ def test_graph_replays_give_eager_tokens(method, small_chunks):
     again = engine.generate(PROMPT, METHODS[method](model, corpus), NEW, SamplingConfig())
     assert again.tokens == first and fake.captured - captured < len(again.steps)
     assert_drafted([single, again] + rows, method)
+
+
+def test_sps_runs_its_draft_model_in_static_mode_too():
+    """In static mode SpS's draft model decodes through its own static forward: a static cache of fixed size, one
+    token a row a captured step (the CUDA-graph path, on the CPU through the capture stand-in), and still AR's tokens
+    in float64; in eager mode it keeps the growing cache."""
+    from model.engine.drafter import StaticSettings
+    model = tiny_model("llama")
+    drafter = METHODS["sps"](model, [])
+    drafter.use_engine(StaticSettings(capacity=1, kv_bucket=16))   # (the forward is made now, to put the stand-in in)
+    fake = ReplayedForward()
+    forward = drafter.static_forward()
+    forward.graphs, forward._capture = True, fake
+    out = static_engine(model).generate(PROMPT, drafter, NEW, SamplingConfig())
+    assert out.tokens == ar("llama", PROMPT, NEW).tokens
+    assert isinstance(drafter.batch.cache, StaticKVCache) and 0 < fake.captured < fake.replayed
+    assert {width for _, width, _ in forward.shapes} >= {1} and drafter.batch.cache.capacity >= len(PROMPT) + NEW
+    assert_drafted([out], "sps static")
+    eager = METHODS["sps"](model, [])
+    assert SpeculativeEngine(model).generate(PROMPT, eager, NEW, SamplingConfig()).tokens == out.tokens
+    assert not isinstance(eager.batch.cache, StaticKVCache)

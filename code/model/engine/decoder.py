@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cost import CostAwareVerifier
-from .drafter import Drafter, StepFeedback
+from .drafter import Drafter, StaticSettings, StepFeedback
 from .forward import padded_forward, uses_additive_mask
 from .hidden import HiddenCapture
 from .kv_cache import PositionalKVCache
@@ -105,6 +105,7 @@ class SpeculativeEngine:
             raise UserError(f"unknown engine mode {mode!r}: choose one of {', '.join(ENGINE_MODES)}")
         self.mode = mode
         self.static = None
+        self.kv_bucket = kv_bucket
         if mode == "static":
             if len({p.device for p in model.parameters()}) > 1:
                 raise UserError("--engine-mode static needs the model on one device (its KV cache and graphs are "
@@ -239,6 +240,7 @@ class SpeculativeEngine:
             self.arena.reserve(max(len(drafters), 1 if later else len(unique)), capacity)
             prefilled = self.new_cache(capacity, len(unique), in_arena=not later)
         self._append(prefilled, [list(p[:-1]) for p in unique])
+        static = None if self.static is None else StaticSettings(capacity, self.static.kv_bucket)
         # (the prompts' hidden states, for drafters that read them: kept while prompts wait to join)
         hidden = {u: capture.take(list(range(len(p) - 1)), u) for p, u in unique.items() if len(p) > 1} \
             if capture is not None else {}
@@ -250,6 +252,7 @@ class SpeculativeEngine:
             row.drafter, row.started = drafter, self.clock()
             row.result.row, row.result.joined_step = b, step
             drafter.use_sampling(sampling, row.generator)
+            drafter.use_engine(static)
             drafter.begin_sequence(list(row.prompt))
             if unique[tuple(row.prompt)] in hidden:
                 drafter.observe_prompt(hidden[unique[tuple(row.prompt)]])

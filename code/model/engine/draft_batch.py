@@ -7,9 +7,9 @@ from .kv_cache import PositionalKVCache
 
 
 class DraftBatch:
-    def __init__(self, rows: list):
+    def __init__(self, rows: list, cache: PositionalKVCache | None = None):
         self.rows = list(rows)
-        self.cache = PositionalKVCache(capacity=1024, batch_size=len(rows))
+        self.cache = cache if cache is not None else PositionalKVCache(capacity=1024, batch_size=len(rows))
         for drafter in rows:
             drafter.batch = self
 

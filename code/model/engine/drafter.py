@@ -16,6 +16,14 @@ from .tree import DraftTree
 
 
 @dataclass
+class StaticSettings:
+    """What a drafter's own model needs to run in the engine's static mode: the KV entries a row may hold at most
+    (prompt + max new tokens + the widest forward) and the key-length bucket."""
+    capacity: int
+    kv_bucket: int
+
+
+@dataclass
 class StepFeedback:
     """What one verification step tells a drafter."""
     emitted: list[int]                  # accepted draft tokens + the bonus token, already appended to the context
@@ -81,6 +89,10 @@ class Drafter:
 
     def reset(self) -> None:
         """Forget everything learned (called at the boundaries of the chosen state scope)."""
+
+    def use_engine(self, static: "StaticSettings | None") -> None:
+        """The engine's static-mode settings (None: eager mode), given before each sequence: a drafter that runs a
+        model (SpS) runs it in the same mode."""
 
     def use_sampling(self, sampling: SamplingConfig, generator: torch.Generator | None) -> None:
         """The run's sampling settings and random stream, given before each sequence. A drafter that draws its

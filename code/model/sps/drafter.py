@@ -34,12 +34,15 @@ from __future__ import annotations
 import torch
 
 from ..engine.draft_batch import DraftBatch
-from ..engine.drafter import Drafter, StepFeedback
+from ..engine.drafter import Drafter, StaticSettings, StepFeedback
+from ..engine.static_cache import StaticKVCache
+from ..engine.static_forward import StaticForward
 from ..engine.forward import padded_forward, uses_additive_mask
 from ..engine.sampling import SamplingConfig, draw, target_probs
 from ..engine.tree import DraftTree
 
 SCHEDULES = ("constant", "heuristic", "heuristic_transient")
+FEED_ROOM = 256   # static mode: draft-cache entries a row holds beyond the engine's own row capacity
 ADAPTIVE = ("heuristic", "heuristic_transient")
 
 
@@ -65,6 +68,7 @@ class DraftModelDrafter(Drafter):
     name = "sps"
     default_scope = "sequence"
     memory_attributes = ("carried",)
+    shared_attributes = ("forwards",)   # the draft model's static forwards (and its captured graphs): one for all rows
 
     def __init__(self, draft, vocab_size: int, num_tokens: int = 20, confidence_threshold: float = 0.4,
                  schedule: str = "constant"):
@@ -82,6 +86,19 @@ class DraftModelDrafter(Drafter):
         if schedule == "heuristic":
             self.default_scope = "global"
         self.batch: _DraftBatch | None = None
+        self.static: StaticSettings | None = None   # the engine's static mode: the draft model runs in it too
+        self.forwards: dict[int, StaticForward] = {}   # by key-length bucket
+
+    def use_engine(self, static: StaticSettings | None) -> None:
+        self.static = static
+
+    def static_forward(self) -> StaticForward:
+        """The draft model's forward in fixed shapes: one token a row while drafting (captured on CUDA), feeds of
+        several tokens (a new context, the emitted tokens) eagerly."""
+        if self.static.kv_bucket not in self.forwards:
+            self.forwards[self.static.kv_bucket] = StaticForward(self.draft, uses_additive_mask(self.draft), 1,
+                                                                 self.static.kv_bucket)
+        return self.forwards[self.static.kv_bucket]
 
     def reset(self) -> None:
         self.length = self.carried.value = self.num_tokens
@@ -198,9 +215,14 @@ class _DraftBatch(DraftBatch):
             if d.batch is not None:
                 d.batch.leave(d)
             d.cached, d.pending = 0, None
-        super().__init__(rows)
+        static = rows[0].static
+        # (room for the widest feed beyond a row's context: the emitted tokens or a forced phrase, rows padded to it)
+        cache = None if static is None else StaticKVCache(static.capacity + FEED_ROOM, len(rows),
+                                                          device=next(draft.parameters()).device)
+        super().__init__(rows, cache)
         self.draft = draft
         self.additive_mask = uses_additive_mask(draft)
+        self.forward = rows[0].static_forward() if static is not None else None
 
     @classmethod
     def of(cls, rows: list[DraftModelDrafter], draft) -> "_DraftBatch":
@@ -215,8 +237,14 @@ class _DraftBatch(DraftBatch):
         inputs = [tokens or [0] for tokens in own]
         last = sorted({len(x) - 1 for x in inputs})
         blocks = [torch.ones(len(x), len(x), dtype=torch.bool).tril() for x in inputs]
-        logits = padded_forward(self.draft, self.cache, inputs, blocks, [list(range(len(x))) for x in inputs],
-                                self.additive_mask, logits_to_keep=torch.tensor(last))
+        depths = [list(range(len(x))) for x in inputs]
+        if self.forward is None:
+            logits = padded_forward(self.draft, self.cache, inputs, blocks, depths, self.additive_mask,
+                                    logits_to_keep=torch.tensor(last))
+        elif last == [0]:   # one token a row: a decode step of fixed shape (captured on CUDA)
+            logits = self.forward(self.cache, inputs, blocks, depths)
+        else:
+            logits = self.forward(self.cache, inputs, blocks, depths, logits_to_keep=torch.tensor(last))
         self.cache.keep_rows(starts, [list(range(len(tokens))) for tokens in own])
         return {d: d._fit(logits[b, last.index(len(inputs[b]) - 1)])
                 for b, (d, tokens) in enumerate(zip(self.rows, own)) if tokens}
