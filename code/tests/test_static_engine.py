@@ -282,3 +282,15 @@ def test_sps_runs_its_draft_model_in_static_mode_too():
     eager = METHODS["sps"](model, [])
     assert SpeculativeEngine(model).generate(PROMPT, eager, NEW, SamplingConfig()).tokens == out.tokens
     assert not isinstance(eager.batch.cache, StaticKVCache)
+
+
+@pytest.mark.parametrize("flags, message", [(["--compile"], "settings of --engine-mode static"),
+                                            (["--engine-mode", "static", "--kv-bucket", "-1"], "--kv-bucket must be"),
+                                            (["--engine-mode", "graphs"], "invalid choice")])
+def test_bad_engine_mode_flags_are_one_line(tmp_path, flags, message, capsys):
+    from evaluation.run.args import build_parser, finalize
+    argv = ["--model-path", "m", "--question-file", "q.jsonl", "--answer-file", str(tmp_path / "a.jsonl"), *flags]
+    with pytest.raises((UserError, SystemExit)) as raised:
+        finalize(build_parser("pld").parse_args(argv), "pld")
+    said = str(raised.value) if raised.type is UserError else capsys.readouterr().err
+    assert message in said and "Traceback" not in said
