@@ -206,6 +206,8 @@ def test_runs_in_static_mode_reproduce_eager_ar(tiny_model_dir, tmp_path, paradi
     with open(tmp_path / "pld.config.json") as f:
         config = json.load(f)
     assert config["engine_mode"] == "static" and config["static_engine"] == {"kv_bucket": 32, "torch_compile": False}
+    engine = config["sessions"][-1]["engine"]   # what the session allocated and captured, recorded at its end
+    assert engine["engine_mode"] == "static" and engine["kv_arena_bytes"] > 0 and engine["static_shapes"] > 0
     assert_logged_rows_drafted(tmp_path / "pld.jsonl", "pld static", min_rows=1)
     args = finalize(build_parser("pld").parse_args([
         "--model-path", tiny_model_dir, "--question-file", questions, "--answer-file", str(tmp_path / "pld.jsonl"),

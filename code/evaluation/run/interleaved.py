@@ -140,7 +140,8 @@ def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int]
                 job()
         bar.update(len(part))
     bar.close()
-    for name, store, _ in opened:
+    for name, store, runner in opened:
+        store.update_session({"engine": runner.engine.describe()})
         print(f"{name}: {store.answer_file}")
     return done
 

@@ -209,6 +209,14 @@ class AnswerStore:
             config.setdefault("cost_profile", info["cost_profile"])
         atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
 
+    def update_session(self, info: dict) -> None:
+        """Add what the session learned by its end (the engine's allocations and captures) to its entry."""
+        with open(self.config_file, encoding="utf-8") as f:
+            config = json.load(f)
+        if config.get("sessions"):
+            config["sessions"][-1].update(info)
+            atomic_write_text(self.config_file, json.dumps(config, indent=2) + "\n")
+
     def recorded_profile(self) -> dict | None:
         """The forward-cost profile an earlier session of this run measured (same model, dtype, device type and
         method, by the configuration check), if any."""

@@ -105,7 +105,6 @@ class SpeculativeEngine:
             raise UserError(f"unknown engine mode {mode!r}: choose one of {', '.join(ENGINE_MODES)}")
         self.mode = mode
         self.static = None
-        self.kv_bucket = kv_bucket
         if mode == "static":
             if len({p.device for p in model.parameters()}) > 1:
                 raise UserError("--engine-mode static needs the model on one device (its KV cache and graphs are "
@@ -138,7 +137,11 @@ class SpeculativeEngine:
     def _forward(self, cache: PositionalKVCache, inputs: list[list[int]], blocks: list, depths: list,
                  logits_to_keep: int = 0) -> torch.Tensor:
         if self.static is not None:
-            return self.static(cache, inputs, blocks, depths, logits_to_keep, self._capture)
+            # Capturing a new shape (or compiling it) is warm-up, not this step's time: the clock leaves it out.
+            before = self.static.capture_seconds
+            logits = self.static(cache, inputs, blocks, depths, logits_to_keep, self._capture)
+            self.paused += self.static.capture_seconds - before
+            return logits
         return padded_forward(self.model, cache, inputs, blocks, depths, self.additive_mask, logits_to_keep)
 
     def _append(self, cache: PositionalKVCache, tokens: list[list[int]] | list[int]) -> None:
