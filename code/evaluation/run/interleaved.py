@@ -141,7 +141,8 @@ def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int]
         bar.update(len(part))
     bar.close()
     for name, store, runner in opened:
-        store.update_session({"engine": runner.engine.describe()})
+        if runner.engine.mode == "static":   # (eager runs' files stay as they were)
+            store.update_session({"engine": runner.engine.describe()})
         print(f"{name}: {store.answer_file}")
     return done
 

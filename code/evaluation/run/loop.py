@@ -431,7 +431,8 @@ def run_eval(args, make_drafter, only: set | None = None, on_open=None) -> None:
             bar.update(1)
             bar.set_postfix(tok_s=f"{tokens / max(seconds + sum(batches.values()), 1e-9):.1f}")
     bar.close()
-    store.update_session({"engine": runner.engine.describe()})
+    if runner.engine.mode == "static":   # (eager runs' files stay as they were)
+        store.update_session({"engine": runner.engine.describe()})
     print(f"answers: {args.answer_file}")
 
 
