@@ -9,13 +9,13 @@ questions (../shared/data, when present) in the model's chat template.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluation.data.questions import load_questions  # noqa: E402
 from evaluation.run.paradigms import encode_prompt  # noqa: E402
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine  # noqa: E402
 from model.engine.loading import load_model  # noqa: E402
@@ -26,8 +26,7 @@ SHARED = os.path.join(CODE, "..", "..", "shared", "data", "SpecTTS_Bench", "ques
 
 
 def questions(path: str, n: int) -> list[str]:
-    with open(path) as f:
-        return [json.loads(line)["turns"][0] for line in f][:n]
+    return [q["turns"][0] for q in load_questions(path, 0, n)]
 
 
 def main(argv=None) -> None:

@@ -433,13 +433,14 @@ def timed_ar(engine, prompt, n):
     return gen, engine.clock() - start
 
 
-def hf_generate(model, prompt, n, device):
-    ids = torch.tensor([prompt], device=device)
+def hf_generate(model, prompt, n, device, rows: int = 1, **kwargs):
+    """transformers' own greedy generate of `rows` copies of the prompt (eos off), timed; `kwargs` go to generate."""
+    ids = torch.tensor([prompt] * rows, device=device)
     sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                             do_sample=False, eos_token_id=None, pad_token_id=0)
+                             do_sample=False, eos_token_id=None, pad_token_id=0, **kwargs)
     sync(device)
     return out[0, len(prompt):].tolist(), time.perf_counter() - start
 
@@ -546,18 +547,10 @@ def copy_bandwidth(device, gib: float = 2.0) -> float:
 
 
 def hf_static_generate(model, prompt, n, rows, device) -> tuple[list[int], float]:
-    """transformers' own static-cache generate (greedy, eos off), compiled as it compiles it on CUDA; timed after a
-    warm-up that compiles and captures."""
-    ids = torch.tensor([prompt] * rows, device=device)
-    kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=None, pad_token_id=0,
-                  cache_implementation="static")
-    with torch.inference_mode():
-        model.generate(ids, max_new_tokens=n, **kwargs)
-        sync(device)
-        start = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=n, **kwargs)
-        sync(device)
-    return out[0, len(prompt):].tolist(), time.perf_counter() - start
+    """transformers' own static-cache generate, compiled as it compiles it on CUDA; timed after a warm-up that
+    compiles and captures."""
+    hf_generate(model, prompt, n, device, rows, cache_implementation="static")
+    return hf_generate(model, prompt, n, device, rows, cache_implementation="static")
 
 
 def compare_modes(shape: str, args, device, modes: list[str]) -> dict:

@@ -104,15 +104,6 @@ class StaticLayer(PositionalLayer):
                 setattr(self, name, full[:len(rows)])
         self.lengths = [self.lengths[r] for r in rows]
 
-    def load_rows(self, rows: list[int], source: PositionalLayer, source_rows: list[int]) -> None:
-        for r, s in zip(rows, source_rows):
-            n = source.lengths[s]
-            if n > self.capacity:
-                self._grow(n)
-            self.keys[r, :, :n] = source.keys[s, :, :n]
-            self.values[r, :, :n] = source.values[s, :, :n]
-            self.lengths[r] = n
-
 
 class StaticKVCache(PositionalKVCache):
     """A positional KV cache in an arena (see the module's comment). Between the host and the device lengths the
