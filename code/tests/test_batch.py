@@ -233,21 +233,27 @@ def plain_two_token_law(model, prompt) -> dict:
     return {(a, b): float(first[a] * seconds[a, b]) for a in range(SMALL_VOCAB) for b in range(SMALL_VOCAB)}
 
 
-def test_residual_sampling_inside_a_batch_follows_the_target_law():
-    """SpS (drafts with probabilities, residual resampling) in row 1 of a batch whose row 0 decodes another prompt:
-    row 1's first two tokens follow the target's law, through drafts that were accepted and rejected in row 1."""
-    model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
+def samples_beside_another_prompt(model, drafter, n, share_memory=False, rows=16) -> list:
+    """n samples of PROMPT's first two tokens at T = 1 in a continuous batch of `rows` rows (the drafter and its
+    forks), interleaved with n samples of another, longer prompt: every row decodes both in turn, beside rows on the
+    other, each sample with its own seeded generator. The PROMPT samples' Generations."""
     engine = SpeculativeEngine(model)
-    cfg = SamplingConfig(1.0)
-    first = METHODS["sps"](model, [])
-    drafters = [first, first.fork()]
-    g0, g1 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(7)
-    n = 1500
+    drafters = [drafter] + [drafter.fork(share_memory) for _ in range(rows - 1)]
     other = [(t * 5 + 1) % SMALL_VOCAB for t in PROMPT] + [3, 4]
-    row1 = [engine.generate_batch([other, PROMPT], drafters, 2, cfg, [g0, g1])[1] for _ in range(n)]
-    counts = Counter(tuple(g.tokens) for g in row1)
+    generators = [torch.Generator().manual_seed(9_000_000 + i) for i in range(2 * n)]
+    return engine.generate_batch([other, PROMPT] * n, drafters, 2, SamplingConfig(1.0), generators)[1::2]
+
+
+def test_residual_sampling_inside_a_batch_follows_the_target_law():
+    """SpS (drafts with probabilities, residual resampling) in every row of a batch whose other rows decode another
+    prompt: the first two tokens follow the target's law, through drafts accepted and rejected in every row."""
+    model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
+    n = 1500
+    samples = samples_beside_another_prompt(model, METHODS["sps"](model, []), n)
+    counts = Counter(tuple(g.tokens) for g in samples)
     assert chi_square_pvalue(counts, plain_two_token_law(model, PROMPT), n) > ALPHA
-    assert_drafted(row1, "sps, row 1")
+    assert_drafted(samples, "sps")
+    assert_rows_drafted(samples, "sps", min_tokens=2)
 
 
 def test_a_fork_has_its_own_sequence_and_shares_learned_memory_only_when_told():

@@ -12,7 +12,7 @@ from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, assert_rows_drafted
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from references import ar
 from stats import chi_square_pvalue
-from test_batch import PROMPTS, corpus_of, echo_prompt, plain_two_token_law
+from test_batch import PROMPTS, corpus_of, echo_prompt, plain_two_token_law, samples_beside_another_prompt
 from test_sampling import ALPHA, PROMPT, SMALL_VOCAB
 
 # Four rows of different lengths, one a single token; row 0 stops on a token, row 1 meets the thinking budget.
@@ -139,20 +139,16 @@ def test_at_batch_each_drafter_is_told_what_it_is_told_alone(method, sampling):
 
 
 def test_stand_s_sampled_trees_inside_a_batch_follow_the_target_law():
-    """STAND (drafts sampled from its memory, with probabilities) in row 1 of a batch whose row 0 decodes another
-    prompt: row 1's first two tokens follow the target's law, through drafts accepted and rejected in row 1."""
+    """STAND (drafts sampled from its memory, with probabilities; the memory shared by the rows) in every row of a
+    batch whose other rows decode another prompt: the first two tokens follow the target's law, through drafts
+    accepted and rejected in every row."""
     model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
-    engine = SpeculativeEngine(model)
-    cfg = SamplingConfig(1.0)
-    first = METHODS["stand"](model, [])
-    drafters = [first, first.fork(share_memory=True)]
-    g0, g1 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(9)
-    other = [(t * 5 + 1) % SMALL_VOCAB for t in PROMPT] + [3, 4]
     n = 1500
-    row1 = [engine.generate_batch([other, PROMPT], drafters, 2, cfg, [g0, g1])[1] for _ in range(n)]
-    counts = Counter(tuple(g.tokens) for g in row1)
+    samples = samples_beside_another_prompt(model, METHODS["stand"](model, []), n, share_memory=True)
+    counts = Counter(tuple(g.tokens) for g in samples)
     assert chi_square_pvalue(counts, plain_two_token_law(model, PROMPT), n) > ALPHA
-    assert_drafted(row1, "stand, row 1")
+    assert_drafted(samples, "stand")
+    assert_rows_drafted(samples, "stand", min_tokens=2)
 
 
 def test_a_one_token_prompt_decodes_as_alone_beside_long_ones():

@@ -9,7 +9,7 @@ import torch
 
 from clocks import ProfileClock
 from conftest import ARCHS, tiny_model, two_questions_file
-from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, step_log
+from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, assert_rows_drafted, step_log
 from model.engine import Drafter, DraftError, DraftTree, SamplingConfig, SpeculativeEngine
 from model.engine.cost import AcceptanceEstimate, CostAwareVerifier, choose_nodes, cut
 from model.engine.profile import ForwardCostProfile, profile_widths
@@ -278,9 +278,10 @@ def test_sampling_follows_the_target_law_with_cost_aware_verification(method):
     prompt = prompt or PROMPT
     runs = []
     counts = sample_pairs(model, METHODS[method](model, corpus), cfg, 1500, runs=runs, prompt=prompt,
-                          engine=cost_aware_engine(model, make_profile()))
+                          engine=cost_aware_engine(model, make_profile()), rows=16)
     assert chi_square_pvalue(counts, exact_two_token_law(model, cfg, prompt), 1500) > ALPHA
     assert_drafted(runs, method)   # the chooser did not cut every draft: the law was tested through drafts
+    assert_rows_drafted(runs, method, min_tokens=2)
     cuts = sum(0 < s.draft_size < s.proposed_size for r in runs for s in r.steps)
     assert cuts > 0 or method == "lookahead", f"{method}: no draft was cut"
 

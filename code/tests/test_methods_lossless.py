@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import ARCHS, VOCAB, tiny_model, two_questions_file
-from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, step_log
+from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, assert_rows_drafted, step_log
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from test_sampling import SMALL_VOCAB, ALPHA, exact_two_token_law, sample_pairs
 from stats import chi_square_pvalue
@@ -52,13 +52,15 @@ def test_sampling_follows_the_target_law(method):
     cfg = SamplingConfig(1.0)
     corpus = [[(7 * i + j * j) % SMALL_VOCAB for j in range(12)] for i in range(40)]
     # Adaptive PLD would learn over the samples that its one match here mostly fails, and stop drafting: it starts
-    # each sample afresh, as at its sequence scope in a run. The others keep what they learn (Lookahead drafts from
-    # the pool it builds over many samples).
+    # each sample afresh, as at its sequence scope in a run. The others keep what they learn, shared by the 16 rows
+    # of the continuous batch the samples run in (Lookahead drafts from the pool it builds over many samples).
     runs = []
-    counts = sample_pairs(model, METHODS[method](model, corpus), cfg, 1500, runs=runs, fresh=method == "pld")
+    counts = sample_pairs(model, METHODS[method](model, corpus), cfg, 1500, runs=runs, fresh=method == "pld",
+                          rows=16)
     assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), 1500) > ALPHA
     if method != "ar":
         assert_drafted(runs, method)
+        assert_rows_drafted(runs, method, min_tokens=2)
 
 
 def run_paradigm(model_dir, question_file, answer_file, method, *flags, corpus=None):

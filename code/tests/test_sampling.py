@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from methods import assert_drafted
+from methods import assert_drafted, assert_rows_drafted
 from model.engine import Drafter, DraftTree, SamplingConfig, SpeculativeEngine
 from model.engine.sampling import accept_sampled, draw, target_probs
 from stats import chi_square_pvalue
@@ -138,14 +138,19 @@ class RandomTreeDrafter(Drafter):
 
 
 class DraftModelChain(Drafter):
-    """A chain sampled from a fixed draft distribution q, with q attached (the SpS / EAGLE path)."""
+    """A chain sampled from a fixed draft distribution q, with q attached (the SpS / EAGLE path). It draws with the
+    row's generator, as SpS and STAND do: rows of a batch sharing one stream would draft the same chains, and their
+    samples (each right in law) would be correlated."""
     name = "q-chain"
 
     def __init__(self, seed=0):
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(SMALL_VOCAB, generator=g, dtype=torch.float64) ** 2 + 0.05
         self.q = x / x.sum()
-        self.g = torch.Generator().manual_seed(seed + 1)
+        self.g = None
+
+    def use_sampling(self, sampling, generator):
+        self.g = generator
 
     def propose(self, tokens, max_nodes):
         chain = torch.multinomial(self.q, 2, replacement=True, generator=self.g).tolist()
@@ -165,35 +170,45 @@ def exact_two_token_law(model, cfg, prompt=PROMPT):
     return law
 
 
-def sample_pairs(model, drafter, cfg, n, engine=None, runs=None, fresh=False, prompt=PROMPT):
+def sample_pairs(model, drafter, cfg, n, engine=None, runs=None, fresh=False, prompt=PROMPT, rows=1):
     """Counts of the first two tokens over n generations; each Generation is appended to `runs` when given. The one
-    drafter learns across the n samples unless `fresh` (reset before each)."""
+    drafter learns across the n samples unless `fresh` (reset before each). With `rows` > 1 the n samples are one
+    continuous batch of that many rows (forks of the drafter sharing its memory), sample i drawn with its own seeded
+    generator: i.i.d. as at batch 1 (a lossless engine's law does not depend on the drafts), at a fraction of the
+    time, and the law is then checked inside a batch, through rows refilled as samples end."""
     engine = engine or SpeculativeEngine(model)
-    g = torch.Generator().manual_seed(7)
-    counts = Counter()
-    for _ in range(n):
-        if fresh:
-            drafter.reset()
-        out = engine.generate(prompt, drafter, 2, cfg, g)
-        counts[tuple(out.tokens)] += 1
-        if runs is not None:
-            runs.append(out)
-    return counts
+    if rows > 1:
+        drafters = [drafter] + [drafter.fork(share_memory=True) for _ in range(rows - 1)]
+        generators = [torch.Generator().manual_seed(7_000_000 + i) for i in range(n)]
+        outs = engine.generate_batch([prompt] * n, drafters, 2, cfg, generators,
+                                     on_join=(lambda i, d: d.reset()) if fresh else None)
+    else:
+        g = torch.Generator().manual_seed(7)
+        outs = []
+        for _ in range(n):
+            if fresh:
+                drafter.reset()
+            outs.append(engine.generate(prompt, drafter, 2, cfg, g))
+    if runs is not None:
+        runs.extend(outs)
+    return Counter(tuple(out.tokens) for out in outs)
 
 
 SAMPLING_DRAFTERS = {"ar": Drafter, "random-tree": RandomTreeDrafter, "q-chain": DraftModelChain}
 
 
-@pytest.mark.parametrize("cfg", [SamplingConfig(1.0), SamplingConfig(0.7, top_p=0.9, top_k=6)],
-                         ids=["T1", "T0.7-top_p-top_k"])
+# T = 1 one sample at a time (batch 1), the warped law in a continuous batch of 16 rows.
+@pytest.mark.parametrize("cfg,rows", [(SamplingConfig(1.0), 1), (SamplingConfig(0.7, top_p=0.9, top_k=6), 16)],
+                         ids=["T1-batch-1", "T0.7-top_p-top_k-16-rows"])
 @pytest.mark.parametrize("name", sorted(SAMPLING_DRAFTERS))
-def test_engine_sampling_matches_the_target_law(name, cfg):
+def test_engine_sampling_matches_the_target_law(name, cfg, rows):
     model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
     n, runs = 1500, []
-    counts = sample_pairs(model, SAMPLING_DRAFTERS[name](), cfg, n, runs=runs)
+    counts = sample_pairs(model, SAMPLING_DRAFTERS[name](), cfg, n, runs=runs, rows=rows)
     assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), n) > ALPHA
-    if name != "ar":   # the law was checked through verified drafts, some accepted, some rejected
+    if name != "ar":   # the law was checked through verified drafts, some accepted, some rejected (in every row)
         assert_drafted(runs, name)
+        assert_rows_drafted(runs, name, min_tokens=2)
 
 
 def test_engine_level_check_rejects_a_broken_rule(monkeypatch):
@@ -201,5 +216,5 @@ def test_engine_level_check_rejects_a_broken_rule(monkeypatch):
     monkeypatch.setattr(decoder, "accept_sampled", broken_point_mass)
     model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
     cfg = SamplingConfig(1.0)
-    counts = sample_pairs(model, RandomTreeDrafter(), cfg, 1500)
+    counts = sample_pairs(model, RandomTreeDrafter(), cfg, 1500, rows=16)
     assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), 1500) < ALPHA

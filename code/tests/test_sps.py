@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, VOCAB, tiny_model, two_questions_file
-from methods import noisy_draft, vocab_of
+from methods import assert_drafted, assert_rows_drafted, noisy_draft, vocab_of
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
 from model.engine.sampling import draw
 from model.sps import DraftModelDrafter
@@ -181,17 +181,21 @@ def test_sampled_drafts_carry_their_distribution():
 
 # --- Lossless sampling with a real draft model's probabilities ---------------------------------------------------
 
-def sps_pairs(n=1500):
+def sps_pairs(n=1500, runs=None):
+    """1,500 samples in a continuous batch of 16 rows (the draft model's cache per row), and their exact law."""
     target = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
     draft = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=9)   # unrelated: q far from p, the residual matters
     cfg = SamplingConfig(1.0)
-    return sample_pairs(target, DraftModelDrafter(draft, SMALL_VOCAB, 2, 0), cfg, n), \
+    return sample_pairs(target, DraftModelDrafter(draft, SMALL_VOCAB, 2, 0), cfg, n, runs=runs, rows=16), \
         exact_two_token_law(target, cfg)
 
 
 def test_sampling_with_draft_probabilities_follows_the_target_law():
-    counts, law = sps_pairs()
+    runs = []
+    counts, law = sps_pairs(runs=runs)
     assert chi_square_pvalue(counts, law, 1500) > ALPHA
+    assert_drafted(runs, "sps")
+    assert_rows_drafted(runs, "sps", min_tokens=2)
 
 
 def rejection_without_residual(tokens, parents, p, q, generator):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from methods import assert_rows_drafted
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, StepFeedback
 from model.engine.sampling import accept_sampled, draw, target_probs
 from model.stand import StandDrafter
@@ -252,7 +253,7 @@ def test_treating_sampled_drafts_as_point_masses_stays_exact_but_accepts_less():
 def test_the_engine_with_stand_follows_the_target_law_over_three_tokens():
     """End to end on a tiny model (6 tokens), at T = 0.6 with top-p 0.9 (T = 1 is covered at the rule level above):
     STAND's memory is first filled by decoding, then every sample's three tokens are drawn through its trees and the
-    engine's acceptance."""
+    engine's acceptance, in a continuous batch of 16 rows sharing the memory, each sample with its own generator."""
     cfg = CONFIGS[1]
     model = tiny_model("qwen2", vocab=V, seed=3)
     engine = SpeculativeEngine(model)
@@ -262,12 +263,12 @@ def test_the_engine_with_stand_follows_the_target_law_over_three_tokens():
     for _ in range(30):   # learn the target's distributions (question scope: the memory stays)
         engine.generate(prompt, drafter, 8, cfg, g)
     n = 2000
-    counts, drafted = Counter(), 0
-    for _ in range(n):
-        out = engine.generate(prompt, drafter, 3, cfg, g)
-        counts[tuple(out.tokens)] += 1
-        drafted += sum(s.accepted > 1 for s in out.steps)
+    drafters = [drafter] + [drafter.fork(share_memory=True) for _ in range(15)]
+    outs = engine.generate_batch([prompt] * n, drafters, 3, cfg, [torch.Generator().manual_seed(i) for i in range(n)])
+    counts = Counter(tuple(out.tokens) for out in outs)
+    drafted = sum(s.accepted > 1 for out in outs for s in out.steps)
     assert drafted > n // 4   # the trees were verified and accepted often
+    assert_rows_drafted(outs, "stand", min_tokens=3)
     with torch.no_grad():
         def probs(tokens):
             return target_probs(model(torch.tensor([tokens])).logits[0, -1], cfg)

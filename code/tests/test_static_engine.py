@@ -106,15 +106,17 @@ def test_other_architectures_and_continuous_batching(arch, small_chunks):
 @pytest.mark.parametrize("method", ["stand", "sps", "pld"])
 def test_static_mode_keeps_the_sampled_law(method):
     """Drafts with probabilities (STAND, SpS) and a point-mass one (PLD) at T = 1: the first two tokens of 1,500
-    static-mode samples follow the exact law (a chi-square test a wrong acceptance rule fails)."""
+    static-mode samples (a continuous batch of 16 rows) follow the exact law (a chi-square test a wrong acceptance
+    rule fails)."""
     model = tiny_model("qwen2", vocab=SMALL_VOCAB, seed=3)
     cfg = SamplingConfig(1.0)
     corpus = [[(7 * i + j * j) % SMALL_VOCAB for j in range(12)] for i in range(40)]
     runs = []
     counts = sample_pairs(model, METHODS[method](model, corpus), cfg, 1500, engine=static_engine(model), runs=runs,
-                          fresh=method == "pld")
+                          fresh=method == "pld", rows=16)
     assert chi_square_pvalue(counts, exact_two_token_law(model, cfg), 1500) > ALPHA
     assert_drafted(runs, method)
+    assert_rows_drafted(runs, method, min_tokens=2)
 
 
 def test_cost_aware_verification_in_static_mode():
