@@ -136,7 +136,8 @@ CI_METHODS = ["pld", "samd", "recycling", "pia", "lookahead", "stand", "rest --d
 
 @pytest.fixture(scope="module")
 def bf16_runs(tmp_path_factory):
-    """Baseline and every CI method on 2 demo questions, 2 rounds x 24 tokens, bfloat16, greedy: answer files."""
+    """Baseline and every CI method on the first demo question, 2 rounds x 24 tokens, bfloat16, greedy: answer
+    files."""
     if not os.path.exists(os.path.join(EMBEDDED, "config.json")):
         pytest.fail("the embedded model is not installed: run `make setup` at the repository root")
     from evaluation.run.interleaved import parse_method
@@ -145,13 +146,17 @@ def bf16_runs(tmp_path_factory):
     from model.rest.build_datastore import main as build_datastore
     out = tmp_path_factory.mktemp("bf16")
     questions = [json.loads(line) for line in open(os.path.join(CODE, "data", "demo", "question.jsonl"))]
-    # REST's corpus: demo questions 9-16 (never the two answered here)
+    # REST's corpus: worked-solution prose of the kind the model writes (never its answer here), and the other demo
+    # questions
+    prose = ["First, we need to find the value of the variable in the given equation. Let's break it down step by "
+             "step.", "To solve for $y$, we need to first isolate the variable $y$ on one side of the equation."]
     corpus = out / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps(q) + "\n" for q in questions[8:]))
+    corpus.write_text("".join(json.dumps({"turns": [text]}) + "\n" for text in prose) +
+                      "".join(json.dumps(q) + "\n" for q in questions[1:]))
     datastore = out / "rest.idx"
     assert build_datastore(["--corpus", str(corpus), "--tokenizer-path", EMBEDDED, "--output", str(datastore)]) == 0
     common = ["--model-path", EMBEDDED, "--question-file", os.path.join(CODE, "data", "demo", "question.jsonl"),
-              "--question-end", "2", "--think-twice", "--max-new-tokens", "24", "--dtype", "bfloat16",
+              "--question-end", "1", "--think-twice", "--max-new-tokens", "24", "--dtype", "bfloat16",
               "--device", "cpu", "--warmup", "0", "--cost-profile-contexts", "16", "--cost-profile-repeats", "1"]
     model, tokenizer, device = load_model(EMBEDDED, "bfloat16", "cpu")
     files, start = {}, time.process_time()
@@ -159,7 +164,7 @@ def bf16_runs(tmp_path_factory):
         words = spec.split()
         name, module, args = parse_method(spec + f" --answer-file {out / words[0]}.jsonl", common, "bf16")
         store, runner = open_run(args, module.make_drafter, model, tokenizer, device)
-        for answer, steps in runner.answer_group(questions[:2]):
+        for answer, steps in runner.answer_group(questions[:1]):
             store.write(answer, steps)
         store.close()
         files[name] = str(out / f"{words[0]}.jsonl")
@@ -189,7 +194,7 @@ def classified_near_ties_only(files):
     assert unexplained == [], table
     for row in rows:
         d = row["divergence"]
-        assert d["greedy"] and d["n_turns"] == 4 and d["counts"]["unclassified"] == 0, (row["name"], d)
+        assert d["greedy"] and d["n_turns"] == 2 and d["counts"]["unclassified"] == 0, (row["name"], d)
     assert "| Identical / near-tie / inherited / unexplained turns | Speedup (identical or near-tie turns) |" in table
 
 
@@ -234,4 +239,5 @@ def divergences_are_near_ties_of_the_model_in_float32(files):
                 gap = float(top.values[0] - top.values[1]) / abs(float(top.values[0]))
                 assert gap < 2 ** -4, (name, line["question_id"], t, j, gap)
                 checked += 1
-    print(f"{checked} divergences checked against the float32 model")
+    # (this question diverges in bfloat16 for several methods: a check of no divergence would prove nothing)
+    assert checked, "no method's turn diverged from AR's: the float32 check was not put to the test"
