@@ -209,12 +209,14 @@ def test_trained_head_beats_a_random_head(tiny_model_dir, tmp_path):
 
     # The target's own greedy answers, kept as the token ids it produced (a random tiny model's output does not
     # survive decoding and re-encoding).
+    # (decoded together: a batch of 16 rows, each refilled as its answer ends)
     data = tmp_path / "self.jsonl"
+    prompts = [prompt()[1] for _ in range(60)]
+    replies = engine.generate_batch(prompts, [Drafter() for _ in range(16)], 40, SamplingConfig())
     with open(data, "w") as f:
-        for _ in range(60):
-            ids = prompt()[1]
-            reply = engine.generate(ids, Drafter(), 40, SamplingConfig()).tokens
-            f.write(json.dumps({"input_ids": ids + reply, "loss_mask": [0] * len(ids) + [1] * len(reply)}) + "\n")
+        for ids, reply in zip(prompts, replies):
+            f.write(json.dumps({"input_ids": ids + reply.tokens, "loss_mask": [0] * len(ids) + [1] * len(reply.tokens)})
+                    + "\n")
     out = tmp_path / "head"
     assert main(["--target", tiny_model_dir, "--data", str(data), "--output", str(out), "--draft-vocab", "256",
                  "--max-length", "128", "--epochs", "4", "--lr", "2e-3", "--layers", "0", "1", "1",

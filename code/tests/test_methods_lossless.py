@@ -7,6 +7,7 @@ import pytest
 from conftest import ARCHS, VOCAB, tiny_model, two_questions_file
 from methods import METHODS, SAMPLED_DRAFTS, assert_drafted, assert_rows_drafted, step_log
 from model.engine import Drafter, SamplingConfig, SpeculativeEngine, ThinkingBudget
+from references import ar
 from test_sampling import SMALL_VOCAB, ALPHA, exact_two_token_law, sample_pairs
 from stats import chi_square_pvalue
 
@@ -22,7 +23,7 @@ def test_greedy_token_identical_to_ar(arch, method):
     engine = SpeculativeEngine(model, max_tree_nodes=128)
     outs = []
     for prompt in PROMPTS.values():
-        reference = engine.generate(prompt, Drafter(), 64, SamplingConfig()).tokens
+        reference = ar(arch, prompt, 64).tokens
         # REST's datastore holds text like the answer (as a real corpus would), never the answer itself whole.
         corpus = [reference[i:i + 8] for i in range(0, len(reference), 5)]
         outs.append(engine.generate(prompt, METHODS[method](model, corpus), 64, SamplingConfig()))

@@ -4,6 +4,7 @@ Greedy identity with AR (three architectures, both paradigms, batches, cost-awar
 (tests/methods.py). Here: the memory's merge, bound and reset; and chi-square tests on sequences of 3 tokens through
 STAND trees with several children per node and rejections at depth 1 and 2, where two subtly broken variants fail.
 """
+import random
 from collections import Counter
 
 import numpy as np
@@ -208,8 +209,8 @@ def test_stand_trees_follow_the_target_law_over_three_tokens(cfg):
 
 def with_replacement(self, ids, probs, count, noise):
     """Broken: each child an independent draw from q (duplicates possible), still accepted as Gumbel-Top-K's."""
-    gen = np.random.default_rng(int(noise[0] * 1e6) % (2 ** 32))
-    return [int(gen.choice(len(ids), p=np.asarray(probs))) for _ in range(min(count, len(ids)))]
+    gen = random.Random(int(noise[0] * 1e6))
+    return gen.choices(range(len(ids)), weights=probs, k=min(count, len(ids)))
 
 
 def full_q_for_every_child(self, rows):
