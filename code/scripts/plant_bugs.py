@@ -87,6 +87,11 @@ BUGS = [
         "            self.device_lengths.copy_(packed[2 * rows * width:])",
         "            pass",
         ["tests/test_static_engine.py"]),
+    Bug("draft-join-stale-row", "a sequence joining a draft model's batch starts on a copy of another row's cache",
+        "model/engine/draft_batch.py",
+        "        self.cache.set_lengths(self.cache.lengths[:n] + [0] * len(drafters))",
+        "        pass",
+        ["tests/test_continuous_batching.py"]),
 ]
 
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

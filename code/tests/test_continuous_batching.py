@@ -74,6 +74,27 @@ def test_every_queued_sequence_equals_itself_decoded_alone(arch, method):
         assert_rows_drafted(got, f"{method}, {arch}")
 
 
+@pytest.mark.parametrize("method", ["eagle3", "samd-eagle3", "sps"])
+def test_a_sequence_joining_a_draft_model_s_batch_drafts_as_alone(method):
+    """EAGLE-3's head and SpS's draft model keep one batched draft cache, a row per sequence: a sequence that begins
+    in the row of one that ended, beside a row in mid-sequence, gets the drafts and accepted lengths it gets decoded
+    alone, step for step (its draft row starts empty; the other rows are kept as they were)."""
+    from test_batch_rows import steps_of
+    arch = "qwen3"
+    model = tiny_model(arch)
+    engine = SpeculativeEngine(model, max_tree_nodes=128)
+    prompts = queued_prompts(arch)
+    stop = ragged_stop_of_first(arch, prompts)
+    first = METHODS[method](model, [])
+    got = engine.generate_batch(prompts, [first, first.fork()], NEW_TOKENS, SamplingConfig(), None, stop, BUDGET)
+    for i, (row, prompt) in enumerate(zip(got, prompts)):
+        alone = engine.generate(prompt, METHODS[method](model, []), NEW_TOKENS, SamplingConfig(), None, stop, BUDGET)
+        assert (row.tokens, steps_of(row)) == (alone.tokens, steps_of(alone)), i
+    assert [g.joined_step > 0 for g in got] == [False, False, True, True, True]
+    assert_drafted(got, method)
+    assert_rows_drafted(got, method)
+
+
 @pytest.mark.parametrize("method", sorted(set(METHODS) - SAMPLED_DRAFTS))
 def test_point_mass_samples_equal_batch_one_with_the_same_seeds(method):
     """Best-of-N: six samples of one prompt at T = 0.3 through three rows, each with its own seed's generator."""

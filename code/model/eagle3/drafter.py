@@ -81,15 +81,13 @@ class Eagle3Drafter(Drafter):
                      max_nodes: int) -> list[DraftTree | None]:
         """The rows' trees with one head forward per level for all of them, over a batched draft cache (one row:
         a batch of one). What a row fed is gone once fed (the target's states), so rows join a batch before their
-        first feed; rows that fed in different batches draft each in its own."""
-        batch = self.batch
-        if batch is None or not batch.joined(rows):
-            if all(d.batch is None and d.rows == 0 for d in rows):
-                batch = DraftBatch(rows)
-            elif len(rows) > 1:
+        first feed: new sequences join the batch of the others; rows that fed in different batches draft each in
+        its own."""
+        batch = self._batch_of(rows)
+        if batch is None:
+            if len(rows) > 1:
                 return [d.propose_rows([d], [tokens], max_nodes)[0] for d, tokens in zip(rows, contexts)]
-            else:
-                return [None]   # what it fed lives in a batch it has left: nothing to draft from
+            return [None]   # what it fed lives in a batch it has left: nothing to draft from
         keep = min(self.total_tokens - 1, max_nodes)
         # A one-token prompt: nothing to condition on until the first step's states arrive.
         active = [d for d in rows if d.pending_ids] if keep >= 1 else []
@@ -97,6 +95,22 @@ class Eagle3Drafter(Drafter):
             return [None] * len(rows)
         trees = self._grow_trees(batch, active, self._feed_rows(batch, active), keep)
         return [trees.get(d) for d in rows]
+
+    @staticmethod
+    def _batch_of(rows: list["Eagle3Drafter"]) -> DraftBatch | None:
+        """The draft batch all these rows can draft in: the one batch the rows that fed are in, which the new
+        sequences (nothing fed yet) join, or a new one when every row is new. None if the rows fed in different
+        batches, or a row fed in a batch it has left."""
+        batches = {id(d.batch): d.batch for d in rows if d.batch is not None}
+        new = [d for d in rows if d.batch is None and d.rows == 0]
+        if len(batches) > 1 or sum(d.batch is not None for d in rows) + len(new) < len(rows):
+            return None
+        if not batches:
+            return DraftBatch(rows)
+        batch = next(iter(batches.values()))
+        if new:
+            batch.join(new)
+        return batch
 
     def _feed_rows(self, batch: DraftBatch, active: list["Eagle3Drafter"]) -> torch.Tensor:
         """Feed the waiting (states, token) rows of the active drafters, each in its cache row, in one forward

@@ -17,6 +17,16 @@ class DraftBatch:
         """Whether every one of these drafters has its row here."""
         return all(drafter.batch is self for drafter in rows)
 
+    def join(self, drafters: list) -> None:
+        """New sequences' drafters take new, empty rows (continuous batching: a sequence begins in the row of one
+        that ended), the others' rows kept as they are."""
+        n = len(self.rows)
+        self.cache.select_rows(list(range(n)) + [0] * len(drafters))
+        self.cache.set_lengths(self.cache.lengths[:n] + [0] * len(drafters))
+        self.rows += drafters
+        for drafter in drafters:
+            drafter.batch = self
+
     def finish(self, drafter) -> None:
         """Its sequence ended: its row is freed, unless it is the last (what it fed stays readable)."""
         if len(self.rows) > 1:

@@ -208,7 +208,8 @@ class DraftModelDrafter(Drafter):
 
 
 class _DraftBatch(DraftBatch):
-    """SpS's: a new set of rows starts a new batch, each row feeding its whole context again."""
+    """SpS's: new sequences join the batch the other rows are in (continuous batching); rows from several batches
+    start a new one, each row feeding its whole context again."""
 
     def __init__(self, rows: list[DraftModelDrafter], draft):
         for d in rows:
@@ -226,8 +227,16 @@ class _DraftBatch(DraftBatch):
 
     @classmethod
     def of(cls, rows: list[DraftModelDrafter], draft) -> "_DraftBatch":
-        batch = rows[0].batch
-        return batch if batch is not None and batch.joined(rows) else cls(rows, draft)
+        batches = {id(d.batch): d.batch for d in rows if d.batch is not None}
+        if len(batches) == 1:
+            batch = next(iter(batches.values()))
+            new = [d for d in rows if d.batch is None]   # (begun since: nothing cached, nothing pending)
+            static = isinstance(batch.cache, StaticKVCache)
+            if not static or len(batch.rows) + len(new) <= batch.cache.arena.rows:   # (an arena's rows are fixed)
+                if new:
+                    batch.join(new)
+                return batch
+        return cls(rows, draft)
 
     def feed(self, feeds: dict) -> dict:
         """Append each given drafter's tokens in its row (other rows are padded and cut back); the draft's logits
