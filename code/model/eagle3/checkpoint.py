@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.hidden import decoder_layers
-from ..engine.loading import check_location, first_line
+from ..engine.loading import first_line
+from ..locations import check_location
 from ..errors import UserError
 from .head import Eagle3Head, option
 

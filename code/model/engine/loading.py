@@ -6,6 +6,7 @@ import os
 import torch
 
 from ..errors import UserError
+from ..locations import check_location
 from .allocator import keep_freed_memory
 from .attention import use_grouped_sdpa
 
@@ -31,17 +32,6 @@ def check_causal_config(config, path: str) -> None:
             getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
             and not layer_types):
         raise UserError(f"{path} uses sliding-window attention, which the tree-attention engine does not support yet")
-
-
-def looks_like_hub_id(path: str) -> bool:
-    """owner/name: what the hub accepts as a repository id (a local path never starts with . / or ~)."""
-    return not path.startswith((".", "/", "~")) and path.count("/") == 1 and all(path.split("/"))
-
-
-def check_location(path: str, flag: str) -> None:
-    """A path that does not exist and cannot be a hub id is the user's typo: say so, not the hub client's words."""
-    if not os.path.exists(path) and not looks_like_hub_id(path):
-        raise UserError(f"{flag} {path}: no such directory (and not a hub id of the form owner/name)")
 
 
 def load_tokenizer(path: str):
