@@ -6,7 +6,6 @@ import os
 import re
 
 from model.errors import UserError
-from model.locations import check_location
 
 SCOPES = ("sequence", "question", "global")
 
@@ -100,7 +99,7 @@ def build_parser(method: str) -> Parser:
 
 
 def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
-    """Fill the seed's defaults and reject values no run can use (before any heavy import: a typo costs no wait)."""
+    """Fill the seed's defaults and reject values no run can use."""
     for flag in ("max_new_tokens", "num_choices", "num_rounds", "bon_n", "max_tree_nodes", "batch_size",
                  "num_gpus_per_model", "num_gpus_total", "num_replicas"):
         if getattr(args, flag) <= 0:
@@ -154,5 +153,4 @@ def finalize(args: argparse.Namespace, method: str) -> argparse.Namespace:
         raise UserError(f"--answer-file {args.answer_file}: names like <stem>.shard-<k>-of-<K>.jsonl are kept for "
                         "the replicas' shards; choose another name")
     args.paradigm = "multi_round" if args.think_twice else "best_of_n" if args.BON else "single"
-    check_location(args.model_path, "--model-path")
     return args

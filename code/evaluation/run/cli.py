@@ -5,6 +5,7 @@ import sys
 
 from evaluation.run.args import build_parser, finalize
 from model.errors import UserError
+from model.locations import check_location
 
 
 def run_method(method: str, make_drafter, add_method_args=None, check_method_args=None) -> None:
@@ -17,6 +18,7 @@ def run_method(method: str, make_drafter, add_method_args=None, check_method_arg
         finalize(args, method)
         if check_method_args:
             check_method_args(args)
+        check_location(args.model_path, "--model-path")   # (before the heavy imports: a typo is answered at once)
         evaluate(args, make_drafter)
 
     run_reporting(body)
