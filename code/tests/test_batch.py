@@ -319,10 +319,15 @@ def turn_hashes(answers):
     return [(a["question_id"], c["index"], c["token_ids_sha1"]) for a in answers for c in a["choices"]]
 
 
-@pytest.mark.parametrize("paradigm", [["--think-twice", "--num-choices", "3"],
-                                      ["--BON", "--bon-n", "5", "--temperature", "0.3"]],
-                         ids=["multi-round-T0", "best-of-5-T0.3"])
-@pytest.mark.parametrize("method", ["ar", "samd", "pia", "recycling", "eagle3"])
+BATCHED_PARADIGMS = {"multi-round-T0": ["--think-twice", "--num-choices", "3"],
+                     "best-of-5-T0.3": ["--BON", "--bon-n", "5", "--temperature", "0.3"]}
+# (EAGLE-3's Best-of-N through the loop in batches: test_continuous_batching.py's Best-of-N runs)
+BATCHED_RUNS = [(method, name) for method in ["ar", "samd", "pia", "recycling", "eagle3"] for name in BATCHED_PARADIGMS
+                if (method, name) != ("eagle3", "best-of-5-T0.3")]
+
+
+@pytest.mark.parametrize("method,paradigm", [(m, BATCHED_PARADIGMS[p]) for m, p in BATCHED_RUNS],
+                         ids=[f"{m}-{p}" for m, p in BATCHED_RUNS])
 def test_batched_runs_reproduce_batch_one_turn_by_turn(tiny_model_dir, tmp_path, paradigm, method):
     questions = two_questions_file(tmp_path)
     reference = run_loop(tiny_model_dir, questions, tmp_path / "b1.jsonl", method, *paradigm)

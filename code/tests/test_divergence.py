@@ -136,7 +136,7 @@ CI_METHODS = ["pld", "samd", "recycling", "pia", "lookahead", "stand", "rest --d
 
 @pytest.fixture(scope="module")
 def bf16_runs(tmp_path_factory):
-    """Baseline and every CI method on the first demo question, 2 rounds x 24 tokens, bfloat16, greedy: answer
+    """Baseline and every CI method on the first demo question, 2 rounds x 20 tokens, bfloat16, greedy: answer
     files."""
     if not os.path.exists(os.path.join(EMBEDDED, "config.json")):
         pytest.fail("the embedded model is not installed: run `make setup` at the repository root")
@@ -156,7 +156,7 @@ def bf16_runs(tmp_path_factory):
     datastore = out / "rest.idx"
     assert build_datastore(["--corpus", str(corpus), "--tokenizer-path", EMBEDDED, "--output", str(datastore)]) == 0
     common = ["--model-path", EMBEDDED, "--question-file", os.path.join(CODE, "data", "demo", "question.jsonl"),
-              "--question-end", "1", "--think-twice", "--max-new-tokens", "24", "--dtype", "bfloat16",
+              "--question-end", "1", "--think-twice", "--max-new-tokens", "20", "--dtype", "bfloat16",
               "--device", "cpu", "--warmup", "0", "--cost-profile-contexts", "16", "--cost-profile-repeats", "1"]
     model, tokenizer, device = load_model(EMBEDDED, "bfloat16", "cpu")
     files, start = {}, time.process_time()
@@ -204,7 +204,7 @@ def baseline_records_its_rule_ids_and_near_ties(files):
     line = json.loads(open(files["baseline"]).readline())
     c = line["choices"][0]
     assert [len(ids) for ids in c["token_ids"]] == c["new_tokens"] and len(c["near_ties"]) == 2
-    assert all(0 <= p < 24 and 0 <= m < divergence.NEAR_TIE_FACTOR * divergence.RECORDED_UP_TO
+    assert all(0 <= p < 20 and 0 <= m < divergence.NEAR_TIE_FACTOR * divergence.RECORDED_UP_TO
                for turn in c["near_ties"] for p, m in turn)
     method = json.loads(open(files["pld"]).readline())["choices"][0]
     assert "near_ties" not in method and method["token_ids"] and len(method["prompt_sha1"]) == 2
