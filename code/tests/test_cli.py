@@ -152,19 +152,23 @@ def test_resume_into_another_configuration_keeps_the_file(tiny_model_dir, questi
 
 
 def test_embedded_model_end_to_end(tmp_path):
-    """The real default model through two methods, then the speed report on their answer files. (Trees of at most 32
-    nodes: the forward-cost profile every run records then stops at width 33, half this test's time otherwise.)"""
+    """The real default model through two methods, then the speed report on their answer files. Trees of at most 15
+    nodes: both runs then record the forward-cost profile of widths 1..16, which the second takes from the cache the
+    first filled (one measurement, across processes)."""
     if not os.path.exists(os.path.join(EMBEDDED, "config.json")):
         pytest.fail("the embedded model is not installed: run `make setup` at the repository root")
     common = ["--model-path", EMBEDDED, "--question-file", "data/demo/question.jsonl", "--question-end", "1",
               "--max-new-tokens", "12", "--warmup", "0", "--device", "cpu", "--dtype", "float32", "--think-twice",
-              "--cost-profile-contexts", "16", "--cost-profile-repeats", "1", "--max-tree-nodes", "32"]
+              "--cost-profile-contexts", "16", "--cost-profile-repeats", "1", "--max-tree-nodes", "15"]
     for method in ("baseline", "samd"):
         result = run_process("-m", f"evaluation.inference_{method}", *common, "--answer-file",
                              str(tmp_path / f"{method}.jsonl"))
         assert result.returncode == 0, result.stderr
     answer = json.loads((tmp_path / "samd.jsonl").read_text())
     assert answer["choices"][0]["new_tokens"] == [12, 12]
+    profiles = [json.loads((tmp_path / f"{m}.config.json").read_text())["cost_profile"] for m in ("baseline", "samd")]
+    assert profiles[1]["origin"]["source"] == "cache"
+    assert profiles[0]["seconds"] == profiles[1]["seconds"]
     report = run_process("evaluation/speed.py", "--file-path", str(tmp_path / "samd.jsonl"),
                          "--base-path", str(tmp_path / "baseline.jsonl"))
     assert report.returncode == 0, report.stderr
