@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 MODEL := code/local_model/SmolLM2-135M-Instruct/config.json
 HEAD_MINUTES ?= 4
-# pytest-xdist workers for `make test` (one per core). Tests are shared out one by one (`--dist load`), so no heavy
-# file sets the floor; what tests share is built once per worker (tiny models, AR references, module fixtures).
+# pytest-xdist workers for `make test` (one per core). Tests are shared out one by one, an idle worker taking from
+# the other's queue (`--dist worksteal`), so no heavy file sets the floor; what tests share is built once per worker
+# (tiny models, AR references, module fixtures).
 TEST_WORKERS ?= 2
 
 .PHONY: setup demo head test clean-demo sharegpt refs tokenizers
@@ -67,7 +68,7 @@ head: setup sharegpt
 	cd code && PYTHON=$(PY) HEAD_MINUTES=$(HEAD_MINUTES) bash scripts/demo.sh head
 
 test: setup refs tokenizers
-	cd code && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist load
+	cd code && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 clean-demo:
 	rm -rf code/data/demo/model_answer
