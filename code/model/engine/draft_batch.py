@@ -1,6 +1,7 @@
 """A draft model's KV cache shared by the drafters of a batch's rows, one cache row each (SpS, EAGLE-3), so the draft
 model runs once per drafting step for all rows. A row leaves when its sequence ends (`Drafter.end_sequence`) or a new
-one begins; rows not drafting at a step stay and are padded in that step's forwards."""
+one begins, and the sequence that takes its place joins with an empty row (continuous batching); rows not drafting at
+a step stay and are padded in that step's forwards."""
 from __future__ import annotations
 
 from .kv_cache import PositionalKVCache
@@ -12,10 +13,6 @@ class DraftBatch:
         self.cache = cache if cache is not None else PositionalKVCache(capacity=1024, batch_size=len(rows))
         for drafter in rows:
             drafter.batch = self
-
-    def joined(self, rows: list) -> bool:
-        """Whether every one of these drafters has its row here."""
-        return all(drafter.batch is self for drafter in rows)
 
     def join(self, drafters: list) -> None:
         """New sequences' drafters take new, empty rows (continuous batching: a sequence begins in the row of one
