@@ -95,7 +95,7 @@ def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int]
 
     from tqdm import tqdm
 
-    from evaluation.run.loop import measure_cost_profile, open_run, start_session
+    from evaluation.run.loop import end_session, measure_cost_profile, open_run, start_session
     from evaluation.data.questions import load_questions
     from model.engine.loading import load_model
 
@@ -141,8 +141,7 @@ def run(specs: list[str], common: list[str], prefix: str, batch_sizes: list[int]
         bar.update(len(part))
     bar.close()
     for name, store, runner in opened:
-        if runner.engine.mode == "static":   # (eager runs' files stay as they were)
-            store.update_session({"engine": runner.engine.describe()})
+        end_session(store, runner)
         print(f"{name}: {store.answer_file}")
     return done
 

@@ -431,9 +431,15 @@ def run_eval(args, make_drafter, only: set | None = None, on_open=None) -> None:
             bar.update(1)
             bar.set_postfix(tok_s=f"{tokens / max(seconds + sum(batches.values()), 1e-9):.1f}")
     bar.close()
-    if runner.engine.mode == "static":   # (eager runs' files stay as they were)
-        store.update_session({"engine": runner.engine.describe()})
+    end_session(store, runner)
     print(f"answers: {args.answer_file}")
+
+
+def end_session(store: AnswerStore, runner: Runner) -> None:
+    """What the session learned by its end, in its entry: a static engine's allocations and captures (eager runs'
+    files stay as they were)."""
+    if runner.engine.mode == "static":
+        store.update_session({"engine": runner.engine.describe()})
 
 
 class _Chain:

@@ -98,19 +98,11 @@ class Eagle3Drafter(Drafter):
 
     @staticmethod
     def _batch_of(rows: list["Eagle3Drafter"]) -> DraftBatch | None:
-        """The draft batch all these rows can draft in: the one batch the rows that fed are in, which the new
-        sequences (nothing fed yet) join, or a new one when every row is new. None if the rows fed in different
-        batches, or a row fed in a batch it has left."""
-        batches = {id(d.batch): d.batch for d in rows if d.batch is not None}
-        new = [d for d in rows if d.batch is None and d.rows == 0]
-        if len(batches) > 1 or sum(d.batch is not None for d in rows) + len(new) < len(rows):
-            return None
-        if not batches:
+        """The draft batch all these rows can draft in (a new one when every row is new); None if the rows fed in
+        different batches, or a row fed in a batch it has left."""
+        if all(d.batch is None and d.rows == 0 for d in rows):
             return DraftBatch(rows)
-        batch = next(iter(batches.values()))
-        if new:
-            batch.join(new)
-        return batch
+        return DraftBatch.shared_by(rows, lambda d: d.rows == 0)
 
     def _feed_rows(self, batch: DraftBatch, active: list["Eagle3Drafter"]) -> torch.Tensor:
         """Feed the waiting (states, token) rows of the active drafters, each in its cache row, in one forward

@@ -5,6 +5,7 @@ a step stay and are padded in that step's forwards."""
 from __future__ import annotations
 
 from .kv_cache import PositionalKVCache
+from .static_cache import StaticKVCache
 
 
 class DraftBatch:
@@ -13,6 +14,22 @@ class DraftBatch:
         self.cache = cache if cache is not None else PositionalKVCache(capacity=1024, batch_size=len(rows))
         for drafter in rows:
             drafter.batch = self
+
+    @staticmethod
+    def shared_by(rows: list, fresh) -> "DraftBatch | None":
+        """The one batch these rows draft in: the batch the rows that have one are in, the others (new sequences,
+        `fresh(drafter)`: nothing fed yet) joining it. None if the rows are in several batches or in none, a row
+        without one is not fresh, or a static cache has no rows left for the new ones."""
+        batches = {id(d.batch): d.batch for d in rows if d.batch is not None}
+        new = [d for d in rows if d.batch is None]
+        if len(batches) != 1 or not all(fresh(d) for d in new):
+            return None
+        batch = next(iter(batches.values()))
+        if new:
+            if isinstance(batch.cache, StaticKVCache) and len(batch.rows) + len(new) > batch.cache.arena.rows:
+                return None   # (an arena's rows are fixed)
+            batch.join(new)
+        return batch
 
     def join(self, drafters: list) -> None:
         """New sequences' drafters take new, empty rows (continuous batching: a sequence begins in the row of one

@@ -227,16 +227,8 @@ class _DraftBatch(DraftBatch):
 
     @classmethod
     def of(cls, rows: list[DraftModelDrafter], draft) -> "_DraftBatch":
-        batches = {id(d.batch): d.batch for d in rows if d.batch is not None}
-        if len(batches) == 1:
-            batch = next(iter(batches.values()))
-            new = [d for d in rows if d.batch is None]   # (begun since: nothing cached, nothing pending)
-            static = isinstance(batch.cache, StaticKVCache)
-            if not static or len(batch.rows) + len(new) <= batch.cache.arena.rows:   # (an arena's rows are fixed)
-                if new:
-                    batch.join(new)
-                return batch
-        return cls(rows, draft)
+        # (a row with no batch has begun a sequence since: nothing cached, nothing pending)
+        return DraftBatch.shared_by(rows, lambda d: True) or cls(rows, draft)
 
     def feed(self, feeds: dict) -> dict:
         """Append each given drafter's tokens in its row (other rows are padded and cut back); the draft's logits
